@@ -1,0 +1,189 @@
+"""Paths (TL_HOME and the run layout), environment overrides and run profiles (smoke, quick, full).
+
+Resolution order for every setting: profile default < environment variable < explicit override
+(command-line flag or DAG trigger param).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tl_tasks.variants import VARIANT_NAMES, get_variant
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROFILE_NAMES = ("smoke", "quick", "full")
+
+
+def tl_home() -> Path:
+    """Root of everything the workflow writes: `$TL_HOME`, default `<project>/tl_home`."""
+    return Path(os.environ.get("TL_HOME") or PROJECT_ROOT / "tl_home").expanduser().resolve()
+
+
+def metrics_db_url() -> str:
+    """SQLAlchemy URL of the metrics database: `$TL_METRICS_DB_URL`, default a SQLite file in TL_HOME."""
+    return os.environ.get("TL_METRICS_DB_URL") or f"sqlite:///{tl_home() / 'metrics.db'}"
+
+
+def run_key(run_id: str) -> str:
+    """A file-name-safe key for an Airflow run id, e.g. 'manual__2026-11-22T10:00:00+00:00'."""
+    if not run_id or not str(run_id).strip():
+        raise ValueError("run_id is empty; pass a run id such as --run-id my-first-run")
+    key = re.sub(r"[^A-Za-z0-9._-]+", "_", str(run_id).strip()).strip("._")
+    return key[:200] or "run"
+
+
+def run_dir(run_id: str) -> Path:
+    return tl_home() / "runs" / run_key(run_id)
+
+
+def data_dir(run_id: str) -> Path:
+    return run_dir(run_id) / "data"
+
+
+def model_dir(run_id: str, variant: str) -> Path:
+    return run_dir(run_id) / "models" / get_variant(variant).name
+
+
+def report_dir(run_id: str) -> Path:
+    return run_dir(run_id) / "report"
+
+
+def cache_dir() -> Path:
+    """Decoded data sources, keyed by content fingerprint, shared between runs."""
+    return tl_home() / "cache"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one run needs besides the variant registry. JSON-serialisable via `to_dict()`."""
+
+    profile: str
+    dataset: str
+    weights: str                      # "imagenet", "none", or a path to a local .h5/.keras file
+    image_size: int                   # input size of the ResNet50 family (the CNN always uses the data's size)
+    batch_size: int
+    epochs: dict[str, int]            # per family: {"cnn": n, "resnet50": n}
+    limit_per_class: int | None       # applied when preparing data (None = all images)
+    train_limit: dict[str, int | None]  # per family: at most this many training images (stratified subset)
+    val_fraction: float = 0.1
+    seed: int = 42
+    patience: int = 3                 # early stopping patience (variants with early_stopping)
+    data_size: int = 32               # pixel size that prepared images are stored at
+    variants: tuple[str, ...] = VARIANT_NAMES
+
+    def epochs_for(self, variant: str) -> int:
+        return self.epochs[get_variant(variant).family]
+
+    def train_limit_for(self, variant: str) -> int | None:
+        return self.train_limit.get(get_variant(variant).family)
+
+    def input_size_for(self, variant: str) -> int:
+        return self.data_size if get_variant(variant).family == "cnn" else self.image_size
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["variants"] = list(self.variants)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Settings":
+        d = dict(d)
+        d["variants"] = tuple(d.get("variants") or VARIANT_NAMES)
+        return cls(**d)
+
+
+PROFILES: dict[str, Settings] = {
+    # Tests: synthetic data, a few hundred images, one epoch; seconds on a CPU.
+    "smoke": Settings(
+        profile="smoke", dataset="synthetic", weights="none", image_size=32, batch_size=32,
+        epochs={"cnn": 1, "resnet50": 1}, limit_per_class=40, train_limit={"cnn": None, "resnet50": None},
+    ),
+    # A CPU laptop: all of the data for the CNN, a small subset for the (slow on CPU) ResNet50s.
+    "quick": Settings(
+        profile="quick", dataset="cifar10", weights="imagenet", image_size=32, batch_size=64,
+        epochs={"cnn": 8, "resnet50": 2}, limit_per_class=None, train_limit={"cnn": None, "resnet50": 500},
+    ),
+    # A GPU worker: all of CIFAR-10, 224 px for ResNet50, the seeds' epochs.
+    "full": Settings(
+        profile="full", dataset="cifar10", weights="imagenet", image_size=224, batch_size=64,
+        epochs={"cnn": 10, "resnet50": 10}, limit_per_class=None, train_limit={"cnn": None, "resnet50": None},
+    ),
+}
+
+# Environment variables that override profile defaults (the Makefile and docker-compose set these).
+ENV_OVERRIDES = {
+    "dataset": "TL_DATASET",
+    "weights": "TL_RESNET_WEIGHTS",
+    "epochs": "TL_EPOCHS",
+    "image_size": "TL_IMAGE_SIZE",
+    "batch_size": "TL_BATCH_SIZE",
+    "limit_per_class": "TL_LIMIT_PER_CLASS",
+    "seed": "TL_SEED",
+}
+
+
+def resolve_settings(profile: str | None = None, **overrides) -> Settings:
+    """Build the Settings of a run: profile defaults, then TL_* environment variables, then `overrides`.
+
+    `profile` defaults to `$TL_PROFILE` or "quick". Overrides whose value is None are ignored.
+    `epochs` may be an int (all families) or a dict per family. `variants` may be a list of names.
+    """
+    name = profile or os.environ.get("TL_PROFILE") or "quick"
+    if name not in PROFILES:
+        raise ValueError(f"profile={name!r} is not a known profile; choose one of {', '.join(PROFILE_NAMES)}")
+    values: dict = {}
+    for key, env in ENV_OVERRIDES.items():
+        raw = os.environ.get(env)
+        if raw not in (None, ""):
+            values[key] = _parse_env(key, env, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return _apply(PROFILES[name], values)
+
+
+def _parse_env(key: str, env: str, raw: str):
+    if key in ("dataset", "weights"):
+        return raw
+    if key == "limit_per_class" and raw.lower() in ("none", "all", "0"):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{env}={raw!r} is not a whole number; unset it or give e.g. {env}=10") from None
+
+
+def _apply(base: Settings, values: dict) -> Settings:
+    unknown = set(values) - {f.name for f in dataclasses.fields(Settings)}
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(Settings)]}")
+    if "epochs" in values and isinstance(values["epochs"], int):
+        values["epochs"] = {family: values["epochs"] for family in base.epochs}
+    if "variants" in values:
+        values["variants"] = tuple(get_variant(v).name for v in values["variants"])
+        if not values["variants"]:
+            raise ValueError("variants is empty; choose at least one of " + ", ".join(VARIANT_NAMES))
+    settings = dataclasses.replace(base, **values)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    for family, n in s.epochs.items():
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"epochs={n!r} for {family} must be a whole number >= 1")
+    if not 8 <= s.image_size <= 512:
+        raise ValueError(f"image_size={s.image_size!r} must be between 8 and 512 pixels (ResNet50 uses 32 to 224)")
+    if s.image_size < 32 and s.weights != "none":
+        raise ValueError(f"image_size={s.image_size!r} is too small for ResNet50; use 32 or more")
+    if s.batch_size < 1:
+        raise ValueError(f"batch_size={s.batch_size!r} must be >= 1")
+    if s.limit_per_class is not None and s.limit_per_class < 2:
+        raise ValueError(f"limit_per_class={s.limit_per_class!r} must be >= 2 (or None for all images)")
+    if not 0.0 < s.val_fraction < 0.5:
+        raise ValueError(f"val_fraction={s.val_fraction!r} must be between 0 and 0.5 (0.1 = 10% of train)")
+    if not s.dataset:
+        raise ValueError("dataset is empty; use cifar10, cifar10:<path>, folder:<path> or synthetic")
+    if not s.weights:
+        raise ValueError("weights is empty; use imagenet, none, or a path to a .h5/.keras file")
