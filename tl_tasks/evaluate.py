@@ -1,0 +1,123 @@
+"""Evaluate one trained variant on the test split: accuracy, loss, top-3, per-class metrics, confusion, speed."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tl_tasks import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
+
+import keras
+import numpy as np
+
+from tl_tasks.config import Settings
+from tl_tasks.train import MODEL_FILE, _count, _load_class_names, _load_split, _write_json_atomic
+from tl_tasks.variants import Variant, get_variant
+
+EVALUATION_FILE = "evaluation.json"
+MAX_MISCLASSIFIED = 50
+EPSILON = 1e-7  # as Keras clips probabilities in its cross-entropy
+
+
+@dataclass
+class EvalResult:
+    """Test-split metrics of one variant; `to_dict()` is what goes to XCom, the database and evaluation.json."""
+
+    variant: str
+    accuracy: float
+    loss: float
+    top3_accuracy: float
+    macro_f1: float
+    per_class: list[dict]           # {class_name, precision, recall, f1, support}
+    confusion_matrix: list[list[int]]  # counts, rows = true class, columns = predicted class
+    misclassified: list[dict]       # {index, true, predicted}: test-set index and class indices, at most 50
+    inference_img_per_s: float
+    params_total: int
+    params_trainable: int
+    model_size_bytes: int
+    class_names: list[str]
+    test_images: int
+    batch_size: int
+    backend: str
+    device: str
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, settings: Settings) -> EvalResult:
+    """Evaluate `model_dir/model.keras` on the test split of `data_dir`; write `model_dir/evaluation.json`."""
+    v = variant if isinstance(variant, Variant) else get_variant(variant)
+    data_dir, model_dir = Path(data_dir), Path(model_dir)
+    runtime.configure()
+    model_path = model_dir / MODEL_FILE
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path} is missing: train {v.name} first (train_variant / the train task)")
+    class_names = _load_class_names(data_dir)
+    x_test, y_test = _load_split(data_dir, "test", len(class_names))
+    x_test = np.ascontiguousarray(x_test)
+
+    model = keras.models.load_model(model_path, compile=False)
+    if model.output_shape[-1] != len(class_names):
+        raise ValueError(f"{model_path} predicts {model.output_shape[-1]} classes but {data_dir}/meta.json lists "
+                         f"{len(class_names)}; retrain {v.name} on this data")
+    batch = settings.batch_size
+    # Warm-up on both batch shapes the timed pass sees (full and remainder): compiling is not inferring.
+    for n in {min(batch, len(x_test)), len(x_test) % batch} - {0}:
+        model.predict(x_test[:n], batch_size=batch, verbose=0)
+    t0 = time.perf_counter()
+    probs = model.predict(x_test, batch_size=batch, verbose=0)
+    seconds = time.perf_counter() - t0
+
+    metrics = _metrics(y_test, probs, class_names, seed=settings.seed)
+    result = EvalResult(
+        variant=v.name, **metrics,
+        inference_img_per_s=round(len(y_test) / seconds, 1) if seconds > 0 else float("nan"),
+        params_total=int(model.count_params()), params_trainable=_count(model.trainable_weights),
+        model_size_bytes=model_path.stat().st_size, class_names=list(class_names), test_images=int(len(y_test)),
+        batch_size=batch, backend=keras.backend.backend(), device=runtime.device_description(),
+    )
+    _write_json_atomic(model_dir / EVALUATION_FILE, result.to_dict())
+    return result
+
+
+def _metrics(y_true, probs, class_names, *, seed: int = 42, max_misclassified: int = MAX_MISCLASSIFIED) -> dict:
+    """Accuracy, loss, top-3 accuracy, per-class precision/recall/F1, macro F1, confusion and a misclassified sample.
+
+    Classes without support or predictions get precision/recall/F1 of 0 (as scikit-learn's zero_division=0).
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    n, k = probs.shape
+    if len(y_true) != n or k != len(class_names):
+        raise ValueError(f"{len(y_true)} labels, probabilities of shape {probs.shape}, {len(class_names)} class names")
+    y_pred = probs.argmax(axis=1)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    tp = np.diag(confusion).astype(np.float64)
+    predicted, support = confusion.sum(axis=0), confusion.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
+
+    top = min(3, k)
+    top_k = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+    wrong = np.flatnonzero(y_pred != y_true)
+    if len(wrong) > max_misclassified:
+        wrong = np.sort(np.random.default_rng(seed).choice(wrong, max_misclassified, replace=False))
+    return {
+        "accuracy": float(tp.sum() / n) if n else 0.0,
+        "loss": float(-np.mean(np.log(np.clip(probs[np.arange(n), y_true], EPSILON, 1.0)))) if n else 0.0,
+        "top3_accuracy": float(np.mean((top_k == y_true[:, None]).any(axis=1))) if n else 0.0,
+        "macro_f1": float(f1.mean()),
+        "per_class": [
+            {"class_name": name, "precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+             "support": int(support[c])}
+            for c, name in enumerate(class_names)
+        ],
+        "confusion_matrix": confusion.tolist(),
+        "misclassified": [{"index": int(i), "true": int(y_true[i]), "predicted": int(y_pred[i])} for i in wrong],
+    }

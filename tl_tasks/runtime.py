@@ -1,0 +1,122 @@
+"""Process set-up shared by training and evaluation: quiet logs, polite GPU memory, seeds, device facts.
+
+Importing this module only sets environment variables (before Keras/TensorFlow/JAX load); the
+functions import Keras lazily and touch backend-specific APIs only when that backend is active.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+from typing import Iterator
+
+# Must be set before TensorFlow or JAX is imported to have any effect:
+# - TF_CPP_MIN_LOG_LEVEL=2 hides TensorFlow's C++ INFO/WARNING start-up chatter;
+# - TF_FORCE_GPU_ALLOW_GROWTH / XLA_PYTHON_CLIENT_PREALLOCATE stop one training from grabbing the
+#   whole GPU, so several variants can train side by side on one card.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+log = logging.getLogger(__name__)
+_configured = False
+
+
+def configure() -> None:
+    """Once per process: silence TensorFlow's Python loggers and enable GPU memory growth (TF only)."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return
+    try:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+
+        tf.get_logger().setLevel(logging.ERROR)
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except (ImportError, RuntimeError, ValueError) as exc:  # RuntimeError: GPUs already initialised
+        log.debug("GPU memory growth not set: %s", exc)
+
+
+def gpu_available() -> bool:
+    """True when the active Keras backend sees a GPU."""
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return bool(tf.config.list_physical_devices("GPU"))
+        if backend == "jax":
+            import jax
+
+            return any(d.platform == "gpu" for d in jax.devices())
+        if backend == "torch":
+            import torch
+
+            return bool(torch.cuda.is_available())
+    except Exception as exc:  # a broken CUDA install means: no usable GPU
+        log.debug("GPU detection failed on %s: %s", backend, exc)
+    return False
+
+
+def device_description() -> str:
+    """A short human-readable name of the device the backend computes on, e.g. 'GPU: NVIDIA H100' or 'CPU'."""
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                details = tf.config.experimental.get_device_details(gpus[0])
+                return f"GPU: {details.get('device_name', gpus[0].name)}" + (f" x{len(gpus)}" if len(gpus) > 1 else "")
+        elif backend == "jax":
+            import jax
+
+            gpus = [d for d in jax.devices() if d.platform == "gpu"]
+            if gpus:
+                return f"GPU: {gpus[0].device_kind}" + (f" x{len(gpus)}" if len(gpus) > 1 else "")
+        elif backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return f"GPU: {torch.cuda.get_device_name(0)}"
+    except Exception as exc:
+        log.debug("device description failed on %s: %s", backend, exc)
+    return f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and the Keras backend (weight init, shuffling, dropout, augmentation)."""
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
+
+
+@contextlib.contextmanager
+def dtype_policy(mixed: bool) -> Iterator[str]:
+    """Build models under "mixed_float16" (when `mixed`) or "float32", restoring the previous global policy."""
+    import keras
+
+    previous = keras.config.dtype_policy().name
+    name = "mixed_float16" if mixed else "float32"
+    keras.config.set_dtype_policy(name)
+    try:
+        yield name
+    finally:
+        keras.config.set_dtype_policy(previous)

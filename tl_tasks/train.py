@@ -1,0 +1,448 @@
+"""Train one variant on prepared data: seeded, checkpointed each epoch (a crashed attempt resumes), and for a
+frozen base without augmentation the base's features are computed once and only the head is trained.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tl_tasks import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
+
+import keras
+import numpy as np
+
+from tl_tasks.config import Settings
+from tl_tasks.models import build_head, build_model, resolve_weights
+from tl_tasks.variants import Variant, get_variant
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+SUMMARY_FILE = "train_summary.json"
+CHECKPOINT_DIR = "checkpoints"
+STALE_OUTPUTS = (MODEL_FILE, SUMMARY_FILE, "evaluation.json")
+EARLY_STOPPING_MONITOR = "val_loss"
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+@dataclass
+class TrainResult:
+    """What one training produced; `summary()` is the JSON-safe dict that goes to XCom and the database."""
+
+    variant: str
+    state: str
+    model_path: str
+    weights: str                    # what the base actually started from: "imagenet", "none" or a file path
+    weights_requested: str
+    epochs_planned: int
+    epochs_run: int                 # completed epochs in total, resumed attempts included
+    best_epoch: int | None          # 1-based epoch with the lowest val_loss
+    stopped_early: bool
+    train_seconds: float            # wall time of this attempt (data loading to saved model)
+    history: list[dict]
+    resumed_from_epoch: int         # 0 = trained from scratch
+    params_total: int
+    params_trainable: int
+    feature_cache: bool
+    feature_seconds: float | None   # time spent computing cached base features
+    train_img_per_s: float | None   # training images per second over this attempt's epochs
+    train_images: int
+    val_images: int
+    input_size: int
+    image_size: int
+    batch_size: int
+    seed: int
+    early_stopping: bool
+    train_limit: int | None
+    mixed_precision: bool
+    backend: str
+    device: str
+
+    def summary(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, settings: Settings,
+                  *, verbose: int | None = None) -> TrainResult:
+    """Train `variant` on the prepared data in `data_dir`; write `out_dir/model.keras` and `train_summary.json`.
+
+    Rerunning after a crash resumes from the last completed epoch in `out_dir/checkpoints/`; rerunning after a
+    finished training retrains from scratch.
+
+    Args:
+        verbose: Keras fit verbosity; None = progress bar on a terminal, one line per epoch otherwise.
+    """
+    started = time.perf_counter()
+    v = variant if isinstance(variant, Variant) else get_variant(variant)
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    runtime.configure()
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+
+    class_names = _load_class_names(data_dir)
+    x_train, y_train = _load_split(data_dir, "train", len(class_names))
+    x_val, y_val = _load_split(data_dir, "val", len(class_names))
+    limit = settings.train_limit.get(v.family)
+    if limit and limit < len(y_train):
+        keep = _stratified_subset(y_train, limit, settings.seed)
+        x_train, y_train = x_train[keep], y_train[keep]
+    x_train, y_train = np.ascontiguousarray(x_train), np.ascontiguousarray(y_train)
+    x_val, y_val = np.ascontiguousarray(x_val), np.ascontiguousarray(y_val)
+
+    input_size = int(x_train.shape[1])
+    image_size = input_size if v.family == "cnn" else settings.image_size
+    epochs = settings.epochs[v.family]
+    feature_cache = v.frozen_base and not v.augment
+    mixed = runtime.gpu_available()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = _Checkpoints(out_dir / CHECKPOINT_DIR, _signature(v, settings, data_dir, y_train, y_val))
+    state = _previous_attempt(out_dir, checkpoints)
+    if state is not None:
+        weights = state["weights"]
+        log.info("%s: resuming after epoch %d from %s", v.name, state["completed_epochs"], checkpoints.directory)
+    elif v.family == "cnn":
+        weights = "none"
+    else:
+        weights = _weights_label(resolve_weights(settings.weights))
+
+    run = _Run(v=v, num_classes=len(class_names), input_size=input_size, image_size=image_size,
+               weights=weights, epochs=epochs, settings=settings, verbose=verbose, checkpoints=checkpoints,
+               state=state, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
+    with runtime.dtype_policy(mixed):
+        model = run.fit_cached() if feature_cache else run.fit()
+
+    model_path = out_dir / MODEL_FILE
+    _save_model_atomic(model, model_path)
+    history = run.history
+    val_losses = [h["val_loss"] for h in history if h.get("val_loss") is not None and np.isfinite(h["val_loss"])]
+    attempt_seconds = sum(h["seconds"] for h in history[run.start_epoch:])
+    attempt_epochs = len(history) - run.start_epoch
+    result = TrainResult(
+        variant=v.name, state="success", model_path=str(model_path.resolve()), weights=weights,
+        weights_requested=str(settings.weights), epochs_planned=epochs, epochs_run=len(history),
+        best_epoch=(int(np.argmin(val_losses)) + 1) if val_losses else None,
+        stopped_early=len(history) < epochs, train_seconds=round(time.perf_counter() - started, 3),
+        history=history, resumed_from_epoch=run.start_epoch,
+        params_total=int(model.count_params()), params_trainable=_count(model.trainable_weights),
+        feature_cache=feature_cache, feature_seconds=run.feature_seconds,
+        train_img_per_s=round(len(y_train) * attempt_epochs / attempt_seconds, 1) if attempt_seconds > 0 else None,
+        train_images=int(len(y_train)), val_images=int(len(y_val)), input_size=input_size, image_size=image_size,
+        batch_size=settings.batch_size, seed=settings.seed, early_stopping=v.early_stopping, train_limit=limit,
+        mixed_precision=mixed, backend=keras.backend.backend(), device=runtime.device_description(),
+    )
+    _write_json_atomic(out_dir / SUMMARY_FILE, result.summary())
+    checkpoints.clear()
+    return result
+
+
+@dataclass
+class _Run:
+    """One training attempt: builds or restores the model, fits it with checkpoints, keeps the history."""
+
+    v: Variant
+    num_classes: int
+    input_size: int
+    image_size: int
+    weights: str
+    epochs: int
+    settings: Settings
+    verbose: int
+    checkpoints: "_Checkpoints"
+    state: dict | None
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    feature_seconds: float | None = None
+    also_needs: list[str] = field(default_factory=list)  # checkpoint files besides the epoch model
+
+    def __post_init__(self):
+        if self.state is not None:
+            self.history = list(self.state["history"])
+            self.start_epoch = int(self.state["completed_epochs"])
+
+    def build(self) -> keras.Model:
+        runtime.seed_everything(self.settings.seed)
+        return build_model(self.v, self.num_classes, input_size=self.input_size, image_size=self.image_size,
+                           weights=None if self.weights == "none" else self.weights, seed=self.settings.seed)
+
+    def fit(self) -> keras.Model:
+        """Train the whole model end to end."""
+        model = self.checkpoints.load_model(self.state) if self.state else self.build()
+        self._fit(model, self.x_train, self.x_val)
+        return model
+
+    def fit_cached(self) -> keras.Model:
+        """Frozen base, no augmentation: compute the base's pooled features once, train only the head on them."""
+        if self.state:
+            self.also_needs = [_Checkpoints.INITIAL_MODEL]
+            model = keras.models.load_model(self.checkpoints.directory / _Checkpoints.INITIAL_MODEL)
+            head = self.checkpoints.load_model(self.state)
+        else:
+            model = self.build()
+            self.checkpoints.save_initial(model)
+            self.also_needs = [_Checkpoints.INITIAL_MODEL]
+            head = build_head(self.v, self.num_classes, model.get_layer("head_pool").output.shape[-1],
+                              seed=self.settings.seed)
+            _copy_weights(model, head)  # start from the assembled model's own head initialisation
+        t0 = time.perf_counter()
+        features = keras.Model(model.inputs, model.get_layer("head_pool").output, name="features")
+        batch = self.settings.batch_size
+        f_train = np.asarray(features.predict(self.x_train, batch_size=batch, verbose=0), dtype="float32")
+        f_val = np.asarray(features.predict(self.x_val, batch_size=batch, verbose=0), dtype="float32")
+        self.feature_seconds = round(time.perf_counter() - t0, 3)
+        self._fit(head, f_train, f_val)
+        _copy_weights(head, model)
+        model.optimizer.build(model.trainable_variables)  # a complete .keras file: no optimizer warning on load
+        return model
+
+    def _fit(self, model: keras.Model, x_train, x_val) -> None:
+        early = None
+        if self.v.early_stopping:
+            early = _ResumableEarlyStopping(monitor=EARLY_STOPPING_MONITOR, patience=self.settings.patience,
+                                            restore_best_weights=True)
+            early.resume_from(self.state, self.checkpoints)
+        epoch_log = _EpochLog(self.history)
+        callbacks = [epoch_log] + ([early] if early else []) + [_CheckpointEachEpoch(self, early)]
+        already_stopped = bool(self.state and self.state.get("stopped"))
+        if self.start_epoch < self.epochs and not already_stopped:
+            runtime.seed_everything(self.settings.seed + self.start_epoch)
+            model.fit(x_train, self.y_train, validation_data=(x_val, self.y_val), epochs=self.epochs,
+                      initial_epoch=self.start_epoch, batch_size=self.settings.batch_size, shuffle=True,
+                      verbose=self.verbose, callbacks=callbacks)
+        elif early is not None and early.best_weights is not None:
+            model.set_weights(early.best_weights)  # crashed after the last epoch: finish what fit would have done
+
+
+class _EpochLog(keras.callbacks.Callback):
+    def __init__(self, history: list[dict]):
+        super().__init__()
+        self.history = history
+        self._t0 = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        entry = {"epoch": epoch + 1}
+        entry.update({k: (float(logs[k]) if k in logs else None) for k in HISTORY_KEYS})
+        entry["seconds"] = round(time.perf_counter() - self._t0, 3)
+        self.history.append(entry)
+
+
+class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose counters and best weights survive a crash (they live in the checkpoint state)."""
+
+    _resume: dict | None = None
+
+    def resume_from(self, state: dict | None, checkpoints: "_Checkpoints") -> None:
+        saved = (state or {}).get("early_stopping")
+        if saved:
+            self._resume = dict(saved, best_weights=checkpoints.load_best_weights())
+            self.best_weights = self._resume["best_weights"]
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._resume:
+            self.wait, self.best = self._resume["wait"], self._resume["best"]
+            self.best_epoch, self.best_weights = self._resume["best_epoch"], self._resume["best_weights"]
+
+    def snapshot(self) -> dict:
+        best = None if self.best is None else float(self.best)
+        return {"wait": int(self.wait), "best": best, "best_epoch": int(self.best_epoch)}
+
+
+class _CheckpointEachEpoch(keras.callbacks.Callback):
+    def __init__(self, run: _Run, early: _ResumableEarlyStopping | None):
+        super().__init__()
+        self.run, self.early = run, early
+
+    def on_epoch_end(self, epoch, logs=None):
+        extra = {"stopped": bool(self.model.stop_training), "also_needs": self.run.also_needs}
+        best_weights = None
+        if self.early is not None:
+            extra["early_stopping"] = self.early.snapshot()
+            if self.early.best_epoch == epoch and self.early.best_weights is not None:
+                best_weights = self.early.best_weights
+        self.run.checkpoints.save(self.model, epoch + 1, self.run.history, self.run.weights, extra, best_weights)
+
+
+class _Checkpoints:
+    """`checkpoints/`: the model after the last completed epoch plus `state.json` (epoch, history, signature)."""
+
+    STATE = "state.json"
+    INITIAL_MODEL = "initial.keras"
+    BEST_WEIGHTS = "best_weights.npz"
+
+    def __init__(self, directory: Path, signature: dict):
+        self.directory = directory
+        self.signature = signature
+
+    def load(self) -> dict | None:
+        path = self.directory / self.STATE
+        if not path.is_file():
+            return None
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable checkpoint state %s (%s); training from scratch", path, exc)
+            return None
+        if state.get("signature") != self.signature:
+            log.warning("checkpoints in %s were made with other settings or data; training from scratch",
+                        self.directory)
+            return None
+        needed = [state.get("model_file") or "", *state.get("also_needs", [])]
+        if not all((self.directory / name).is_file() for name in needed):
+            log.warning("checkpoint files in %s are incomplete; training from scratch", self.directory)
+            return None
+        return state
+
+    def load_model(self, state: dict) -> keras.Model:
+        return keras.models.load_model(self.directory / state["model_file"])
+
+    def load_best_weights(self) -> list[np.ndarray] | None:
+        path = self.directory / self.BEST_WEIGHTS
+        if not path.is_file():
+            return None
+        with np.load(path) as f:
+            return [f[f"arr_{i}"] for i in range(len(f.files))]
+
+    def save_initial(self, model: keras.Model) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _save_model_atomic(model, self.directory / self.INITIAL_MODEL)
+
+    def save(self, model, completed: int, history: list[dict], weights: str, extra: dict,
+             best_weights: list | None) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"epoch_{completed:03d}.keras"
+        _save_model_atomic(model, self.directory / name)
+        if best_weights is not None:
+            tmp = self.directory / f".tmp-{self.BEST_WEIGHTS}"
+            with open(tmp, "wb") as f:
+                np.savez(f, *best_weights)
+            os.replace(tmp, self.directory / self.BEST_WEIGHTS)
+        state = {"signature": self.signature, "completed_epochs": completed, "model_file": name,
+                 "history": history, "weights": weights, **extra}
+        _write_json_atomic(self.directory / self.STATE, state)
+        # Older epochs go only once the state points at the new one: a kill at any moment leaves a valid pair.
+        for old in self.directory.glob("epoch_*.keras"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _previous_attempt(out_dir: Path, checkpoints: _Checkpoints) -> dict | None:
+    """The checkpoint state to resume from, or None after cleaning up for a fresh training."""
+    if not _finished(out_dir):
+        state = checkpoints.load()
+        if state is not None:
+            return state
+    checkpoints.clear()
+    for name in STALE_OUTPUTS:  # they describe the model being replaced
+        (out_dir / name).unlink(missing_ok=True)
+    return None
+
+
+def _finished(out_dir: Path) -> bool:
+    try:
+        summary = json.loads((out_dir / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return summary.get("state") == "success" and (out_dir / MODEL_FILE).is_file()
+
+
+def _signature(v: Variant, settings: Settings, data_dir: Path, y_train: np.ndarray, y_val: np.ndarray) -> dict:
+    """What must match for a checkpoint to be resumable (epochs may change: a longer rerun continues)."""
+    meta = json.loads((data_dir / "meta.json").read_text())
+    ignored = {"epochs", "variants", "profile"}
+    sig = {
+        "variant": dataclasses.asdict(v),
+        "settings": {k: val for k, val in settings.to_dict().items() if k not in ignored},
+        "data": meta.get("fingerprint") or [int(len(y_train)), int(y_train.sum()), int(len(y_val))],
+        "backend": keras.backend.backend(),
+    }
+    return json.loads(json.dumps(sig))
+
+
+def _stratified_subset(y: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Indices of `limit` images, each class in proportion to its share of `y`, chosen at random (seeded)."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    rank = np.empty(len(y))
+    for c in np.unique(y):
+        members = order[y[order] == c]
+        rank[members] = (np.arange(len(members)) + 0.5) / len(members)
+    picked = order[np.argsort(rank[order], kind="stable")][:limit]
+    return np.sort(picked)
+
+
+def _load_class_names(data_dir: Path) -> list[str]:
+    meta = Path(data_dir) / "meta.json"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{meta} is missing: {data_dir} is not a prepared data folder; run prepare_data first")
+    names = json.loads(meta.read_text()).get("class_names")
+    if not isinstance(names, list) or len(names) < 2:
+        raise ValueError(f"{meta} has class_names={names!r}; expected a list of at least 2 names")
+    return [str(n) for n in names]
+
+
+def _load_split(data_dir: Path, split: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """x (uint8 NHWC, memory-mapped) and y (int64) of one split, checked against the data contract."""
+    x_path, y_path = Path(data_dir) / f"x_{split}.npy", Path(data_dir) / f"y_{split}.npy"
+    for path in (x_path, y_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the prepared data in {data_dir} is incomplete; "
+                                    f"rerun prepare_data")
+    x, y = np.load(x_path, mmap_mode="r"), np.load(y_path)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] != x.shape[2]:
+        raise ValueError(f"{x_path} holds {x.dtype} {x.shape}; expected uint8 images (n, size, size, 3)")
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"{split} split of {data_dir} has {len(x)} images and {len(y)} labels; expected the "
+                         f"same number, at least 1")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"{y_path} has labels {int(y.min())}..{int(y.max())}; expected 0..{num_classes - 1} "
+                         f"(meta.json lists {num_classes} classes)")
+    return x, y.astype("int64", copy=False)
+
+
+def _weights_label(resolved: str | None) -> str:
+    return "none" if resolved is None else resolved
+
+
+def _copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Copy weights between the layers the two models share by name (the head layers)."""
+    names = {layer.name for layer in source.layers}
+    for layer in target.layers:
+        if layer.weights and layer.name in names:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+
+
+def _count(variables) -> int:
+    return int(sum(int(np.prod(w.shape)) for w in variables))
+
+
+def _save_model_atomic(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")  # keeps the .keras suffix Keras insists on
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
