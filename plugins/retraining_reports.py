@@ -1,0 +1,104 @@
+"""Airflow 3 plugin: a "Retraining reports" entry in the UI that serves the HTML reports from $TL_HOME.
+
+Only logged-in Airflow users get the pages (Airflow's own `get_user`: the UI's `_token` cookie or a Bearer
+token), and only files under `$TL_HOME/reports/` and `$TL_HOME/runs/<key>/report/` are served. Nothing
+heavy is imported here: the pages are static files written by `reports.builder`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+
+from airflow.plugins_manager import AirflowPlugin
+
+URL_PREFIX = "/retraining-reports"
+INDEX = "reports/index.html"
+# Reports are self-contained pages: no scripts, inline styles, images as data: URIs. The policy makes a
+# page inert even if a string slipped past escaping; framing is allowed for the Airflow UI (same origin).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+                               "frame-ancestors 'self'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+    "Referrer-Policy": "same-origin",
+}
+_EMPTY_INDEX = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Retraining reports</title></head>
+<body style="font-family:system-ui,sans-serif;margin:2rem"><h1>Retraining reports</h1>
+<p>No report has been built yet. Trigger the <code>cifar10_retraining</code> DAG; every run adds its report here.</p>
+</body></html>"""
+
+
+async def require_user(request: Request):
+    """Airflow's authentication for the api-server's own routes: a Bearer token or the UI's JWT cookie.
+
+    Raises 401 without credentials, 403 for an invalid token or a user who may not view the website.
+    """
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+    from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
+
+    user = await get_user(request, None, await bearer_scheme(request))
+    if not get_auth_manager().is_authorized_view(access_view=AccessView.WEBSITE, user=user):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "Forbidden")
+    return user
+
+
+def reports_home() -> Path:
+    """`$TL_HOME` as the workflow resolves it (tl_tasks.config), resolved to an absolute path."""
+    try:
+        from tl_tasks.config import tl_home
+    except ImportError:  # project not on sys.path: same rule as tl_tasks.config.tl_home
+        return Path(os.environ.get("TL_HOME") or Path(__file__).resolve().parents[1] / "tl_home").expanduser().resolve()
+    return tl_home()
+
+
+def resolve_report_file(relative: str) -> Path | None:
+    """The file a URL path names, or None unless it is a file inside `reports/` or `runs/<key>/report/`."""
+    if not relative or "\x00" in relative or "\\" in relative:
+        return None
+    parts = Path(relative).parts
+    if any(p in ("..", ".") for p in parts) or Path(relative).is_absolute():
+        return None
+    home = reports_home()
+    target = (home / relative).resolve()  # follows symlinks: a link pointing outside is refused below
+    allowed = [home / "reports"]
+    if len(parts) >= 3 and parts[0] == "runs" and parts[2] == "report":
+        allowed.append(home / "runs" / parts[1] / "report")
+    if not any(target.is_relative_to(root.resolve()) for root in allowed):
+        return None
+    return target if target.is_file() else None
+
+
+app = FastAPI(title="Retraining reports", docs_url=None, redoc_url=None, openapi_url=None,
+              dependencies=[Depends(require_user)])
+
+
+@app.get("/", include_in_schema=False)
+def root() -> RedirectResponse:
+    # A relative redirect keeps the page's own relative links (../runs/...) working under any base URL.
+    return RedirectResponse(INDEX, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+
+
+@app.get("/{relative:path}", include_in_schema=False)
+def report_file(relative: str):
+    path = resolve_report_file(relative)
+    if path is None:
+        if relative == INDEX:
+            return HTMLResponse(_EMPTY_INDEX, headers=SECURITY_HEADERS)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "No such report")
+    return FileResponse(path, headers=SECURITY_HEADERS)
+
+
+class RetrainingReportsPlugin(AirflowPlugin):
+    name = "retraining_reports"
+    fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Retraining reports"}]
+    external_views = [{
+        "name": "Retraining reports",
+        "href": URL_PREFIX.lstrip("/") + "/",   # relative to the UI's <base href>: works under a base_url path
+        "url_route": "retraining-reports",
+        "destination": "nav",
+        "category": "browse",
+    }]

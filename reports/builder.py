@@ -1,0 +1,676 @@
+"""Build a run's HTML report and the index of all reports from the metrics database and the run's artifacts.
+
+Pages are self-contained (plots and thumbnails inline as base64 PNG, CSS inline, no scripts) and link to
+each other with relative links, so they work opened from disk and served by the Airflow plugin.
+"""
+from __future__ import annotations
+
+import base64
+import inspect
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+from tl_tasks import config
+
+TEMPLATES_DIR = Path(__file__).with_name("templates")
+TREND_LIMIT = 100_000          # "all runs": the trend chart and the index cover the whole history
+INDEX_LIMIT = 100_000
+MISCLASSIFIED_SHOWN = 24       # thumbnails per variant
+THUMB_MAX = 64                 # thumbnails larger than this (px) are downscaled
+
+
+def build_report(run_id: str, store=None) -> Path:
+    """Write `runs/<run_key>/report/index.html` for `run_id` and refresh `$TL_HOME/reports/index.html`.
+
+    Args:
+        run_id: the run as recorded in the metrics database (an Airflow run id or a CLI run id).
+        store: a `MetricsStore`; default `tl_tasks.store.connect()` (the `TL_METRICS_DB_URL` database).
+
+    Returns:
+        The path of the written report page.
+    """
+    store = store if store is not None else _connect()
+    run = store.get_run(run_id)
+    if run is None:
+        raise ValueError(
+            f"run_id={run_id!r} is not in the metrics database; run the pipeline for it first "
+            f"or pick a recorded run id (see {config.tl_home() / 'reports' / 'index.html'})"
+        )
+    html = _render("report.html", _report_context(run, store))
+    path = config.report_dir(run_id) / "index.html"
+    _write_atomic(path, html)
+    build_index(store)
+    return path
+
+
+def build_index(store=None) -> Path:
+    """Write `$TL_HOME/reports/index.html`: every recorded run, newest first, linking to its report.
+
+    Returns:
+        The path of the index page.
+    """
+    store = store if store is not None else _connect()
+    path = config.tl_home() / "reports" / "index.html"
+    _write_atomic(path, _render("index.html", _index_context(store.recent_runs(limit=INDEX_LIMIT))))
+    return path
+
+
+# --------------------------------------------------------------------------- context of a run's report
+
+
+def _report_context(run: dict, store) -> dict:
+    run_id = run["run_id"]
+    results = _results(run)
+    class_names = list(run.get("class_names") or [])
+    previous = store.previous_run(run_id)
+    prev_results = {r["variant"]: r for r in _results(previous)} if previous else {}
+    champions = {r["variant"]: store.champion(r["variant"], before_run_id=run_id) for r in results}
+    rows = [_summary_row(r, prev_results.get(r["variant"]), champions.get(r["variant"])) for r in results]
+    scored = [r for r in rows if r["acc_value"] is not None and not r["failed"]]
+    best = max(scored, key=lambda r: r["acc_value"]) if scored else None
+    if best is not None:
+        best["is_best"] = True
+    failed = [
+        {"variant": r["variant"], "stage": r.get("stage"), "error": r.get("error"), "when": _date_text(r.get("failed_at"))}
+        for r in results if _is_failed(r)
+    ]
+    current_date = _as_datetime(run.get("logical_date") or run.get("started_at"))
+    return {
+        "run": {**run, "date_text": _date_text(current_date)},
+        "previous": _previous_link(previous, run_id),
+        "index_href": "../../../reports/index.html",
+        "headline": _headline(rows, best, failed, previous, run.get("error")),
+        "rows": rows,
+        "trend": _trend(store, run_id, [r["variant"] for r in results], current_date),
+        "variants": [v for v in (_variant_section(r, class_names, run_id) for r in results) if v],
+        "failed": failed,
+        "metadata": _metadata(run, results),
+        "generated_at": _date_text(datetime.now(timezone.utc)),
+    }
+
+
+def _results(run: dict | None) -> list[dict]:
+    """The run's per-variant results as a list, whether the store gives a list or a dict by variant."""
+    if not run:
+        return []
+    results = run.get("results") or []
+    if isinstance(results, dict):
+        results = [{"variant": k, **v} for k, v in results.items()]
+    return sorted(results, key=lambda r: _variant_order(r.get("variant", "")))
+
+
+def _variant_order(name: str):
+    from tl_tasks.variants import VARIANT_NAMES
+
+    return (VARIANT_NAMES.index(name), "") if name in VARIANT_NAMES else (len(VARIANT_NAMES), name)
+
+
+def _is_failed(result: dict) -> bool:
+    return (result.get("state") or "").lower() == "failed"
+
+
+def _summary_row(r: dict, prev: dict | None, champ: dict | None) -> dict:
+    acc = r.get("accuracy")
+    gate = r.get("gate") or None
+    prev = prev or {}
+    champ_acc = champ.get("accuracy") if champ else None
+    return {
+        "variant": r["variant"],
+        "failed": _is_failed(r),
+        "stage": r.get("stage"),
+        "is_best": False,
+        "acc_value": acc,
+        "accuracy": _pct(acc),
+        "loss": _fixed(r.get("loss"), 3),
+        "top3": _pct(r.get("top3_accuracy")),
+        "macro_f1": _fixed(r.get("macro_f1"), 3),
+        "epochs_run": _int(r.get("epochs_run")),
+        "best_epoch": _int(r.get("best_epoch")),
+        "train_time": _duration(r.get("train_seconds")),
+        "inference": _rate(r.get("inference_img_per_s")),
+        "params": _params(r.get("params_trainable"), r.get("params_total")),
+        "weights": _weights(r.get("weights")),
+        "d_prev": {
+            "accuracy": _delta(acc, prev.get("accuracy")),
+            "loss": _delta(r.get("loss"), prev.get("loss"), higher_is_better=False, scale=1, digits=3, unit=""),
+            "top3": _delta(r.get("top3_accuracy"), prev.get("top3_accuracy")),
+            "macro_f1": _delta(r.get("macro_f1"), prev.get("macro_f1"), scale=1, digits=3, unit=""),
+        },
+        "d_champ": _delta(acc, champ_acc),
+        "champion_text": f"champion {_pct(champ_acc)}" if champ_acc is not None else "",
+        "gate": _gate(gate),
+    }
+
+
+def _gate(gate: dict | None) -> dict | None:
+    if not gate:
+        return None
+    decision = gate.get("decision") or ""
+    bits = []
+    if gate.get("champion_accuracy") is not None:
+        bits.append(f"champion {_pct(gate['champion_accuracy'])}")
+    if gate.get("delta") is not None:
+        bits.append(f"{gate['delta'] * 100:+.1f} pts")
+    if gate.get("tolerance") is not None:
+        bits.append(f"tolerance {gate['tolerance'] * 100:.1f} pts")
+    if gate.get("forced"):
+        bits.append("forced")
+    return {"decision": decision, "note": ", ".join(bits)}
+
+
+def _headline(rows: list[dict], best: dict | None, failed: list[dict], previous: dict | None,
+              run_error: str | None = None) -> dict:
+    """Lines for the box at the top: which variant is best, what regressed, what failed (each line has a css)."""
+    lines = []
+    if best is not None:
+        text = f"Best variant: {best['variant']} with {best['accuracy']} test accuracy"
+        d = best["d_prev"]["accuracy"]
+        lines.append({"text": text + (f" ({d.text} vs the previous run)." if d is not None else "."), "css": "lead"})
+    elif rows:
+        lines.append({"text": "No variant has a test accuracy in this run.", "css": "lead"})
+    else:
+        lines.append({"text": "No variant results are recorded for this run.", "css": "lead"})
+    regressed = [r for r in rows if r["gate"] and r["gate"]["decision"] == "regressed"]
+    promoted = [r["variant"] for r in rows if r["gate"] and r["gate"]["decision"] == "promoted"]
+    if regressed:
+        lines.append({"css": "bad", "text": "Regressed against the champion: " + ", ".join(
+            f"{r['variant']} ({r['d_champ'].text})" if r["d_champ"] else r["variant"] for r in regressed) + "."})
+    elif any(r["gate"] and r["gate"]["decision"] != "failed" for r in rows):
+        lines.append({"css": "ok", "text": "Nothing regressed against the champions."})
+    dropped = [f"{r['variant']} ({r['d_prev']['accuracy'].text})" for r in rows
+               if r["d_prev"]["accuracy"] is not None and r["d_prev"]["accuracy"].value < -0.005 and r not in regressed]
+    if dropped:
+        lines.append({"css": "bad", "text": "Lower than the previous run: " + ", ".join(dropped) + "."})
+    if promoted:
+        lines.append({"css": "good", "text": "Promoted to champion: " + ", ".join(promoted) + "."})
+    if failed:
+        lines.append({"css": "fail", "text": f"{len(failed)} variant{'s' if len(failed) > 1 else ''} failed: " + ", ".join(
+            f"{f['variant']} (in {f['stage']})" if f["stage"] else f["variant"] for f in failed) + "."})
+    if run_error:
+        lines.append({"css": "fail", "text": f"The run failed: {run_error}"})
+    if previous is None:
+        lines.append({"css": "muted", "text": "First run: there is no earlier run to compare with yet."})
+    tone = "bad" if regressed or failed or run_error else "good" if best is not None else ""
+    return {"lines": lines, "tone": tone}
+
+
+def _previous_link(previous: dict | None, run_id: str) -> dict | None:
+    if not previous:
+        return None
+    key = config.run_key(previous["run_id"])
+    exists = (config.report_dir(previous["run_id"]) / "index.html").is_file()
+    return {
+        "run_id": previous["run_id"],
+        "href": f"../../{key}/report/index.html" if exists else "../../../reports/index.html",
+        "date_text": _date_text(previous.get("logical_date") or previous.get("started_at")),
+    }
+
+
+def _trend(store, run_id: str, variants: list[str], current: datetime | None) -> dict:
+    from reports import plots
+
+    series, runs, dates = {}, set(), []
+    bounded = "until_run_id" in inspect.signature(store.trend).parameters
+    for variant in variants:
+        points = []
+        history = (store.trend(variant, limit=TREND_LIMIT, until_run_id=run_id) if bounded
+                   else store.trend(variant, limit=TREND_LIMIT))
+        for p in history:
+            when = _as_datetime(p.get("logical_date") or p.get("started_at"))
+            if when is None or (not bounded and current is not None and when > current):
+                continue
+            points.append({"logical_date": when, "accuracy": p.get("accuracy")})
+            if p.get("accuracy") is not None:
+                runs.add(p.get("run_id"))
+                dates.append(when)
+        series[variant] = points
+    if not dates:
+        return {"img": None, "caption": "No test accuracy is recorded yet, so there is no trend to draw."}
+    fig = plots.accuracy_trend(series, current)
+    img, width, height = _figure_img(fig)
+    caption = (f"{len(runs)} run{'s' if len(runs) != 1 else ''} from {_date_text(min(dates))} to {_date_text(max(dates))}; "
+               "the dotted line marks this run.")
+    if len(runs) == 1:
+        caption = "Only this run so far; the chart grows with every scheduled rerun."
+    return {"img": img, "width": width, "height": height, "runs": len(runs), "caption": caption}
+
+
+def _variant_section(r: dict, run_class_names: list[str], run_id: str) -> dict | None:
+    from reports import plots
+
+    history = r.get("history") or []
+    per_class = r.get("per_class") or []
+    matrix, matrix_names = _confusion(r)
+    class_names = list(r.get("class_names") or matrix_names or run_class_names)
+    if not (history or per_class or matrix or r.get("accuracy") is not None):
+        return None  # nothing beyond a failure: shown under "Failed variants"
+    name = r["variant"]
+    gate = r.get("gate") or {}
+    out = {"variant": name, "description": _description(name), "curves": None, "notes": [],
+           "gate": gate.get("decision"), "facts": _facts(r, gate),
+           "failed_stage": (r.get("stage") or "an unknown stage") if _is_failed(r) else None}
+    if history:
+        out["curves"] = _plot(plots.training_curves(history, name, r.get("best_epoch")),
+                              f"Accuracy and loss per epoch for {name}, train vs validation")
+    else:
+        out["notes"].append("No training history is recorded for this variant.")
+    out["confusion"] = _confusion_table(matrix, class_names)
+    out["per_class"] = _per_class_rows(per_class, class_names)
+    if not matrix and not per_class and not _is_failed(r):
+        out["notes"].append("No evaluation is recorded for this variant.")
+    out["misclassified"] = _misclassified(r, class_names, run_id)
+    return out
+
+
+def _facts(r: dict, gate: dict) -> list[tuple[str, str]]:
+    """Key numbers of one variant shown beside its curves, including why the gate decided as it did."""
+    facts = [
+        ("Test accuracy", _pct(r.get("accuracy"))),
+        ("Top-3 / macro F1", f"{_pct(r.get('top3_accuracy'))} / {_fixed(r.get('macro_f1'), 3)}"),
+        ("Epochs", f"{_int(r.get('epochs_run'))} run, best {_int(r.get('best_epoch'))}"
+                   + (f", resumed after {r['resumed_from_epoch']}" if r.get("resumed_from_epoch") else "")),
+        ("Train time", _duration(r.get("train_seconds"))),
+        ("Weights", _weights(r.get("weights"))),
+    ]
+    if gate:
+        decision = gate.get("decision") or ""
+        if gate.get("forced"):
+            decision += f" (forced; the gate said {gate['overridden']})" if gate.get("overridden") else " (forced)"
+        facts.insert(0, ("Gate", decision))
+        if gate.get("reason"):
+            facts.insert(1, ("Why", str(gate["reason"])))
+        elif gate.get("champion_accuracy") is not None:
+            facts.insert(1, ("Why", f"{_pct(gate.get('accuracy'))} vs champion {_pct(gate['champion_accuracy'])}"
+                                    + (f", tolerance {gate['tolerance'] * 100:.1f} pts" if gate.get("tolerance") is not None else "")))
+        if gate.get("champion_run_id"):
+            facts.append(("Champion run", str(gate["champion_run_id"])))
+    return [(k, v) for k, v in facts if v.replace("—", "").strip(" /,") and not v.startswith("— run")]
+
+
+def _confusion_table(matrix: list, class_names: list[str]) -> dict | None:
+    """The confusion matrix as an HTML heat map: each row normalised by its true class; hover shows counts."""
+    n = len(matrix)
+    if not n:
+        return None
+    names = [str(c) for c in class_names[:n]] + [str(i) for i in range(len(class_names), n)]
+    rows = []
+    for i, counts in enumerate(matrix):
+        total = sum(counts) or 0
+        cells = []
+        for j, count in enumerate(counts):
+            share = count / total if total else 0.0
+            text = "" if share < 0.005 else "1.0" if share >= 0.995 else f"{share:.2f}"[1:]
+            cells.append({"text": text, "diag": i == j, "style": _heat(share),
+                          "title": f"true {names[i]}, predicted {names[j]}: {count:,} of {total:,} ({share:.1%})"})
+        rows.append({"name": names[i], "cells": cells})
+    return {"names": names, "rows": rows, "dense": n > 15}
+
+
+_BLUES = ((0.0, (247, 251, 255)), (0.2, (198, 219, 239)), (0.45, (107, 174, 214)), (0.7, (33, 113, 181)),
+          (1.0, (8, 48, 107)))  # matplotlib's "Blues", sampled
+
+
+def _heat(share: float) -> str:
+    """Inline colours of a heat-map cell on the Blues scale; white text on dark cells."""
+    share = max(0.0, min(1.0, share))
+    for (x0, c0), (x1, c1) in zip(_BLUES, _BLUES[1:]):
+        if share <= x1:
+            t = (share - x0) / (x1 - x0)
+            r, g, b = (round(a + (b_ - a) * t) for a, b_ in zip(c0, c1))
+            break
+    return f"background:#{r:02x}{g:02x}{b:02x};color:{'#ffffff' if share > 0.5 else '#111827'}"
+
+
+def _per_class_rows(per_class: list[dict], class_names: list[str]) -> list[dict]:
+    rows = []
+    for i, c in enumerate(per_class):
+        f1 = c.get("f1")
+        name = c.get("class_name") or (class_names[i] if i < len(class_names) else str(i))
+        rows.append({"name": str(name), "precision": _fixed(c.get("precision"), 2), "recall": _fixed(c.get("recall"), 2),
+                     "f1": _fixed(f1, 2), "support": _int(c.get("support")),
+                     "bar": 0 if f1 is None else round(max(0.0, min(1.0, float(f1))) * 100, 1),
+                     "css": "bad" if (f1 or 0) < 0.5 else "warn" if f1 < 0.75 else "good"})
+    return rows
+
+
+def _confusion(r: dict) -> tuple[list, list]:
+    c = r.get("confusion") or r.get("confusion_matrix")
+    if isinstance(c, dict):
+        return list(c.get("matrix") or []), list(c.get("class_names") or [])
+    return list(c or []), []
+
+
+def _description(name: str) -> str:
+    from tl_tasks.variants import VARIANTS
+
+    v = VARIANTS.get(name)
+    return v.description if v else ""
+
+
+def _plot(fig, alt: str) -> dict:
+    src, width, height = _figure_img(fig)
+    return {"src": src, "alt": alt, "width": width, "height": height}
+
+
+def _figure_img(fig) -> tuple[str, int, int]:
+    from reports import plots
+
+    width, height = (int(round(v * plots.DPI)) for v in fig.get_size_inches())
+    return plots.figure_to_data_uri(fig), width, height
+
+
+def _misclassified(r: dict, class_names: list[str], run_id: str) -> dict:
+    items = list(r.get("misclassified") or [])
+    out = {"images": [], "note": "", "total": len(items)}
+    if not items:
+        if r.get("accuracy") is not None:
+            out["note"] = "No misclassified test images are recorded for this variant."
+        return out
+    x_path = config.data_dir(run_id) / "x_test.npy"
+    images = _load_test_images(x_path)
+    if images is None:
+        out["note"] = (f"The test images are no longer on disk ({x_path} is missing), "
+                       "so the misclassified examples cannot be shown.")
+        return out
+    for m in items[:MISCLASSIFIED_SHOWN]:
+        index = m.get("index")
+        entry = {"index": index, "true": _label(m.get("true"), class_names),
+                 "predicted": _label(m.get("predicted"), class_names)}
+        try:
+            entry["src"] = _thumbnail(images[int(index)])
+        except (IndexError, TypeError, ValueError):
+            continue
+        out["images"].append(entry)
+    if not out["images"]:
+        out["note"] = f"The recorded test image indices do not match {x_path}; was the data prepared again?"
+    return out
+
+
+def _load_test_images(path: Path):
+    import numpy as np
+
+    if not path.is_file():
+        return None
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+
+
+def _label(value, class_names: list[str]) -> str:
+    if isinstance(value, int) and 0 <= value < len(class_names):
+        return str(class_names[value])
+    return "" if value is None else str(value)
+
+
+def _thumbnail(image) -> str:
+    import numpy as np
+    from PIL import Image
+
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    picture = Image.fromarray(array)
+    if max(picture.size) > THUMB_MAX:
+        picture.thumbnail((THUMB_MAX, THUMB_MAX))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _metadata(run: dict, results: list[dict]) -> list[dict]:
+    started, ended = _as_datetime(run.get("started_at")), _as_datetime(run.get("ended_at"))
+    run_items = [
+        ("Run id", run.get("run_id")),
+        ("DAG", run.get("dag_id")),
+        ("Logical date", _date_text(run.get("logical_date"))),
+        ("Started", _date_text(started)),
+        ("Ended", _date_text(ended)),
+        ("State", run.get("state")),
+        ("Error", run.get("error")),
+        ("Profile", run.get("profile")),
+        ("Seed", run.get("seed")),
+        ("Device", run.get("device")),
+    ]
+    summary = run.get("data_summary") or {}
+    class_names = run.get("class_names") or summary.get("class_names") or []
+    counts = summary.get("counts") or {}
+    data_items = [
+        ("Source", run.get("data_source") or summary.get("source")),
+        ("Fingerprint", run.get("data_fingerprint") or summary.get("fingerprint")),
+        ("Images", ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in counts.items())),
+        ("Classes", f"{len(class_names)}: " + ", ".join(map(str, class_names[:60]))
+                    + (f", … (+{len(class_names) - 60} more)" if len(class_names) > 60 else "") if class_names else None),
+        ("Skipped files", len(summary["skipped"]) if summary.get("skipped") else None),
+    ]
+    durations = []
+    if started and ended:
+        durations.append(("Whole run", _duration((ended - started).total_seconds())))
+    for name, seconds in (run.get("task_durations") or {}).items():
+        durations.append((name, _duration(seconds)))
+    for r in results:
+        if r.get("train_seconds") is not None:
+            durations.append((f"train {r['variant']}", _duration(r["train_seconds"])))
+        info = r.get("eval_info") or {}
+        if info.get("test_images") and r.get("inference_img_per_s"):
+            durations.append((f"evaluate {r['variant']} (inference)",
+                              _duration(info["test_images"] / r["inference_img_per_s"])))
+    return [
+        {"title": "Run", "entries": _present(run_items)},
+        {"title": "Data", "entries": _present(data_items)},
+        {"title": "Parameters", "entries": _present((k, _show(v)) for k, v in sorted((run.get("params") or {}).items())),
+         "mono": True},
+        {"title": "Library versions", "entries": _present(sorted((run.get("versions") or {}).items())), "mono": True},
+        {"title": "Task durations", "entries": durations},
+    ]
+
+
+def _present(items) -> list[tuple[str, str]]:
+    return [(k, str(v)) for k, v in items if v not in (None, "", [], {})]
+
+
+def _show(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- context of the index page
+
+
+def _index_context(runs: list[dict]) -> dict:
+    runs = sorted(runs, key=_run_sort_key, reverse=True)
+    variants: list[str] = []
+    for run in runs:
+        for v in _variant_map(run):
+            if v not in variants:
+                variants.append(v)
+    variants.sort(key=_variant_order)
+    with_report = {p.parent.parent.name for p in (config.tl_home() / "runs").glob("*/report/index.html")}
+    rows = []
+    for run in runs:
+        key = config.run_key(run["run_id"])
+        by_variant = _variant_map(run)
+        cells, best = [], None
+        for v in variants:
+            res = by_variant.get(v) or {}
+            acc = res.get("accuracy")
+            failed = (res.get("state") or "").lower() == "failed"
+            delta = res.get("delta")
+            if delta is None and res.get("previous_accuracy") is not None and acc is not None:
+                delta = acc - res["previous_accuracy"]
+            cells.append({"text": _pct(acc) if res else "", "failed": failed,
+                          "delta": _delta(delta, 0.0) if delta is not None and acc is not None else None})
+            if acc is not None and not failed and (best is None or acc > best[1]):
+                best = (v, acc)
+        has_report = key in with_report
+        rows.append({
+            "run_id": run["run_id"],
+            "href": f"../runs/{key}/report/index.html" if has_report else None,
+            "date_text": _date_text(run.get("logical_date") or run.get("started_at")),
+            "state": run.get("state"),
+            "profile": run.get("profile"),
+            "cells": cells,
+            "best": f"{best[0]} ({_pct(best[1])})" if best else "",
+        })
+    return {"runs": rows, "variants": variants, "latest": rows[0] if rows else None,
+            "generated_at": _date_text(datetime.now(timezone.utc))}
+
+
+def _variant_map(run: dict) -> dict:
+    """Variant -> result summary of a `recent_runs` entry (a dict by variant or a list of results)."""
+    data = run.get("variants") if run.get("variants") is not None else run.get("results")
+    if isinstance(data, dict):
+        return data
+    return {r["variant"]: r for r in data or []}
+
+
+def _run_sort_key(run: dict):
+    when = _as_datetime(run.get("logical_date") or run.get("started_at"))
+    return (when or datetime.min.replace(tzinfo=timezone.utc), str(run.get("run_id")))
+
+
+# --------------------------------------------------------------------------- formatting helpers
+
+
+@dataclass(frozen=True)
+class _Delta:
+    value: float
+    text: str
+    arrow: str
+    css: str
+    title: str
+
+
+def _delta(new, old, *, higher_is_better: bool = True, scale: float = 100.0, digits: int = 1,
+           unit: str = " pts") -> _Delta | None:
+    """A change marked up/down; green when it is an improvement (for loss, down is better)."""
+    if new is None or old is None:
+        return None
+    change = float(new) - float(old)
+    shown = round(change * scale, digits)
+    if shown == 0:
+        return _Delta(change, f"±{0:.{digits}f}{unit}", "=", "flat", "no change")
+    better = (change > 0) == higher_is_better
+    return _Delta(change, f"{shown:+.{digits}f}{unit}".replace("-", "−"), "▲" if change > 0 else "▼",
+                  f"{'up' if change > 0 else 'down'} {'good' if better else 'bad'}",
+                  "better" if better else "worse")
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{float(value) * 100:.2f}%"
+
+
+def _fixed(value, digits: int) -> str:
+    return "—" if value is None else f"{float(value):.{digits}f}"
+
+
+def _int(value) -> str:
+    return "—" if value is None else f"{int(value):,}"
+
+
+def _rate(value) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def _params(trainable, total) -> str:
+    if total is None and trainable is None:
+        return "—"
+    if trainable is None or trainable == total:
+        return _count(total)
+    return f"{_count(trainable)} / {_count(total)}"
+
+
+def _count(n) -> str:
+    if n is None:
+        return "—"
+    n = int(n)
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.{1 if n >= 10 * size else 2}f} {suffix}"
+    return str(n)
+
+
+def _weights(value) -> str:
+    if not value:
+        return "—"
+    text = str(value)
+    return {"none": "random init", "imagenet": "ImageNet"}.get(text.lower(), text)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "—"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _as_datetime(value) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _date_text(value) -> str:
+    when = _as_datetime(value)
+    return when.strftime("%Y-%m-%d %H:%M UTC") if when else ""
+
+
+# --------------------------------------------------------------------------- rendering and files
+
+
+@lru_cache(maxsize=1)
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=True,  # every string from users or data (class names, params, errors) is escaped
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _render(template: str, context: dict) -> str:
+    return _environment().get_template(template).render(**context)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace `path` in one step, so a reader (the plugin) never sees a half-written page."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _connect():
+    from tl_tasks.store import connect
+
+    return connect()

@@ -1,0 +1,143 @@
+"""Plots for the HTML report: pure functions that take plain data and return a matplotlib Figure.
+
+matplotlib is imported inside the functions (Agg, no pyplot), so importing this module is cheap.
+Text that comes from data (variant names, labels) goes through `_plain`, so that a `$` in it is drawn
+as a dollar sign, never parsed as mathtext. Class-level views (confusion matrix, per-class metrics) are
+HTML tables in the template: crisp at any zoom, hoverable, and cheap to build.
+"""
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+
+DPI = 100
+TRAIN_COLOR = "#2563eb"
+VAL_COLOR = "#f97316"
+# A colour-blind-friendly cycle (Okabe-Ito) for the variants on the trend chart.
+VARIANT_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+_STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.titley": 1.0,       # fixed title position: skips matplotlib's costly automatic placement
+    "axes.labelsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "#e5e7eb",
+    "grid.linewidth": 0.8,
+    "legend.frameon": False,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+}
+
+
+def _plain(text) -> str:
+    """Data text for matplotlib: escape `$` so it is shown literally instead of starting mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def _figure(width: float, height: float):
+    # Fixed margins instead of a layout engine: the layout pass would double the drawing time.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI)
+
+
+def _styled():
+    import matplotlib
+
+    return matplotlib.rc_context(_STYLE)
+
+
+def training_curves(history: Sequence[Mapping], variant: str, best_epoch: int | None = None):
+    """Accuracy and loss per epoch, train vs validation, side by side; the best epoch is marked.
+
+    Args:
+        history: per-epoch dicts with `epoch, accuracy, val_accuracy, loss, val_loss` (missing keys are skipped).
+    """
+    with _styled():
+        fig = _figure(7.0, 2.5)
+        axes = fig.subplots(1, 2)
+        fig.subplots_adjust(left=0.075, right=0.985, bottom=0.18, top=0.89, wspace=0.22)
+        epochs = [int(h.get("epoch") or i + 1) for i, h in enumerate(history)]
+        for ax, metric, title in ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", "Loss")):
+            for key, label, color in ((metric, "train", TRAIN_COLOR), (f"val_{metric}", "validation", VAL_COLOR)):
+                points = [(e, h.get(key)) for e, h in zip(epochs, history) if h.get(key) is not None]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.6, color=color, label=label)
+            if best_epoch:
+                ax.axvline(best_epoch, color="#9ca3af", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
+            ax.set_title(f"{title} — {_plain(variant)}")
+            ax.set_xlabel("epoch", labelpad=1)
+            if epochs:
+                ax.set_xticks(_epoch_ticks(epochs))
+                if len(epochs) == 1:
+                    ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+            if not history:
+                ax.text(0.5, 0.5, "no history recorded", ha="center", va="center", transform=ax.transAxes,
+                        color="#6b7280")
+        if axes[1].get_legend_handles_labels()[0]:
+            axes[1].legend(loc="best")
+    return fig
+
+
+def _epoch_ticks(epochs: Sequence[int]) -> list[int]:
+    lo, hi = min(epochs), max(epochs)
+    step = max(1, (hi - lo) // 8 + 1)
+    return list(range(lo, hi + 1, step))
+
+
+def accuracy_trend(series: Mapping[str, Sequence[Mapping]], current: datetime | None = None):
+    """Test accuracy of each variant across runs (x = run date); the run of this report is marked.
+
+    Args:
+        series: variant -> points `{logical_date: datetime, accuracy: float | None}`, oldest first.
+        current: date of the run this report is about (a vertical line), if any.
+    """
+    from matplotlib import dates as mdates
+
+    with _styled():
+        fig = _figure(10.5, 2.8)
+        ax = fig.subplots()
+        fig.subplots_adjust(left=0.06, right=0.86, bottom=0.14, top=0.9)
+        plotted = 0
+        for i, (variant, points) in enumerate(series.items()):
+            pts = [(p["logical_date"], p["accuracy"]) for p in points
+                   if p.get("logical_date") is not None and p.get("accuracy") is not None]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            many = len(pts) > 60
+            ax.plot(xs, ys, color=VARIANT_COLORS[i % len(VARIANT_COLORS)], linewidth=1.2 if many else 1.6,
+                    marker=None if many else "o", markersize=3, label=_plain(variant))
+            plotted += 1
+        if current is not None:
+            ax.axvline(current, color="#6b7280", linestyle=":", linewidth=1, label="this run")
+        if not plotted:
+            ax.text(0.5, 0.5, "no accuracy recorded yet", ha="center", va="center", transform=ax.transAxes,
+                    color="#6b7280")
+        dates = sorted({p["logical_date"] for points in series.values() for p in points if p.get("logical_date")})
+        if len(dates) <= 6:  # few runs: one tick per run date reads better than an automatic scale
+            ax.set_xticks(dates, labels=[d.strftime("%Y-%m-%d") for d in dates])
+            if len(dates) == 1:
+                ax.set_xlim(dates[0] - timedelta(days=3), dates[0] + timedelta(days=3))
+        else:
+            locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
+            ax.xaxis.set_major_locator(locator)
+            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        ax.set_ylabel("test accuracy")
+        ax.set_title("Test accuracy across runs")
+        if plotted:
+            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+def figure_to_data_uri(fig) -> str:
+    """PNG bytes of a Figure as a `data:` URI for an inline <img>."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,200 @@
+"""The Airflow 3 plugin that serves the reports: loaded by Airflow's own api-server app, behind Airflow's
+authentication (401/403 without valid credentials, 200 with a token or the UI cookie), and only for files
+inside the reports folders (404 for ../ and anything else under TL_HOME).
+
+Airflow runs in a subprocess with its own AIRFLOW_HOME, so its configuration never leaks into other tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "/retraining-reports"
+RUN_ID = "scheduled__2026-02-02T02:00:00+00:00"
+HEAVY = ("matplotlib", "tensorflow", "keras", "jax", "torch", "reports", "reports.builder", "tl_tasks.store")
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory) -> dict:
+    """Run `_probe` in a fresh interpreter configured like an api-server with the project's plugins folder."""
+    root = tmp_path_factory.mktemp("plugin")
+    password = "pw-" + os.urandom(8).hex()
+    (root / "passwords.json").write_text(json.dumps({"admin": password}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TL_"))}
+    env.update({
+        "AIRFLOW_HOME": str(root / "airflow"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{root / 'airflow.db'}",
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(root / "passwords.json"),
+        "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
+        "TL_HOME": str(root / "tl_home"),
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "PROBE_PASSWORD": password,
+        "PROBE_OUT": str(root / "probe.json"),
+    })
+    # The api-server checks tokens against Airflow's metadata database (revoked tokens): create it first.
+    migrate = subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert migrate.returncode == 0, f"airflow db migrate failed:\n{migrate.stdout[-3000:]}\n{migrate.stderr[-3000:]}"
+    done = subprocess.run([sys.executable, "-c", "from tests.test_plugin import _probe; _probe()"], cwd=PROJECT_ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"probe failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return json.loads((root / "probe.json").read_text())
+
+
+def test_plugin_is_registered_without_heavy_imports(probe):
+    assert probe["heavy_at_startup"] == [], "the plugin must not import ML/plot/report code when Airflow starts"
+    view = probe["external_view"]
+    assert view and view["name"] == "Retraining reports" and view["href"] == "retraining-reports/"
+    assert view["url_route"] == "retraining-reports" and view["destination"] == "nav"
+    assert probe["fastapi_app"] == {"url_prefix": PREFIX, "name": "Retraining reports"}
+
+
+def test_reports_need_an_authenticated_airflow_user(probe):
+    s = probe["status"]
+    assert s["no_credentials"] == 401
+    assert s["no_credentials_report"] == 401
+    assert s["no_credentials_traversal"] == 401, "authentication comes before any path handling"
+    assert s["invalid_token"] in (401, 403)
+    assert s["invalid_cookie"] in (401, 403)
+
+
+def test_reports_are_served_with_a_token_or_the_ui_cookie(probe):
+    s = probe["status"]
+    assert s["bearer_index"] == 200 and s["cookie_index"] == 200
+    assert s["bearer_report"] == 200 and s["followed_index_link"] == 200
+    assert s["root"] == 307 and probe["root_location"] == "reports/index.html"
+    assert probe["index_links"] == [f"../runs/{probe['run_key']}/report/index.html"]
+    assert "Retraining report" in probe["report_title"] and "&lt;script&gt;" in probe["report_title"]
+    assert "default-src 'none'" in probe["csp"] and probe["content_type"].startswith("text/html")
+    assert probe["empty_index_status"] == 200 and "No report has been built yet" in probe["empty_index_text"]
+
+
+def test_paths_outside_the_reports_folders_are_refused(probe):
+    traversal = probe["traversal"]
+    assert len(traversal) >= 10
+    assert all(status == 404 for status in traversal.values()), traversal
+    assert probe["status"]["raw_ok"] == 200, "the raw requests reach the plugin (so their 404s mean refusal)"
+
+
+def _probe() -> None:
+    """Runs in the subprocess: build the api-server app, seed a report, make requests, write JSON."""
+    import asyncio
+    import re
+    from urllib.parse import urljoin
+
+    from airflow.api_fastapi.app import create_app
+    from fastapi.testclient import TestClient
+
+    out: dict = {"status": {}, "traversal": {}}
+    app = create_app()
+    out["heavy_at_startup"] = [m for m in HEAVY if m in sys.modules]
+
+    from tests import report_fixtures as rf
+    from tl_tasks import config
+    from tl_tasks.store import connect
+
+    with TestClient(app) as client:
+        s = out["status"]
+        # Before any report exists, the index route answers with a placeholder page.
+        token = client.post("/auth/token", json={"username": "admin", "password": os.environ["PROBE_PASSWORD"]})
+        token.raise_for_status()
+        auth = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        empty = client.get(f"{PREFIX}/reports/index.html", headers=auth)
+        out["empty_index_status"], out["empty_index_text"] = empty.status_code, empty.text
+
+        store = connect()
+        run_id = f"{RUN_ID}<script>alert(1)</script>"
+        rf.seed_run(store, run_id, rf.run_date(0), variants=("cnn", "resnet50_v1"))
+        from reports import build_report
+
+        build_report(run_id, store)
+        store.close()
+        key = config.run_key(run_id)
+        out["run_key"] = key
+        home = config.tl_home()
+        (home / "reports" / "escape.db").symlink_to(home / "metrics.db")
+        (home / "runs" / key / "report" / "data").symlink_to(home / "runs" / key / "data")
+        report_url = f"{PREFIX}/runs/{key}/report/index.html"
+
+        plugins = client.get("/api/v2/plugins", headers=auth).json()["plugins"]
+        mine = next((p for p in plugins if p["name"] == "retraining_reports"), {})
+        out["external_view"] = next(iter(mine.get("external_views") or []), None)
+        apps = mine.get("fastapi_apps") or [{}]
+        out["fastapi_app"] = {"url_prefix": apps[0].get("url_prefix"), "name": apps[0].get("name")}
+
+        s["no_credentials"] = client.get(f"{PREFIX}/reports/index.html").status_code
+        s["no_credentials_report"] = client.get(report_url).status_code
+        s["no_credentials_traversal"] = client.get(f"{PREFIX}/..%2fmetrics.db").status_code
+        s["invalid_token"] = client.get(f"{PREFIX}/reports/index.html",
+                                        headers={"Authorization": "Bearer not-a-jwt"}).status_code
+        s["invalid_cookie"] = client.get(f"{PREFIX}/reports/index.html", cookies={"_token": "not-a-jwt"}).status_code
+
+        index = client.get(f"{PREFIX}/reports/index.html", headers=auth)
+        s["bearer_index"] = index.status_code
+        out["csp"] = index.headers.get("content-security-policy", "")
+        out["content_type"] = index.headers.get("content-type", "")
+        out["index_links"] = re.findall(r'<a href="([^"#]+)"', index.text)
+        followed = urljoin(str(index.url), out["index_links"][0]) if out["index_links"] else report_url
+        s["followed_index_link"] = client.get(followed, headers=auth).status_code
+        report = client.get(report_url, headers=auth)
+        s["bearer_report"] = report.status_code
+        out["report_title"] = (re.findall(r"<title>(.*?)</title>", report.text) or [""])[0]
+        root = client.get(f"{PREFIX}/", headers=auth, follow_redirects=False)
+        s["root"], out["root_location"] = root.status_code, root.headers.get("location")
+        s["cookie_index"] = client.get(f"{PREFIX}/reports/index.html",
+                                       cookies={"_token": token.json()["access_token"]}).status_code
+
+        for path in (f"{PREFIX}/..%2fmetrics.db", f"{PREFIX}/%2e%2e/%2e%2e/etc/passwd",
+                     f"{PREFIX}/reports/..%2F..%2Fmetrics.db", f"{PREFIX}/runs/{key}/report/..%2f..%2f..%2fmetrics.db",
+                     f"{PREFIX}/reports/%2e%2e/metrics.db", f"{PREFIX}/metrics.db", f"{PREFIX}/runs/{key}/data/x_test.npy",
+                     f"{PREFIX}/reports/escape.db", f"{PREFIX}/runs/{key}/report/data/x_test.npy",
+                     f"{PREFIX}/%2fetc%2fpasswd", f"{PREFIX}/runs/{key}/report/", f"{PREFIX}/reports/nope.html"):
+            out["traversal"][path] = client.get(path, headers=auth).status_code
+
+        # Literal "../" segments never survive an HTTP client's normalisation: hand them to the app as is.
+        def raw_get(path: str) -> int:
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                     "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                     "headers": [(b"host", b"testserver"), (b"authorization", auth["Authorization"].encode())],
+                     "client": ("127.0.0.1", 50000), "server": ("testserver", 80), "state": {}}
+            sent: list[dict] = []
+
+            async def call():
+                requested, finished = False, asyncio.Event()
+
+                async def receive():
+                    nonlocal requested
+                    if not requested:
+                        requested = True
+                        return {"type": "http.request", "body": b"", "more_body": False}
+                    await finished.wait()  # as a server does: disconnect only once the response is out
+                    return {"type": "http.disconnect"}
+
+                async def send(message):
+                    sent.append(message)
+                    if message["type"] == "http.response.body" and not message.get("more_body"):
+                        finished.set()
+
+                await app(scope, receive, send)
+
+            asyncio.run(call())
+            return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+        for path in (f"{PREFIX}/../metrics.db", f"{PREFIX}/reports/../../metrics.db",
+                     f"{PREFIX}/runs/{key}/report/../../../metrics.db", f"{PREFIX}//etc/passwd"):
+            out["traversal"]["raw " + path] = raw_get(path)
+        s["raw_ok"] = raw_get(f"{PREFIX}/reports/index.html")
+
+    Path(os.environ["PROBE_OUT"]).write_text(json.dumps(out))
