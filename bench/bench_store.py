@@ -1,0 +1,249 @@
+"""Benchmark: the metrics store's read queries with 10,000 runs x 5 variants x 25 epochs stored (goal: < 50 ms).
+
+    python -m bench.bench_store [--runs 10000] [--repeat 15] [--backends sqlite,postgresql]
+
+Bulk-loads a throwaway SQLite file and a throwaway PostgreSQL database (core executemany inserts, not the ORM),
+then times through the public `MetricsStore` API, each a median of `--repeat` calls: `trend(variant, 50)`,
+`get_run(run_id)` (a run with all its results: history, per-class, confusion, gate), plus `previous_run`,
+`champion`, `recent_runs(20)` and one write (`record_training` + `record_evaluation`).
+Prints JSON and writes bench/out/store.json. PostgreSQL: TL_TEST_PG_ADMIN_URL or postgres@127.0.0.1:5432.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+GOAL_MS = 50.0
+OUT = Path(__file__).resolve().parent / "out" / "store.json"
+PG_ADMIN_URL = os.environ.get("TL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+VARIANTS = ("cnn", "resnet50_v1", "resnet50_v2", "resnet50_v3", "resnet50_v4")
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+T0 = datetime(2020, 1, 1, tzinfo=timezone.utc)
+CHUNK = 20_000
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    args = parser.parse_args(argv)
+    result = {
+        "benchmark": "store",
+        "runs": args.runs, "variants": len(VARIANTS), "epochs": args.epochs, "classes": len(CLASSES),
+        "goal_ms": GOAL_MS, "repeat": args.repeat, "statistic": "median ms per call (p90 alongside)",
+        "backends": {},
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
+    }
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        with _database(backend) as url:
+            result["backends"][backend] = _bench(url, args.runs, args.epochs, args.repeat)
+    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["meets_goal"] = all(b["meets_goal"] for b in result["backends"].values())
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+class _database:
+    """A throwaway database URL for `backend`, removed afterwards."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+
+    def __enter__(self) -> str:
+        if self.backend == "sqlite":
+            self.tmp = tempfile.TemporaryDirectory(prefix="bench_store_")
+            return f"sqlite:///{Path(self.tmp.name) / 'metrics.db'}"
+        if self.backend != "postgresql":
+            raise SystemExit(f"--backends: unknown backend {self.backend!r}; use sqlite and/or postgresql")
+        import sqlalchemy as sa
+
+        self.name = f"tl_bench_{uuid.uuid4().hex[:10]}"
+        self.admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{self.name}"'))
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.name}"
+
+    def __exit__(self, *exc) -> None:
+        if self.backend == "sqlite":
+            self.tmp.cleanup()
+            return
+        import sqlalchemy as sa
+
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
+def _bench(url: str, n_runs: int, n_epochs: int, repeat: int) -> dict:
+    from tl_tasks.store import connect
+
+    store = connect(url)
+    t = time.perf_counter()
+    rows = _seed(store, n_runs, n_epochs)
+    seed_s = time.perf_counter() - t
+    newest, middle = f"run_{n_runs - 1:06d}", f"run_{n_runs // 2:06d}"
+    rng = random.Random(0)
+    assert len(store.get_run(newest)["results"]) == len(VARIANTS)
+    assert len(store.get_run(newest)["results"]["cnn"]["history"]) == n_epochs
+    assert len(store.trend("resnet50_v3", limit=50)) == min(50, n_runs)
+
+    timings = {
+        "trend_50": _time(lambda: store.trend("resnet50_v3", limit=50), repeat),
+        "trend_500": _time(lambda: store.trend("resnet50_v3", limit=500), repeat),
+        "trend_50_until_middle": _time(lambda: store.trend("resnet50_v3", limit=50, until_run_id=middle), repeat),
+        # worst case: a variant with no results walks every run
+        "trend_50_absent_variant": _time(lambda: store.trend("resnet50_v9", limit=50), repeat),
+        "get_run_newest": _time(lambda: store.get_run(newest), repeat),
+        "get_run_random": _time(lambda: store.get_run(f"run_{rng.randrange(n_runs):06d}"), repeat),
+        "previous_run": _time(lambda: store.previous_run(newest), repeat),
+        "champion": _time(lambda: store.champion("cnn", before_run_id=newest), repeat),
+        "recent_runs_20": _time(lambda: store.recent_runs(20), repeat),
+    }
+    counter = iter(range(10**9))
+
+    def _write():
+        run_id = f"bench_write_{next(counter)}"
+        store.record_training(run_id, "cnn", _summary(n_epochs))
+        store.record_evaluation(run_id, "cnn", _evaluation(0.7))
+
+    timings["write_train_and_eval"] = _time(_write, repeat)
+    store.close()
+    goal_keys = ("trend_50", "get_run_newest", "get_run_random")
+    return {
+        "dialect": url.split(":", 1)[0],
+        "seed_seconds": round(seed_s, 1),
+        "rows": rows,
+        "ms": timings,
+        "meets_goal": all(timings[k]["median"] < GOAL_MS for k in goal_keys),
+        "goal_applies_to": list(goal_keys),
+    }
+
+
+def _time(fn, repeat: int) -> dict:
+    fn()  # warm: statement caches, pool
+    samples = []
+    for _ in range(max(repeat, 1)):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1000)
+    samples.sort()
+    return {"median": round(statistics.median(samples), 2),
+            "p90": round(samples[min(len(samples) - 1, int(0.9 * len(samples)))], 2),
+            "min": round(samples[0], 2)}
+
+
+def _seed(store, n_runs: int, n_epochs: int) -> dict:
+    """Bulk insert with explicit keys: runs, results (5 per run), epochs, per-class, confusion, gate rows."""
+    import sqlalchemy as sa
+
+    from tl_tasks.store import queries
+    from tl_tasks.store.db import write_transaction
+
+    rng = random.Random(42)
+    now = datetime.now(timezone.utc)
+    counts = dict.fromkeys(("runs", "results", "epoch_metrics", "class_metrics", "confusion_matrices",
+                            "gate_decisions"), 0)
+    buffers: dict[str, list] = {k: [] for k in counts}
+    tables = {"runs": queries.runs_t, "results": queries.results_t, "epoch_metrics": queries.epochs_t,
+              "class_metrics": queries.classes_t, "confusion_matrices": queries.confusion_t,
+              "gate_decisions": queries.gates_t}
+
+    def flush(conn, force=False):
+        if not force and max(len(b) for b in buffers.values()) < CHUNK:
+            return
+        for name in counts:  # all tables, parents first (foreign keys are checked at once)
+            if buffers[name]:
+                conn.execute(tables[name].insert(), buffers[name])
+                counts[name] += len(buffers[name])
+                buffers[name] = []
+
+    matrix = [[90 if i == j else 1 for j in range(len(CLASSES))] for i in range(len(CLASSES))]
+    champion_acc = dict.fromkeys(VARIANTS, 0.0)
+    with write_transaction(store.engine) as conn:
+        result_id = 0
+        for r in range(n_runs):
+            when = T0 + timedelta(hours=6 * r)
+            run_pk = r + 1
+            buffers["runs"].append({
+                "id": run_pk, "run_id": f"run_{r:06d}", "dag_id": "cifar10_retraining", "logical_date": when,
+                "started_at": when, "ended_at": when + timedelta(hours=1), "state": "success", "profile": "full",
+                "params": {"epochs": n_epochs, "batch_size": 64}, "data_source": "cifar10",
+                "data_fingerprint": f"{r:064x}", "data_summary": None, "class_names": list(CLASSES), "seed": 42,
+                "versions": {"keras": "3.x", "python": "3.11"}, "device": "gpu", "report_path": None, "error": None,
+                "created_at": now, "updated_at": now, "sort_time": when,
+            })
+            for v in VARIANTS:
+                result_id += 1
+                acc = min(0.99, 0.5 + 0.4 * r / n_runs + rng.uniform(-0.02, 0.02))
+                buffers["results"].append({
+                    "id": result_id, "run_pk": run_pk, "variant": v, "state": "success", "stage": None, "error": None,
+                    "weights": "imagenet", "model_path": f"/runs/run_{r:06d}/models/{v}/model.keras",
+                    "epochs_run": n_epochs, "best_epoch": n_epochs, "resumed_from_epoch": None,
+                    "train_seconds": 600.0, "train_info": None, "trained_at": when, "accuracy": acc,
+                    "loss": 1 - acc, "top3_accuracy": min(1.0, acc + 0.1), "macro_f1": acc - 0.01,
+                    "inference_img_per_s": 2000.0, "model_size_bytes": 100_000_000, "class_names": list(CLASSES),
+                    "misclassified": [{"index": i, "true": i % 10, "predicted": (i + 1) % 10} for i in range(5)],
+                    "eval_info": None, "evaluated_at": when, "params_total": 23_800_000,
+                    "params_trainable": 23_700_000, "failed_at": None, "created_at": now, "updated_at": now,
+                })
+                buffers["epoch_metrics"].extend(
+                    {"result_id": result_id, "epoch": e, "loss": 1.0 / e, "accuracy": acc * e / n_epochs,
+                     "val_loss": 1.1 / e, "val_accuracy": acc * e / n_epochs, "seconds": 24.0}
+                    for e in range(1, n_epochs + 1))
+                buffers["class_metrics"].extend(
+                    {"result_id": result_id, "class_index": i, "class_name": c, "precision": acc, "recall": acc,
+                     "f1": acc, "support": 1000} for i, c in enumerate(CLASSES))
+                buffers["confusion_matrices"].append(
+                    {"result_id": result_id, "class_names": list(CLASSES), "matrix": matrix})
+                promoted = acc > champion_acc[v]
+                champion_acc[v] = max(acc, champion_acc[v])
+                buffers["gate_decisions"].append({
+                    "result_id": result_id, "decision": "promoted" if promoted else "kept",
+                    "champion_run_id": None, "champion_accuracy": None, "accuracy": acc, "delta": None,
+                    "tolerance": 0.005, "forced": False, "details": None, "decided_at": when,
+                })
+            flush(conn)
+        flush(conn, force=True)
+        if conn.dialect.name == "postgresql":  # explicit ids were inserted: move the sequences past them
+            for table in ("runs", "results"):
+                conn.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                                     f"(SELECT max(id) FROM {table}))"))
+    if store.dialect == "postgresql":  # what autovacuum does after a bulk load
+        with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE")
+    return counts
+
+
+def _summary(n_epochs: int) -> dict:
+    return {"variant": "cnn", "state": "success", "model_path": "/m/model.keras", "weights": "none",
+            "epochs_run": n_epochs, "best_epoch": n_epochs, "train_seconds": 60.0,
+            "history": [{"epoch": e, "loss": 1 / e, "accuracy": 0.5, "val_loss": 1 / e, "val_accuracy": 0.5,
+                         "seconds": 2.0} for e in range(1, n_epochs + 1)],
+            "params_total": 1000, "params_trainable": 1000}
+
+
+def _evaluation(acc: float) -> dict:
+    return {"variant": "cnn", "accuracy": acc, "loss": 1 - acc, "top3_accuracy": acc, "macro_f1": acc,
+            "per_class": [{"class_name": c, "precision": acc, "recall": acc, "f1": acc, "support": 1000}
+                          for c in CLASSES],
+            "confusion_matrix": [[0] * len(CLASSES) for _ in CLASSES], "misclassified": [],
+            "inference_img_per_s": 1000.0, "params_total": 1000, "params_trainable": 1000,
+            "model_size_bytes": 1000, "class_names": list(CLASSES)}
+
+
+if __name__ == "__main__":
+    main()

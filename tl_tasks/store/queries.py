@@ -1,0 +1,261 @@
+"""Read queries of the metrics database, all in one place: a run with its results, the previous run,
+a variant's champion and trend, recent runs with deltas. Each takes a Connection and returns plain dicts.
+
+Dates come back as ISO 8601 strings in UTC ("2026-01-31T12:00:00+00:00"), so every result is JSON-safe.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.expression import UnaryExpression
+
+from tl_tasks.store.models import (
+    CHAMPION_DECISIONS,
+    ClassMetric,
+    ConfusionMatrix,
+    EpochMetric,
+    GateDecision,
+    Result,
+    Run,
+)
+
+runs_t = Run.__table__
+results_t = Result.__table__
+epochs_t = EpochMetric.__table__
+classes_t = ClassMetric.__table__
+confusion_t = ConfusionMatrix.__table__
+gates_t = GateDecision.__table__
+
+RUN_FIELDS = ("run_id", "dag_id", "logical_date", "started_at", "ended_at", "state", "profile", "params",
+              "data_source", "data_fingerprint", "data_summary", "class_names", "seed", "versions", "device",
+              "report_path", "error", "created_at", "updated_at")
+RESULT_FIELDS = ("variant", "state", "stage", "error", "weights", "model_path", "epochs_run", "best_epoch",
+                 "resumed_from_epoch", "train_seconds", "train_info", "trained_at", "accuracy", "loss",
+                 "top3_accuracy", "macro_f1", "inference_img_per_s", "model_size_bytes", "class_names",
+                 "misclassified", "eval_info", "evaluated_at", "params_total", "params_trainable", "failed_at",
+                 "created_at", "updated_at")
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+CLASS_FIELDS = ("class_name", "precision", "recall", "f1", "support")
+GATE_FIELDS = ("decision", "champion_run_id", "champion_accuracy", "accuracy", "delta", "tolerance", "forced",
+               "decided_at")
+TREND_FIELDS = ("run_id", "logical_date", "started_at", "state", "accuracy", "loss", "top3_accuracy", "macro_f1",
+                "train_seconds", "inference_img_per_s", "epochs_run", "decision")
+
+
+def _plain(value):
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _pick(row, fields) -> dict:
+    m = row._mapping
+    return {f: _plain(m[f]) for f in fields}
+
+
+def _variant_order(names) -> list[str]:
+    from tl_tasks.variants import VARIANT_NAMES
+
+    rank = {name: i for i, name in enumerate(VARIANT_NAMES)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def _order_key(conn: Connection, run_id: str):
+    """(sort_time, id) of a run, None if it is not stored."""
+    row = conn.execute(sa.select(runs_t.c.sort_time, runs_t.c.id).where(runs_t.c.run_id == run_id)).first()
+    return None if row is None else (row.sort_time, row.id)
+
+
+def _before(key):
+    return sa.tuple_(runs_t.c.sort_time, runs_t.c.id) < sa.tuple_(sa.literal(key[0], runs_t.c.sort_time.type),
+                                                                  sa.literal(key[1]))
+
+
+def _at_or_before(key):
+    return sa.tuple_(runs_t.c.sort_time, runs_t.c.id) <= sa.tuple_(sa.literal(key[0], runs_t.c.sort_time.type),
+                                                                   sa.literal(key[1]))
+
+
+def _newest_first():
+    return (runs_t.c.sort_time.desc(), runs_t.c.id.desc())
+
+
+def _newest_of_variant(conn: Connection, variant: str):
+    """`results.variant = :variant`, for queries that want a variant's newest results first.
+
+    On SQLite the term is written `+results.variant = ?`: the unary + keeps the planner off
+    ix_results_variant_run_pk (read every result of the variant, then sort them: ~100 ms at 10,000 runs);
+    it walks ix_runs_sort_time_id newest first instead and stops after LIMIT matches (well under 1 ms).
+    PostgreSQL's planner makes that choice by itself.
+    """
+    column = results_t.c.variant
+    if conn.dialect.name == "sqlite":
+        column = UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
+    return column == variant
+
+
+# --- results with their child rows ---------------------------------------------------------------------------
+
+def _load_results(conn: Connection, where) -> list[tuple[int, dict]]:
+    """Results matching `where` as (run pk, result dict incl. history, per_class, confusion_matrix, gate)."""
+    rows = conn.execute(sa.select(results_t).where(where)).all()
+    if not rows:
+        return []
+    ids = [r.id for r in rows]
+    history, per_class, confusion, gates = defaultdict(list), defaultdict(list), {}, {}
+    for r in conn.execute(sa.select(epochs_t).where(epochs_t.c.result_id.in_(ids))
+                          .order_by(epochs_t.c.result_id, epochs_t.c.epoch)):
+        history[r.result_id].append(_pick(r, HISTORY_FIELDS))
+    for r in conn.execute(sa.select(classes_t).where(classes_t.c.result_id.in_(ids))
+                          .order_by(classes_t.c.result_id, classes_t.c.class_index)):
+        per_class[r.result_id].append(_pick(r, CLASS_FIELDS))
+    for r in conn.execute(sa.select(confusion_t).where(confusion_t.c.result_id.in_(ids))):
+        confusion[r.result_id] = r.matrix
+    for r in conn.execute(sa.select(gates_t).where(gates_t.c.result_id.in_(ids))):
+        gates[r.result_id] = _gate_dict(r)
+    out = []
+    for r in rows:
+        d = _pick(r, RESULT_FIELDS)
+        d.update(history=history[r.id], per_class=per_class[r.id], confusion_matrix=confusion.get(r.id),
+                 gate=gates.get(r.id))
+        out.append((r.run_pk, d))
+    return out
+
+
+def _gate_dict(row) -> dict:
+    d = dict(row.details or {})
+    d.update(_pick(row, GATE_FIELDS))
+    d["forced"] = bool(d["forced"])
+    return d
+
+
+def _run_dict(conn: Connection, row, with_results: bool = True) -> dict:
+    d = _pick(row, RUN_FIELDS)
+    if with_results:
+        loaded = {res["variant"]: res for _, res in _load_results(conn, results_t.c.run_pk == row.id)}
+        d["results"] = {v: loaded[v] for v in _variant_order(loaded)}
+    return d
+
+
+# --- the queries -----------------------------------------------------------------------------------------------
+
+def get_run(conn: Connection, run_id: str) -> dict | None:
+    """The run with `results`: {variant: result dict with history, per_class, confusion_matrix, gate}."""
+    row = conn.execute(sa.select(runs_t).where(runs_t.c.run_id == run_id)).first()
+    return None if row is None else _run_dict(conn, row)
+
+
+def get_result(conn: Connection, run_id: str, variant: str) -> dict | None:
+    """One variant's result in one run (same shape as get_run()["results"][variant]), None if absent."""
+    pk = sa.select(runs_t.c.id).where(runs_t.c.run_id == run_id).scalar_subquery()
+    found = _load_results(conn, sa.and_(results_t.c.run_pk == pk, results_t.c.variant == variant))
+    return found[0][1] if found else None
+
+
+def previous_run(conn: Connection, run_id: str) -> dict | None:
+    """The latest run ordered before `run_id` that has at least one result, with its results; None if none
+    (or if `run_id` is not stored)."""
+    key = _order_key(conn, run_id)
+    if key is None:
+        return None
+    has_results = sa.exists().where(results_t.c.run_pk == runs_t.c.id)
+    row = conn.execute(sa.select(runs_t).where(_before(key), has_results).order_by(*_newest_first()).limit(1)).first()
+    return None if row is None else _run_dict(conn, row)
+
+
+def champion(conn: Connection, variant: str, before_run_id: str | None = None) -> dict | None:
+    """The variant's current champion: its latest result whose gate decision was promoted or bootstrap
+    (a forced promotion counts), among runs ordered before `before_run_id` when given.
+
+    Returns the result dict (as in get_run) plus run_id, dag_id, logical_date, started_at; None if none.
+    """
+    query = (
+        sa.select(results_t.c.id, runs_t.c.run_id, runs_t.c.dag_id, runs_t.c.logical_date, runs_t.c.started_at)
+        .join(runs_t, runs_t.c.id == results_t.c.run_pk)
+        .join(gates_t, gates_t.c.result_id == results_t.c.id)
+        .where(_newest_of_variant(conn, variant), gates_t.c.decision.in_(CHAMPION_DECISIONS))
+        .order_by(*_newest_first()).limit(1)
+    )
+    if before_run_id is not None:
+        key = _order_key(conn, before_run_id)
+        if key is not None:
+            query = query.where(_before(key))
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    (_, result), = _load_results(conn, results_t.c.id == row.id)
+    return {**_pick(row, ("run_id", "dag_id", "logical_date", "started_at")), **result}
+
+
+def trend(conn: Connection, variant: str, limit: int = 50, until_run_id: str | None = None) -> list[dict]:
+    """The variant's last `limit` results (up to and including `until_run_id` when given), oldest first:
+    {run_id, logical_date, started_at, state, accuracy, loss, top3_accuracy, macro_f1, train_seconds,
+    inference_img_per_s, epochs_run, decision}."""
+    query = (
+        sa.select(runs_t.c.run_id, runs_t.c.logical_date, runs_t.c.started_at, results_t.c.state,
+                  results_t.c.accuracy, results_t.c.loss, results_t.c.top3_accuracy, results_t.c.macro_f1,
+                  results_t.c.train_seconds, results_t.c.inference_img_per_s, results_t.c.epochs_run,
+                  gates_t.c.decision)
+        .select_from(runs_t)
+        .join(results_t, sa.and_(results_t.c.run_pk == runs_t.c.id, _newest_of_variant(conn, variant)))
+        .outerjoin(gates_t, gates_t.c.result_id == results_t.c.id)
+        .order_by(*_newest_first()).limit(max(int(limit), 0))
+    )
+    if until_run_id is not None:
+        key = _order_key(conn, until_run_id)
+        if key is None:
+            return []
+        query = query.where(_at_or_before(key))
+    rows = conn.execute(query).all()
+    return [_pick(r, TREND_FIELDS) for r in reversed(rows)]
+
+
+def recent_runs(conn: Connection, limit: int = 20) -> list[dict]:
+    """The last `limit` runs, newest first: {run_id, dag_id, logical_date, started_at, ended_at, state, profile,
+    data_source, created_at, results: {variant: {state, accuracy, previous_accuracy, delta, decision}}}.
+
+    `previous_accuracy` is the variant's accuracy in the latest earlier run that has one (failed or missing
+    results are skipped); `delta` = accuracy - previous_accuracy, None when either is missing.
+    """
+    runs = conn.execute(sa.select(runs_t).order_by(*_newest_first()).limit(max(int(limit), 0))).all()
+    if not runs:
+        return []
+    by_run: dict[int, dict] = defaultdict(dict)
+    rows = conn.execute(
+        sa.select(results_t.c.run_pk, results_t.c.variant, results_t.c.state, results_t.c.accuracy, gates_t.c.decision)
+        .outerjoin(gates_t, gates_t.c.result_id == results_t.c.id)
+        .where(results_t.c.run_pk.in_([r.id for r in runs]))
+    ).all()
+    for r in rows:
+        by_run[r.run_pk][r.variant] = {"state": r.state, "accuracy": r.accuracy, "decision": r.decision}
+    variants = _variant_order({r.variant for r in rows})
+    oldest = (runs[-1].sort_time, runs[-1].id)
+    last_accuracy = {v: _accuracy_before(conn, v, oldest) for v in variants}
+    out = []
+    for run in reversed(runs):  # oldest first, carrying each variant's last known accuracy forward
+        results = {}
+        for v in variants:
+            if v not in by_run[run.id]:
+                continue
+            res = by_run[run.id][v]
+            prev, acc = last_accuracy[v], res["accuracy"]
+            res.update(previous_accuracy=prev, delta=None if acc is None or prev is None else acc - prev)
+            results[v] = {k: res[k] for k in ("state", "accuracy", "previous_accuracy", "delta", "decision")}
+            if acc is not None:
+                last_accuracy[v] = acc
+        d = _pick(run, ("run_id", "dag_id", "logical_date", "started_at", "ended_at", "state", "profile",
+                        "data_source", "created_at"))
+        d["results"] = results
+        out.append(d)
+    return out[::-1]
+
+
+def _accuracy_before(conn: Connection, variant: str, key) -> float | None:
+    return conn.execute(
+        sa.select(results_t.c.accuracy)
+        .join(runs_t, runs_t.c.id == results_t.c.run_pk)
+        .where(_newest_of_variant(conn, variant), results_t.c.accuracy.is_not(None), _before(key))
+        .order_by(*_newest_first()).limit(1)
+    ).scalar()
