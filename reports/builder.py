@@ -449,7 +449,7 @@ def _metadata(run: dict, results: list[dict]) -> list[dict]:
         ("Images", ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in counts.items())),
         ("Classes", f"{len(class_names)}: " + ", ".join(map(str, class_names[:60]))
                     + (f", … (+{len(class_names) - 60} more)" if len(class_names) > 60 else "") if class_names else None),
-        ("Skipped files", len(summary["skipped"]) if summary.get("skipped") else None),
+        ("Skipped files", summary.get("skipped_count", len(summary.get("skipped") or ())) or None),
     ]
     durations = []
     if started and ended:
