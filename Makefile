@@ -32,11 +32,44 @@ system-deps:
 test: venv system-deps
 	$(PY) -m pytest -q tests
 
+# One whole retraining: the Airflow DAG once, headless (dag.test() on ./airflow_home), quick profile; ends with
+# the report's path. `make run PROFILE=smoke` for a fast check; TL_* variables override settings (README).
+PROFILE ?= quick
 run: venv
-	$(PY) -m tl_tasks run --profile quick
+	$(PY) -m tl_tasks run --profile $(PROFILE)
+
+# Airflow on http://127.0.0.1:8080 with this DAG (examples off, `gpu` pool of TL_GPU_POOL_SLOTS slots); Ctrl-C stops it.
+airflow: venv
+	PY=$(PY) scripts/airflow_standalone.sh
 
 bench: venv
 	$(PY) -m bench
 
 clean:
 	rm -rf tl_home .pytest_cache
+
+# The real-Airflow tests only: LocalExecutor scheduler run, CeleryExecutor run with a default and a gpu
+# worker (PostgreSQL + Redis on 127.0.0.1), docker-compose.yaml validation. Part of `make test` too.
+.PHONY: test-distributed compose-env
+test-distributed: venv
+	$(PY) -m pytest -q tests/test_compose.py tests/test_scheduler_run.py tests/test_distributed.py
+
+# .env for docker-compose.yaml: .env.example with every empty value filled by a fresh random secret.
+compose-env:
+	@test ! -e .env || { echo ".env exists: edit it, or delete it to generate a new one"; exit 1; }
+	@python3 -c "$$COMPOSE_ENV_PY"
+
+define COMPOSE_ENV_PY
+import base64, os, re, secrets
+def secret(name):
+    if name == "AIRFLOW_FERNET_KEY":
+        return base64.urlsafe_b64encode(os.urandom(32)).decode()
+    return secrets.token_hex(48 if name == "AIRFLOW_JWT_SECRET" else 24)
+lines = open(".env.example").read().splitlines()
+lines = [line + secret(line[:-1]) if re.fullmatch("[A-Z0-9_]+=", line) else line for line in lines]
+fd = os.open(".env", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+os.write(fd, ("\n".join(lines) + "\n").encode())
+os.close(fd)
+print("wrote .env with new secrets; log in as admin with AIRFLOW_ADMIN_PASSWORD from .env")
+endef
+export COMPOSE_ENV_PY

@@ -1,0 +1,217 @@
+"""Run the benchmark suite: `python -m bench [--only NAME ...] [--quick]` (`make bench` runs it in full).
+
+Each benchmark runs in its own process (`python -m bench.bench_<name> --mode M --out bench/out/<name>.json`), so
+one's imports, memory and TensorFlow state cannot colour another's numbers and a crash costs one entry only.
+Writes bench/out/<name>.json for each, bench/out/results.json with all of them plus a summary, logs under
+bench/out/logs/, and prints the summary. Exit status 1 when a benchmark failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+
+from bench import common
+
+# Ours: item of issue 7 -> module. Cheap ones first, `make run` last.
+BENCHMARKS = {
+    "history_scaling": "bench.bench_history_scaling",
+    "input_pipeline": "bench.bench_input_pipeline",
+    "feature_cache": "bench.bench_feature_cache",
+    "throughput": "bench.bench_throughput",
+    "orchestration": "bench.bench_orchestration",
+    "make_run": "bench.bench_make_run",
+}
+# The store and report benchmarks (their own command lines and JSON; wrapped into results.json as they are).
+EXTERNAL = {
+    "store": ("bench.bench_store", "store.json"),
+    "report": ("bench.bench_report", "report.json"),
+}
+ORDER = ("history_scaling", "store", "report", "input_pipeline", "feature_cache", "throughput", "orchestration",
+         "make_run")
+TIMEOUT_S = {"tiny": 900, "quick": 1200, "full": 3600}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=ORDER, metavar="NAME",
+                        help=f"run only these benchmarks ({', '.join(ORDER)})")
+    parser.add_argument("--skip", nargs="+", choices=ORDER, metavar="NAME", default=[],
+                        help="leave these benchmarks out")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a few minutes in all (smoke make run)")
+    parser.add_argument("--mode", choices=common.MODES, help="tiny, quick or full (default full; --quick = quick)")
+    parser.add_argument("--out", type=Path, default=common.OUT_DIR, help="output folder (default bench/out)")
+    args = parser.parse_args(argv)
+    mode = args.mode or ("quick" if args.quick else "full")
+    names = [n for n in ORDER if (not args.only or n in args.only) and n not in args.skip]
+    out_dir = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "logs").mkdir(exist_ok=True)
+
+    started, started_at = time.perf_counter(), common.now_iso()
+    records: dict[str, dict] = {}
+    for name in names:
+        print(f"[bench] {name} ({mode}) ...", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        records[name] = _run_one(name, mode, out_dir)
+        state = "FAILED" if "error" in records[name] and not records[name].get("results") else "done"
+        print(f"[bench] {name}: {state} in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    summary = summarize(records)
+    combined = {"suite": {"mode": mode, "benchmarks": names, "started_at": started_at,
+                          "seconds": round(time.perf_counter() - started, 1), "machine": common.machine(False)},
+                "summary": summary, "benchmarks": records}
+    path = out_dir / "results.json"
+    if args.only and path.is_file():  # a partial rerun keeps the other benchmarks' latest records
+        try:
+            previous = json.loads(path.read_text())
+            kept = {k: v for k, v in previous.get("benchmarks", {}).items() if k not in records}
+            if kept:
+                combined["benchmarks"] = {**kept, **records}
+                combined["summary"] = summarize(combined["benchmarks"])
+                combined["suite"]["kept_from_earlier_runs"] = sorted(kept)
+        except (OSError, ValueError):
+            pass
+    common.write_json(path, combined)
+    print(format_summary(combined["summary"]))
+    print(f"wrote {path}", file=sys.stderr)
+    failed = [n for n, r in records.items() if r.get("error") and not r.get("results")]
+    return 1 if failed else 0
+
+
+def _run_one(name: str, mode: str, out_dir: Path) -> dict:
+    log = out_dir / "logs" / f"{name}.log"
+    if name in BENCHMARKS:
+        json_path = out_dir / f"{name}.json"
+        cmd = [sys.executable, "-m", BENCHMARKS[name], "--mode", mode, "--out", str(json_path)]
+    else:
+        module, file_name = EXTERNAL[name]
+        json_path = common.OUT_DIR / file_name  # these write to bench/out/ themselves
+        cmd = [sys.executable, "-m", module, *_external_args(name, mode)]
+    json_path.unlink(missing_ok=True)
+    out = common.run_timed(cmd, env=common.subprocess_env(), log_path=log, timeout=TIMEOUT_S[mode])
+    try:
+        data = json.loads(json_path.read_text())
+    except (OSError, ValueError):
+        data = None
+    if data is None:
+        return {"name": name, "mode": mode, "error": f"exited {out['returncode']} without a JSON record",
+                "command": cmd, "log": str(log), "log_tail": out.get("log_tail", common.tail(log))[-3000:]}
+    if name in EXTERNAL:  # wrap: same top-level keys as ours
+        data = {"name": name, "mode": mode, "machine": data.get("machine"), "parameters": {"command": cmd},
+                "results": data, "notes": [f"recorded by {EXTERNAL[name][0]} (its own format under results)"],
+                "seconds": out["seconds"]}
+        if name == "report" and out["returncode"] != 0:
+            data["notes"].append("bench_report exits 1 when its goal is missed; the numbers are still valid")
+    elif out["returncode"] != 0:
+        data["error"] = f"exited {out['returncode']}"
+    if json_path.parent.resolve() != out_dir.resolve():
+        common.write_json(out_dir / json_path.name, data)
+    return data
+
+
+def _external_args(name: str, mode: str) -> list[str]:
+    if name == "store":
+        backends = "sqlite,postgresql" if mode == "full" and _port_open(5432) else "sqlite"
+        runs = {"tiny": 50, "quick": 1000, "full": 10_000}[mode]
+        return ["--runs", str(runs), "--repeat", "3" if mode == "tiny" else "15", "--backends", backends]
+    runs = {"tiny": 10, "quick": 100, "full": 1000}[mode]
+    return ["--runs", str(runs), "--repeat", "1" if mode != "full" else "3"]
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+def summarize(records: dict[str, dict]) -> dict:
+    """Headline numbers of each benchmark (and the ones derived across benchmarks, formulas included)."""
+    s: dict = {}
+    for name, rec in records.items():
+        res = rec.get("results") or {}
+        if rec.get("error") and not res:
+            s[name] = {"error": rec["error"]}
+            continue
+        try:
+            s[name] = _HEADLINES[name](res) if name in _HEADLINES else {}
+        except (KeyError, TypeError, IndexError) as exc:
+            s[name] = {"error": f"summary failed: {exc!r}"}
+        s[name]["mode"] = rec.get("mode")
+        if name == "make_run":
+            s[name]["what"] = (rec.get("parameters") or {}).get("what", "")
+    mr, orch = s.get("make_run", {}), s.get("orchestration", {})
+    if mr.get("what", "").startswith("full") and mr.get("success") and orch.get("overhead_seconds") is not None:
+        wall, over = mr["wall_seconds"], orch["overhead_seconds"] + (orch.get("airflow_setup_fresh_seconds") or 0)
+        s["derived"] = {
+            "orchestration_ratio_on_quick_profile_estimate": common.ratio(wall, wall - over),
+            "formula": "make_run wall / (make_run wall - (orchestration overhead_seconds + Airflow set-up on a fresh "
+                       "AIRFLOW_HOME)); goal <= 1.10",
+        }
+    return s
+
+
+def _input_pipeline(r: dict) -> dict:
+    out = {"pipeline_only_seeds_img_per_s": r["pipeline_only"]["seeds"]["img_per_s"],
+           "pipeline_only_ours_img_per_s": r["pipeline_only"]["ours"]["img_per_s"]}
+    for key, t in r["training"].items():
+        out[key] = {"seeds_img_per_s": t["seeds"]["img_per_s"], "ours_img_per_s": t["ours"]["img_per_s"],
+                    "ratio_ours_over_seeds": t["ratio_ours_over_seeds"]}
+    return out
+
+
+def _throughput(r: dict) -> dict:
+    return {"img_per_s": r["img_per_s"], "cells": len(r["cells"]), "skipped_cells": len(r["skipped"])}
+
+
+def _feature_cache(r: dict) -> dict:
+    return {k: r[k] for k in ("image_size", "epochs_measured", "measured_ratio_epoch_work", "measured_ratio_wall",
+                              "ratio_at_10_epochs_from_parts", "ratio_at_10_epochs_wall_from_parts", "meets_goal")}
+
+
+def _orchestration(r: dict) -> dict:
+    return {"direct_seconds": r["direct_seconds"], "airflow_seconds": r["airflow_seconds"],
+            "overhead_seconds": r["overhead_seconds"], "ratio_airflow_over_direct": r["ratio_airflow_over_direct"],
+            "airflow_setup_fresh_seconds": r["airflow_setup"]["fresh_seconds"],
+            "airflow_setup_migrated_seconds": r["airflow_setup"]["migrated_seconds"]}
+
+
+def _history(r: dict) -> dict:
+    return {n: {k: v[k] for k in ("build_report_seconds", "build_index_seconds", "trend_50_ms", "trend_all_ms",
+                                  "recent_runs_20_ms")} for n, v in r["by_runs"].items()}
+
+
+def _make_run(r: dict) -> dict:
+    return {k: r.get(k) for k in ("wall_seconds", "wall_minutes", "success", "meets_goal", "task_seconds_by_task")}
+
+
+def _store(r: dict) -> dict:
+    return {b: {"trend_50_ms": v["ms"]["trend_50"]["median"], "get_run_newest_ms": v["ms"]["get_run_newest"]["median"],
+                "meets_goal": v["meets_goal"]} for b, v in r.get("backends", {}).items()}
+
+
+def _report(r: dict) -> dict:
+    return {k: r.get(k) for k in ("earlier_runs", "build_seconds_first", "build_seconds_warm_best", "meets_goal")}
+
+
+_HEADLINES = {"input_pipeline": _input_pipeline, "throughput": _throughput, "feature_cache": _feature_cache,
+              "orchestration": _orchestration, "history_scaling": _history, "make_run": _make_run,
+              "store": _store, "report": _report}
+
+
+def format_summary(summary: dict) -> str:
+    lines = ["", "benchmark summary", "================="]
+    for name, values in summary.items():
+        lines.append(f"{name}:")
+        lines += [f"  {line}" for line in json.dumps(values, indent=1, default=str).splitlines()[1:-1]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

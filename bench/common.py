@@ -1,0 +1,369 @@
+"""Shared helpers of the benchmarks: modes, timing, the machine description, subprocesses and the JSON record.
+
+Every benchmark module has `NAME`, `run(mode) -> dict` (the record below) and `main()` via `cli()`:
+
+    python -m bench.bench_throughput --mode quick [--out bench/out/throughput.json]
+
+A record is `{name, mode, machine, parameters, results, notes, started_at, seconds}`; numbers carry their unit
+in the key (`img_per_s`, `seconds`, `ratio`, `ms`). Nothing here imports Keras at module level: the suite's
+parent process stays light and every benchmark runs in its own process (`python -m bench`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Iterator
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = BENCH_DIR.parent
+OUT_DIR = BENCH_DIR / "out"
+# tiny: seconds, for tests (checks structure, not speed); quick: `python -m bench --quick`, minutes in all;
+# full: `make bench`, sized for a 2-core CPU (about 15-25 minutes in all); on a GPU the same code runs larger cells.
+MODES = ("tiny", "quick", "full")
+RECORD_KEYS = ("name", "mode", "machine", "parameters", "results", "notes", "started_at", "seconds")
+VERSION_PACKAGES = ("keras", "tensorflow", "jax", "jaxlib", "torch", "numpy", "apache-airflow", "sqlalchemy")
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+class Stopwatch:
+    """`with Stopwatch() as sw: ...` then `sw.seconds` (perf_counter wall time)."""
+
+    def __enter__(self) -> "Stopwatch":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def time_steps(step: Callable[[], object], *, warmup: int = 1, min_steps: int = 2, max_steps: int = 50,
+               budget_s: float = 10.0) -> dict:
+    """Call `step` `warmup` times untimed-ish (their time is reported as `warmup_seconds`: tracing/compiling),
+    then time calls until `min_steps` are done and `budget_s` is spent, or `max_steps` are done.
+
+    Returns:
+        `{warmup_steps, warmup_seconds, steps, seconds, step_seconds_median, step_seconds_min}`.
+    """
+    with Stopwatch() as w:
+        for _ in range(warmup):
+            step()
+    samples: list[float] = []
+    started = time.perf_counter()
+    while len(samples) < max_steps and (len(samples) < min_steps or time.perf_counter() - started < budget_s):
+        t = time.perf_counter()
+        step()
+        samples.append(time.perf_counter() - t)
+    return {"warmup_steps": warmup, "warmup_seconds": round(w.seconds, 3), "steps": len(samples),
+            "seconds": round(sum(samples), 4), "step_seconds_median": round(statistics.median(samples), 4),
+            "step_seconds_min": round(min(samples), 4)}
+
+
+def ratio(numerator: float | None, denominator: float | None, digits: int = 3) -> float | None:
+    """numerator / denominator, rounded; None when either is missing or the denominator is 0."""
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, digits)
+
+
+def rate(count: float, seconds: float, digits: int = 2) -> float | None:
+    """count / seconds (e.g. images per second), None for a zero time."""
+    return round(count / seconds, digits) if seconds > 0 else None
+
+
+class Budget:
+    """A deadline for a grid of cells: `if budget.left() < cost: skip`. Skipped cells are recorded, not hidden."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def spent(self) -> bool:
+        return self.left() <= 0
+
+
+def epoch_timer():
+    """A Keras callback recording each epoch's wall time (on_epoch_begin -> on_epoch_end) in `.seconds`."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
+            self._t0 = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._t0)
+
+    return EpochTimer()
+
+
+# ---------------------------------------------------------------------------------------------- machine
+
+def machine(probe_backend: bool = True) -> dict:
+    """What the numbers came from: CPU model, cores, RAM, OS, Python, package versions, Keras backend, GPU, load.
+
+    Args:
+        probe_backend: import Keras and ask the backend which device it computes on (the benchmark processes do;
+            the suite's parent process does not, to stay light).
+    """
+    info: dict = {
+        "cpu_model": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "ram_gib": _ram_gib(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": _versions(),
+        "keras_backend": os.environ.get("KERAS_BACKEND") or _keras_config_backend() or "tensorflow",
+        "gpu": _nvidia_smi(),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+    if probe_backend:
+        try:
+            import keras
+
+            from tl_tasks import runtime
+
+            info["keras_backend"] = keras.backend.backend()
+            info["device"] = runtime.device_description()
+            info["gpu_visible_to_backend"] = runtime.gpu_available()
+        except Exception as exc:  # a machine description must never fail a benchmark
+            info["device"] = f"unknown ({type(exc).__name__}: {exc})"
+    return info
+
+
+def gpu_available() -> bool:
+    """True when the active Keras backend sees a GPU (imports Keras)."""
+    from tl_tasks import runtime
+
+    return runtime.gpu_available()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 ** 2, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _versions() -> dict:
+    out = {}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _keras_config_backend() -> str | None:
+    path = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "keras.json"
+    try:
+        return json.loads(path.read_text()).get("backend")
+    except (OSError, ValueError):
+        return None
+
+
+def _nvidia_smi() -> list[dict] | None:
+    """GPUs as nvidia-smi lists them (None when there is no nvidia-smi or no GPU)."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    gpus = []
+    for line in out.stdout.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3:
+            gpus.append({"name": parts[0], "memory": parts[1], "driver": parts[2]})
+    return gpus or None
+
+
+# ------------------------------------------------------------------------------------------ environment
+
+@contextmanager
+def temp_home(prefix: str) -> Iterator[Path]:
+    """A throwaway folder (removed afterwards) for TL_HOME, AIRFLOW_HOME and the like."""
+    path = Path(tempfile.mkdtemp(prefix=f"tl_bench_{prefix}_"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def env_vars(**values: str | None) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables for the duration of the block."""
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = str(v)
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def subprocess_env(**values: str) -> dict[str, str]:
+    """This process's environment without TL_*/AIRFLOW* settings (a benchmark chooses its own), the project on
+    PYTHONPATH, quiet TensorFlow, plus `values`."""
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("TL_") or k.startswith("AIRFLOW") or k == "PROFILE")}
+    pythonpath = [str(PROJECT_ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(pythonpath))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({k: str(v) for k, v in values.items()})
+    return env
+
+
+def run_timed(cmd: list[str], *, env: dict, log_path: Path, timeout: float, cwd: Path = PROJECT_ROOT) -> dict:
+    """Run `cmd` to completion (stdout and stderr to `log_path`) and time it from outside.
+
+    Returns:
+        `{seconds, returncode, timed_out, log}`; the last lines of the log go in `log_tail` when it failed.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    timed_out = False
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+            returncode = proc.wait()
+    seconds = time.perf_counter() - started
+    out = {"seconds": round(seconds, 2), "returncode": returncode, "timed_out": timed_out, "log": str(log_path)}
+    if returncode != 0:
+        out["log_tail"] = tail(log_path)
+    return out
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=15)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def tail(path: Path, chars: int = 2000) -> str:
+    try:
+        return Path(path).read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def logs_dir(name: str) -> Path:
+    """bench/out/logs/<name>/: subprocess logs of a benchmark (kept for a look after a failure)."""
+    path = OUT_DIR / "logs" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- record
+
+def record(name: str, mode: str, started: float, started_at: str, parameters: dict, results: dict,
+           notes: list[str], machine_info: dict | None = None) -> dict:
+    """The JSON record of one benchmark run (see the module docstring)."""
+    info = machine_info or machine()
+    if hasattr(os, "getloadavg"):
+        info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+    return {"name": name, "mode": mode, "machine": info, "parameters": parameters, "results": results,
+            "notes": notes, "started_at": started_at, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not a benchmark mode; use one of {', '.join(MODES)}")
+    return mode
+
+
+def write_json(path: Path, data: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
+def cli(name: str, run: Callable[[str], dict], argv: list[str] | None = None) -> int:
+    """`python -m bench.bench_<name> [--mode tiny|quick|full] [--out PATH]`: run, write JSON, print it."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.bench_{name}",
+                                     description=f"benchmark {name!r}; writes JSON (default bench/out/{name}.json)")
+    parser.add_argument("--mode", choices=MODES, default="full", help="size of the benchmark (default full)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the JSON record")
+    args = parser.parse_args(argv)
+    result = run(args.mode)
+    path = write_json(args.out or OUT_DIR / f"{name}.json", result)
+    print(json.dumps({"name": result["name"], "results": result["results"]}, indent=2, default=_json_default))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0

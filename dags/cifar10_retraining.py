@@ -1,0 +1,185 @@
+"""Retrain the CIFAR-10 classifiers, evaluate them, gate them against their champions and write a report.
+
+Wiring only: every task body is one call into `tl_tasks.pipeline`, which imports Keras lazily, so parsing
+this file stays cheap (no TensorFlow, Keras or matplotlib; a test checks).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule, TriggerRule, dag, task
+
+if importlib.util.find_spec("tl_tasks") is None:  # the project root, when only dags/ is on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tl_tasks.config import PROFILE_NAMES  # noqa: E402  (light modules: no heavy imports)
+from tl_tasks.gate import DEFAULT_TOLERANCE  # noqa: E402
+from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS  # noqa: E402
+from tl_tasks.variants import VARIANT_NAMES, VARIANTS  # noqa: E402
+
+DAG_ID = Path(__file__).stem
+GPU_POOL = "gpu"     # created by `make airflow` / `make run` (scripts/airflow_env.sh): TL_GPU_POOL_SLOTS slots
+GPU_QUEUE = "gpu"    # Celery queue served by the GPU worker(s)
+
+
+def _schedule(value: str) -> str | None:
+    """TL_SCHEDULE: a cron expression or preset (default @weekly); `none` (or empty) = triggered runs only."""
+    value = value.strip()
+    return None if value.lower() in ("", "none", "null", "off") else value
+
+
+SCHEDULE = _schedule(os.environ.get("TL_SCHEDULE", "@weekly"))
+
+PARAMS = {
+    "profile": Param(
+        None, type=["null", "string"], enum=[None, *PROFILE_NAMES], title="Profile",
+        values_display={"smoke": "smoke: synthetic data, 1 epoch (tests, seconds)",
+                        "quick": "quick: real subset, few epochs, 32 px (CPU laptop, minutes)",
+                        "full": "full: all of CIFAR-10, 224 px ResNet50 (GPU worker)"},
+        description="Defaults for everything below. Empty: $TL_PROFILE on the worker, else quick.",
+        section="Data and training"),
+    "dataset": Param(
+        None, type=["null", "string"], minLength=1, title="Dataset",
+        description="cifar10, cifar10:<path to cifar-10-python.tar.gz>, folder:<dir, .tar.gz or .zip with "
+                    "train/<class>/*>, or synthetic. Empty: $TL_DATASET, else the profile's.",
+        section="Data and training"),
+    "variants": Param(
+        list(VARIANT_NAMES), type="array", items={"type": "string", "enum": list(VARIANT_NAMES)},
+        minItems=1, uniqueItems=True, title="Variants",
+        values_display={v.name: f"{v.name}: {v.description}" for v in VARIANTS.values()},
+        description="Models to train; each trains as its own task, in parallel up to the gpu pool's slots.",
+        section="Data and training"),
+    "epochs": Param(
+        None, type=["null", "integer"], minimum=1, maximum=1000, title="Epochs",
+        description="Epochs for every variant (early stopping may end v4 sooner). Empty: the profile's "
+                    "(quick: CNN 8, ResNet50 2).", section="Data and training"),
+    "image_size": Param(
+        None, type=["null", "integer"], minimum=8, maximum=512, title="ResNet50 image size",
+        description="Pixels the ResNet50 variants resize to, on the accelerator (32 to 224; ImageNet "
+                    "weights need at least 32). The CNN always uses the data's 32 px. Empty: the profile's.",
+        section="Data and training"),
+    "batch_size": Param(
+        None, type=["null", "integer"], minimum=1, maximum=4096, title="Batch size",
+        description="Empty: the profile's (64).", section="Data and training"),
+    "limit_per_class": Param(
+        None, type=["null", "integer"], minimum=2, title="Images per class",
+        description="At most this many training images per class. Empty: the profile's (smoke: 40, "
+                    "quick and full: all images).", section="Data and training"),
+    "weights": Param(
+        None, type=["null", "string"], minLength=1, title="ResNet50 weights",
+        description="imagenet, none (random init), auto (ImageNet when obtainable, else none with a "
+                    "warning) or a path to a local .h5/.keras file. Empty: $TL_RESNET_WEIGHTS, else imagenet.",
+        section="Data and training"),
+    "seed": Param(
+        None, type=["null", "integer"], minimum=0, maximum=2**32 - 1, title="Seed",
+        description="Seeds the data split, weight init and shuffling. Empty: 42.", section="Data and training"),
+    "tolerance": Param(
+        DEFAULT_TOLERANCE, type="number", minimum=0, exclusiveMaximum=1, title="Regression tolerance",
+        description="Largest accepted drop in test accuracy below a variant's champion (absolute: 0.02 = "
+                    "2 points); a bigger drop is a regression.", section="Gate"),
+    "fail_on_regression": Param(
+        False, type="boolean", title="Fail on regression",
+        description="Fail the gate task (and the run) when a variant regressed, so Airflow alerts.",
+        section="Gate"),
+    "force_promote": Param(
+        False, type="boolean", title="Force promote",
+        description="Promote every successfully evaluated model, even one that did not beat its champion.",
+        section="Gate"),
+}
+
+DOC_MD = f"""
+### CIFAR-10 transfer-learning retraining
+
+`prepare_data` → `train` (mapped: one task per variant) → `evaluate` (mapped) → `gate` → `build_report` → `finalize`
+
+* **prepare_data** resolves the run's settings (trigger form ▸ `TL_*` environment ▸ profile) and writes
+  validated uint8 arrays under `$TL_HOME/runs/<run>/data/`.
+* **train** / **evaluate** run one variant each ({", ".join(f"`{v}`" for v in VARIANT_NAMES)}), in pool
+  `{GPU_POOL}` and on Celery queue `{GPU_QUEUE}`: on a GPU worker several variants train at once, on a laptop
+  the pool's slots (`TL_GPU_POOL_SLOTS`, default 2, set by `make airflow` / `make run`) keep the cores from
+  thrashing. A variant whose training fails is not evaluated; the others are.
+* **gate** compares each variant's test accuracy with its *champion* (its best promoted model): the first run
+  promotes (bootstrap); a drop beyond *tolerance* is a regression (stored and shown; `fail_on_regression`
+  fails this task so Airflow alerts); `force_promote` promotes regardless.
+* **build_report** always runs and writes `$TL_HOME/runs/<run>/report/index.html` (failed variants included);
+  see *Browse → Retraining reports*.
+* **finalize** fails the run when a variant failed (or regressed with `fail_on_regression`).
+
+Every result is in the metrics database (`TL_METRICS_DB_URL`). Schedule: `TL_SCHEDULE`
+(now `{SCHEDULE}`; `none` = triggered runs only). Tasks retry twice, except on bad input.
+"""
+
+# Bad input, a forced test failure or a fatal regression fail at once: retrying cannot change them.
+RETRY_POLICY = ExceptionRetryPolicy(rules=[RetryRule(exception=list(NO_RETRY_EXCEPTIONS), action=RetryAction.FAIL,
+                                                     reason="deterministic failure: a retry cannot help")])
+
+
+@dag(
+    dag_id=DAG_ID,
+    description="Retrain, evaluate and gate the CIFAR-10 CNN and ResNet50 variants; HTML report",
+    doc_md=DOC_MD,
+    schedule=SCHEDULE,
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["ml", "cifar10", "transfer-learning", "retraining"],
+    params=PARAMS,
+    default_args={
+        "owner": "ml",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_policy": RETRY_POLICY,
+    },
+)
+def cifar10_retraining():
+    @task
+    def prepare_data(params=None, run_id=None, dag_run=None) -> list[dict]:
+        """Prepare the data; returns one {variant, settings} job per chosen variant."""
+        from tl_tasks.pipeline import prepare_jobs
+
+        return prepare_jobs(run_id, dict(params), dag_id=DAG_ID, logical_date=dag_run.logical_date or dag_run.run_after)
+
+    @task(pool=GPU_POOL, queue=GPU_QUEUE, map_index_template="{{ task.op_kwargs['variant'] }}")
+    def train(variant: str, settings: dict, run_id=None) -> dict:
+        from tl_tasks.pipeline import train_stage
+
+        return train_stage(run_id, variant, settings, verbose=2)  # one log line per epoch
+
+    @task(pool=GPU_POOL, queue=GPU_QUEUE, trigger_rule=TriggerRule.ALL_DONE,
+          map_index_template="{{ task.op_kwargs['trained']['variant'] }}")
+    def evaluate(trained: dict, run_id=None) -> dict:
+        # Mapped over train's results: only variants whose training succeeded are evaluated.
+        from tl_tasks.pipeline import evaluate_stage
+
+        return evaluate_stage(run_id, trained["variant"])
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def gate(params=None, run_id=None) -> dict:
+        from tl_tasks.pipeline import gate_stage
+
+        return gate_stage(run_id, None, params["tolerance"], params["fail_on_regression"], params["force_promote"])
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def build_report(run_id=None) -> str:
+        from tl_tasks.pipeline import report_stage
+
+        return report_stage(run_id)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def finalize(run_id=None) -> dict:
+        # The run's only leaf: Airflow derives the run's state from it, so a failed variant fails the run
+        # (its RunFailed is in NO_RETRY_EXCEPTIONS: no pointless retries).
+        from tl_tasks.pipeline import finish_stage
+
+        return finish_stage(run_id)
+
+    trained = train.expand_kwargs(prepare_data())
+    evaluate.expand(trained=trained) >> gate() >> build_report() >> finalize()
+
+
+retraining_dag = cifar10_retraining()

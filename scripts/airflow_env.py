@@ -1,0 +1,79 @@
+"""Airflow settings of this project and its one-time set-up, shared by `make airflow` and `make run`.
+
+    eval "$(python scripts/airflow_env.py)"   # export the settings into a shell
+    python scripts/airflow_env.py --setup     # migrate Airflow's database and create the `gpu` pool
+
+AIRFLOW_HOME is project-local (`./airflow_home`, or $TL_AIRFLOW_HOME); the DAGs come from ./dags, the
+plugin from ./plugins, Airflow's example DAGs are off, and the API server listens on 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+GPU_POOL = "gpu"
+GPU_POOL_DESCRIPTION = "training/evaluation slots: how many variants run at once (TL_GPU_POOL_SLOTS)"
+
+
+def airflow_home() -> Path:
+    return Path(os.environ.get("TL_AIRFLOW_HOME") or PROJECT_ROOT / "airflow_home").expanduser().resolve()
+
+
+def airflow_env() -> dict[str, str]:
+    """The environment variables that point Airflow at this project."""
+    port = os.environ.get("TL_AIRFLOW_PORT") or "8080"
+    pythonpath = [str(PROJECT_ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    return {
+        "AIRFLOW_HOME": str(airflow_home()),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": port,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "PYTHONPATH": os.pathsep.join(dict.fromkeys(pythonpath)),
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+    }
+
+
+def pool_slots() -> int:
+    raw = os.environ.get("TL_GPU_POOL_SLOTS") or "2"
+    try:
+        slots = int(raw)
+    except ValueError:
+        slots = 0
+    if slots < 1:
+        raise SystemExit(f"TL_GPU_POOL_SLOTS={raw!r} must be a whole number >= 1 (variants trained at once)")
+    return slots
+
+
+def setup(verbose: bool = True) -> None:
+    """Migrate Airflow's metadata database and create (or resize) the `gpu` pool; idempotent."""
+    env = {**os.environ, **airflow_env()}
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    airflow = str(Path(sys.executable).parent / "airflow")
+    slots = pool_slots()
+    for args, what in ((["db", "migrate"], "migrating Airflow's database"),
+                       (["pools", "set", GPU_POOL, str(slots), GPU_POOL_DESCRIPTION], f"pool {GPU_POOL!r}: {slots} slots")):
+        if verbose:
+            print(f"airflow: {what} ({env['AIRFLOW_HOME']})", file=sys.stderr)
+        proc = subprocess.run([airflow, *args], env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"`airflow {' '.join(args)}` failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+
+def main(argv: list[str]) -> int:
+    if "--setup" in argv:
+        setup()
+        return 0
+    for key, value in airflow_env().items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

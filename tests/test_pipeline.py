@@ -1,0 +1,278 @@
+"""Stage entry points (tl_tasks.pipeline): settings from params, each stage's files and database rows,
+reruns replacing rather than duplicating, failures recorded, the gate over stored results, the run's verdict.
+
+Training runs the small CNN only (seconds); gate/report tests use results written straight to the store.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tl_tasks import config, pipeline
+from tl_tasks.gate import RegressionError
+from tl_tasks.store import connect
+
+T0 = datetime(2026, 1, 5, tzinfo=timezone.utc)
+
+
+def _run(run_id):
+    with connect() as store:
+        return store.get_run(run_id)
+
+
+def _fake_run(run_id: str, accuracies: dict, *, when: datetime, errors: dict | None = None) -> dict:
+    """A prepared run whose variants were evaluated with `accuracies` (None = failed in train) - no training."""
+    settings = pipeline.settings_from_params({"profile": "smoke", "variants": list(accuracies)})
+    pipeline._write_json(config.run_dir(run_id) / pipeline.SETTINGS_FILE, settings.to_dict())
+    with connect() as store:
+        store.upsert_run(run_id, logical_date=when, started_at=when, state="running", profile="smoke",
+                         params=settings.to_dict(), data_fingerprint="f" * 64, class_names=["a", "b"])
+        for variant, accuracy in accuracies.items():
+            if accuracy is None:
+                store.record_failure(run_id, variant, "train", (errors or {}).get(variant, "RuntimeError: boom"))
+            else:
+                store.record_training(run_id, variant, {"variant": variant, "state": "success", "epochs_run": 1,
+                                                        "history": [{"epoch": 1, "loss": 1.0, "accuracy": accuracy}]})
+                store.record_evaluation(run_id, variant, {"variant": variant, "accuracy": accuracy, "loss": 1.0,
+                                                          "class_names": ["a", "b"],
+                                                          "confusion_matrix": [[1, 0], [0, 1]]})
+    return settings.to_dict()
+
+
+# ----------------------------------------------------------------------------------------- settings
+
+def test_settings_from_params_profile_defaults_and_overrides(monkeypatch):
+    s = pipeline.settings_from_params({"profile": "smoke"})
+    assert (s.profile, s.dataset, s.epochs, s.limit_per_class) == ("smoke", "synthetic", {"cnn": 1, "resnet50": 1}, 40)
+    # None means "the profile's"; values override; limit 0 means every image
+    s = pipeline.settings_from_params({"profile": "smoke", "dataset": None, "epochs": 3, "variants": ["cnn"],
+                                       "limit_per_class": 0, "seed": 7, "tolerance": 0.1})
+    assert s.epochs == {"cnn": 3, "resnet50": 3} and s.variants == ("cnn",) and s.limit_per_class is None and s.seed == 7
+    # profile < environment < params
+    monkeypatch.setenv("TL_EPOCHS", "5")
+    monkeypatch.setenv("TL_PROFILE", "smoke")
+    assert pipeline.settings_from_params({}).epochs == {"cnn": 5, "resnet50": 5}
+    assert pipeline.settings_from_params({"epochs": 2}).epochs == {"cnn": 2, "resnet50": 2}
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"profile": "huge"}, "profile='huge'"),
+    ({"epochs": 0}, "epochs=0"),
+    ({"variants": []}, "variants is empty"),
+    ({"variants": ["cnn", "vgg"]}, "variant='vgg'"),
+    ({"epoch": 3}, r"unknown parameter\(s\) \['epoch'\]"),
+    ({"limit_per_class": 1}, "limit_per_class=1"),
+])
+def test_settings_from_params_refuses_bad_values(params, match):
+    with pytest.raises(ValueError, match=match):
+        pipeline.settings_from_params({"profile": "smoke", **params})
+
+
+# ----------------------------------------------------------------------------------------- prepare
+
+def test_prepare_stage_writes_data_and_run_row_and_rerun_replaces():
+    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn"], "limit_per_class": 12})
+    out = pipeline.prepare_stage("r1", settings.to_dict(), dag_id="d", logical_date=T0)
+    data_dir = config.data_dir("r1")
+    assert out["data_dir"] == str(data_dir) and out["counts"]["train"] > 0 and len(out["fingerprint"]) == 64
+    assert (data_dir / "x_train.npy").is_file() and (data_dir / "meta.json").is_file()
+    assert json.loads((config.run_dir("r1") / "settings.json").read_text())["variants"] == ["cnn"]
+    run = _run("r1")
+    assert run["state"] == "running" and run["dag_id"] == "d" and run["profile"] == "smoke"
+    assert run["data_fingerprint"] == out["fingerprint"] and run["class_names"] == out["class_names"]
+    assert run["logical_date"].startswith("2026-01-05") and run["versions"]["keras"] and run["versions"]["python"]
+    again = pipeline.prepare_stage("r1", settings.to_dict(), dag_id="d", logical_date=T0)
+    assert again["fingerprint"] == out["fingerprint"]
+    with connect() as store:
+        assert [r["run_id"] for r in store.recent_runs(10)] == ["r1"]
+
+
+def test_prepare_stage_failure_is_recorded(tmp_path):
+    settings = pipeline.settings_from_params({"profile": "smoke", "dataset": f"folder:{tmp_path / 'missing'}"})
+    with pytest.raises((FileNotFoundError, ValueError)):
+        pipeline.prepare_stage("bad", settings.to_dict())
+    run = _run("bad")
+    assert run["state"] == "failed" and run["error"].startswith("prepare_data failed") and run["ended_at"]
+
+
+def test_prepare_jobs_one_job_per_variant_and_invalid_params_recorded():
+    jobs = pipeline.prepare_jobs("r2", {"profile": "smoke", "variants": ["cnn", "resnet50_v1"], "tolerance": 0.05,
+                                        "fail_on_regression": False, "force_promote": False}, dag_id="d")
+    assert [j["variant"] for j in jobs] == ["cnn", "resnet50_v1"]
+    assert all(j["settings"]["profile"] == "smoke" for j in jobs)
+    with pytest.raises(ValueError, match="epochs=0"):
+        pipeline.prepare_jobs("r3", {"profile": "smoke", "epochs": 0}, dag_id="d")
+    run = _run("r3")
+    assert run["state"] == "failed" and "invalid parameters" in run["error"]
+
+
+# ------------------------------------------------------------------------------ train and evaluate
+
+def test_train_and_evaluate_record_results_and_reruns_replace_rows():
+    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn"]}).to_dict()
+    pipeline.prepare_stage("t1", settings)
+    summary = pipeline.train_stage("t1", "cnn", settings, verbose=0)
+    assert summary["variant"] == "cnn" and summary["state"] == "success" and summary["epochs_run"] == 1
+    assert (config.model_dir("t1", "cnn") / "model.keras").is_file()
+    evaluation = pipeline.evaluate_stage("t1", "cnn")  # settings from the run's settings.json
+    assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["variant"] == "cnn"
+    assert (config.model_dir("t1", "cnn") / "evaluation.json").is_file()
+    # rerunning both replaces the rows
+    pipeline.train_stage("t1", "cnn", settings, verbose=0)
+    pipeline.evaluate_stage("t1", "cnn", settings)
+    run = _run("t1")
+    assert list(run["results"]) == ["cnn"]
+    result = run["results"]["cnn"]
+    assert result["state"] == "success" and result["accuracy"] == pytest.approx(evaluation["accuracy"])
+    assert len(result["history"]) == 1 and result["per_class"] and result["confusion_matrix"]
+    assert run["device"]
+
+
+def test_forced_failure_is_recorded_and_raised(monkeypatch):
+    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn"]}).to_dict()
+    pipeline.prepare_stage("f1", settings)
+    monkeypatch.setenv(pipeline.FAIL_VARIANTS_ENV, "resnet50_v2, cnn")
+    with pytest.raises(pipeline.ForcedFailure, match="TL_FAIL_VARIANTS"):
+        pipeline.train_stage("f1", "cnn", settings)
+    result = _run("f1")["results"]["cnn"]
+    assert result["state"] == "failed" and result["stage"] == "train" and "ForcedFailure" in result["error"]
+
+
+def test_evaluate_without_a_model_records_failure():
+    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["resnet50_v1"]}).to_dict()
+    pipeline.prepare_stage("e1", settings)
+    with pytest.raises(Exception):
+        pipeline.evaluate_stage("e1", "resnet50_v1", settings)
+    result = _run("e1")["results"]["resnet50_v1"]
+    assert result["state"] == "failed" and result["stage"] == "evaluate"
+
+
+def test_stages_need_a_prepared_run():
+    with pytest.raises(FileNotFoundError, match="never prepared"):
+        pipeline.train_stage("nope", "cnn")
+    with pytest.raises(ValueError, match="variant='vgg'"):
+        pipeline.train_stage("nope", "vgg")
+
+
+# ---------------------------------------------------------------------------------------------- gate
+
+def _decisions(run_id):
+    return {v: r["gate"]["decision"] for v, r in _run(run_id)["results"].items()}
+
+
+def test_gate_bootstrap_then_promote_keep_regress():
+    _fake_run("g1", {"cnn": 0.50, "resnet50_v1": 0.40, "resnet50_v2": 0.30}, when=T0)
+    out = pipeline.gate_stage("g1")
+    assert out["summary"] == {"bootstrap": ["cnn", "resnet50_v1", "resnet50_v2"]}
+    assert _decisions("g1") == {"cnn": "bootstrap", "resnet50_v1": "bootstrap", "resnet50_v2": "bootstrap"}
+
+    _fake_run("g2", {"cnn": 0.55, "resnet50_v1": 0.39, "resnet50_v2": 0.20}, when=T0 + timedelta(days=7))
+    out = pipeline.gate_stage("g2", tolerance=0.02)
+    assert _decisions("g2") == {"cnn": "promoted", "resnet50_v1": "kept", "resnet50_v2": "regressed"}
+    d = out["decisions"]["resnet50_v2"]
+    assert d["champion_run_id"] == "g1" and d["champion_accuracy"] == 0.30 and d["delta"] == pytest.approx(-0.10)
+    stored = _run("g2")["results"]["resnet50_v2"]["gate"]
+    assert stored["decision"] == "regressed" and stored["tolerance"] == 0.02 and stored["reason"]
+    assert _run("g2")["params"]["gate"] == {"tolerance": 0.02, "fail_on_regression": False, "force_promote": False}
+
+    # champions: cnn -> g2 (promoted), v1 stays g1 (kept is not a promotion)
+    _fake_run("g3", {"cnn": 0.50, "resnet50_v1": 0.41, "resnet50_v2": 0.31}, when=T0 + timedelta(days=14))
+    out = pipeline.gate_stage("g3")
+    assert out["decisions"]["cnn"]["champion_run_id"] == "g2" and out["decisions"]["cnn"]["decision"] == "regressed"
+    assert out["decisions"]["resnet50_v1"]["champion_run_id"] == "g1"
+    assert out["decisions"]["resnet50_v1"]["decision"] == "promoted"
+
+
+def test_gate_fail_on_regression_records_then_raises_and_force_promote_overrides():
+    _fake_run("h1", {"cnn": 0.60}, when=T0)
+    pipeline.gate_stage("h1")
+    _fake_run("h2", {"cnn": 0.40}, when=T0 + timedelta(days=1))
+    with pytest.raises(RegressionError, match="cnn"):
+        pipeline.gate_stage("h2", tolerance=0.02, fail_on_regression=True)
+    assert _decisions("h2") == {"cnn": "regressed"}
+    # rerun with force_promote replaces the decision (one gate row per result)
+    out = pipeline.gate_stage("h2", force_promote=True)
+    gate = _run("h2")["results"]["cnn"]["gate"]
+    assert out["decisions"]["cnn"]["forced"] and gate["decision"] == "promoted" and gate["forced"] is True
+    with connect() as store:
+        assert store.champion("cnn")["run_id"] == "h2"
+
+
+def test_gate_records_failed_and_missing_variants():
+    settings = _fake_run("m1", {"cnn": 0.5, "resnet50_v1": None}, when=T0)
+    settings["variants"] = ["cnn", "resnet50_v1", "resnet50_v2"]  # v2's train task was killed: no row at all
+    out = pipeline.gate_stage("m1", settings)
+    assert out["summary"] == {"bootstrap": ["cnn"], "failed": ["resnet50_v1", "resnet50_v2"]}
+    results = _run("m1")["results"]
+    assert "boom" in results["resnet50_v1"]["gate"]["reason"]
+    assert results["resnet50_v2"]["state"] == "failed" and "killed" in results["resnet50_v2"]["error"]
+
+
+def test_gate_without_prepared_data_fails_clearly():
+    with pytest.raises(FileNotFoundError, match="never prepared"):
+        pipeline.gate_stage("ghost")
+    settings = pipeline.settings_from_params({"profile": "smoke"}).to_dict()
+    with pytest.raises(ValueError, match="not in the metrics database"):
+        pipeline.gate_stage("ghost", settings)
+    with pytest.raises((FileNotFoundError, ValueError)):  # prepare fails: bad data source
+        pipeline.prepare_stage("ghost", {**settings, "dataset": "folder:/no/such/place"})
+    with pytest.raises(pipeline.RunFailed, match="no prepared data"):
+        pipeline.gate_stage("ghost", settings)
+
+
+# ------------------------------------------------------------------------------- report and verdict
+
+def test_report_and_finish_success():
+    _fake_run("s1", {"cnn": 0.5}, when=T0)
+    pipeline.gate_stage("s1")
+    path = pipeline.report_stage("s1")
+    assert path == str(config.report_dir("s1") / "index.html") and "cnn" in open(path).read()
+    run = _run("s1")
+    assert run["state"] == "success" and run["report_path"] == path and run["ended_at"] and run["error"] is None
+    assert pipeline.finish_stage("s1") == {"run_id": "s1", "state": "success", "report_path": path}
+
+
+def test_report_and_finish_with_a_failed_variant():
+    _fake_run("x1", {"cnn": 0.5, "resnet50_v2": None}, when=T0, errors={"resnet50_v2": "ForcedFailure: forced"})
+    pipeline.gate_stage("x1")
+    path = pipeline.report_stage("x1")
+    assert "resnet50_v2" in open(path).read()
+    run = _run("x1")
+    assert run["state"] == "failed" and "resnet50_v2 failed in train: ForcedFailure: forced" in run["error"]
+    with pytest.raises(pipeline.RunFailed, match="resnet50_v2"):
+        pipeline.finish_stage("x1")
+
+
+def test_fatal_regression_fails_the_run_and_missing_report_too():
+    _fake_run("y1", {"cnn": 0.9}, when=T0)
+    pipeline.gate_stage("y1")
+    _fake_run("y2", {"cnn": 0.1}, when=T0 + timedelta(days=1))
+    with pytest.raises(RegressionError):
+        pipeline.gate_stage("y2", fail_on_regression=True)
+    pipeline.report_stage("y2")
+    assert _run("y2")["state"] == "failed"
+    with pytest.raises(pipeline.RunFailed, match="regressed"):
+        pipeline.finish_stage("y2")
+    # a run whose gate passed but whose report was never built does not count as a success
+    _fake_run("y3", {"cnn": 0.9}, when=T0 + timedelta(days=2))
+    pipeline.gate_stage("y3")
+    with pytest.raises(pipeline.RunFailed, match="report was not built"):
+        pipeline.finish_stage("y3")
+    assert _run("y3")["state"] == "failed"
+
+
+# ---------------------------------------------------------------------------------------- whole run
+
+def test_run_all_without_airflow_keeps_going_when_a_variant_fails(monkeypatch):
+    monkeypatch.setenv(pipeline.FAIL_VARIANTS_ENV, "resnet50_v2")
+    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn", "resnet50_v2"]})
+    result = pipeline.run_all("cli-1", settings)
+    assert result["state"] == "failed" and result["failed"] == ["resnet50_v2"]
+    assert result["decisions"]["cnn"]["decision"] == "bootstrap"
+    assert result["decisions"]["resnet50_v2"]["decision"] == "failed"
+    assert open(result["report_path"]).read()
+    run = _run("cli-1")
+    assert run["state"] == "failed" and run["results"]["cnn"]["accuracy"] is not None
+    assert run["report_path"] == result["report_path"]

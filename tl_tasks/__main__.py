@@ -1,0 +1,338 @@
+"""Command line: `python -m tl_tasks {prepare,train,evaluate,gate,report,runs,db,run} ...` (see --help).
+
+Stage commands print their result as JSON on stdout and log to stderr. Exit status: 0 ok, 1 the run (or the
+gate) failed, 2 bad input or an error (one line on stderr; --traceback shows the whole story).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tl_tasks.config import PROFILE_NAMES
+from tl_tasks.gate import DEFAULT_TOLERANCE
+from tl_tasks.variants import VARIANT_NAMES
+
+log = logging.getLogger("tl_tasks")
+EXIT_FAILED, EXIT_ERROR = 1, 2
+EPILOG = """\
+examples:
+  python -m tl_tasks run --profile quick                 # the Airflow DAG once, headless (what `make run` does)
+  python -m tl_tasks run --engine local --profile smoke  # the same stages in this process, without Airflow
+  python -m tl_tasks prepare --run-id r1 --profile smoke
+  python -m tl_tasks train --run-id r1 --variant cnn
+  python -m tl_tasks evaluate --run-id r1 --variant cnn
+  python -m tl_tasks gate --run-id r1 --tolerance 0.02
+  python -m tl_tasks report --run-id r1
+  python -m tl_tasks runs --limit 5
+
+Settings resolve as: profile < TL_* environment variables < options. Stage commands after `prepare`
+reuse the settings the run was prepared with unless --profile is given; options still override them.
+Everything a run writes lives under $TL_HOME/runs/<run id>/; results go to $TL_METRICS_DB_URL.
+"""
+
+
+class CLIError(Exception):
+    """A usage problem found after parsing (exit 2)."""
+
+
+def _variant_list(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give one or more variant names separated by commas")
+    for name in names:
+        if name not in VARIANT_NAMES:
+            raise argparse.ArgumentTypeError(f"{name!r} is not a variant; choose from {', '.join(VARIANT_NAMES)}")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _limit(text: str) -> int:
+    if text.lower() in ("all", "none", "0"):
+        return 0
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 2 (or 'all' for every image)")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    from tl_tasks.gate import validate_tolerance
+
+    try:
+        return validate_tolerance(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_settings(p: argparse.ArgumentParser, *, variants: bool = False) -> None:
+    g = p.add_argument_group("settings (default: the profile's, or what the run was prepared with)")
+    g.add_argument("--profile", choices=PROFILE_NAMES,
+                   help="smoke (synthetic, seconds), quick (CPU laptop, minutes) or full (GPU); default $TL_PROFILE or quick")
+    g.add_argument("--dataset", metavar="SOURCE",
+                   help="cifar10, cifar10:<path>, folder:<dir|.tar.gz|.zip> or synthetic ($TL_DATASET)")
+    g.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs for every variant ($TL_EPOCHS)")
+    g.add_argument("--image-size", type=_positive_int, metavar="PX",
+                   help="ResNet50 input size, resized on the accelerator, 32..224 ($TL_IMAGE_SIZE)")
+    g.add_argument("--batch-size", type=_positive_int, metavar="N", help="batch size ($TL_BATCH_SIZE)")
+    g.add_argument("--limit-per-class", type=_limit, metavar="N",
+                   help="at most N training images per class; 'all' for every image ($TL_LIMIT_PER_CLASS)")
+    g.add_argument("--weights", metavar="W",
+                   help="ResNet50 weights: imagenet, none, auto or a local .h5/.keras path ($TL_RESNET_WEIGHTS)")
+    g.add_argument("--seed", type=_seed, metavar="N", help="random seed ($TL_SEED, default 42)")
+    if variants:
+        g.add_argument("--variants", type=_variant_list, metavar="V1,V2",
+                       help=f"variants to train, comma-separated (default all: {','.join(VARIANT_NAMES)})")
+
+
+def _add_gate_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("gate")
+    g.add_argument("--tolerance", type=_tolerance, default=DEFAULT_TOLERANCE, metavar="T",
+                   help=f"largest accepted absolute drop in test accuracy below the champion (default {DEFAULT_TOLERANCE})")
+    g.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a variant regressed")
+    g.add_argument("--force-promote", action="store_true", help="promote every evaluated model regardless")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tl_tasks", description="CIFAR-10 transfer-learning retraining: pipeline stages, runs, "
+        "metrics database.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description or help)
+
+    p = command("prepare", "prepare a run's data under $TL_HOME/runs/<run>/data and record the run")
+    p.add_argument("--run-id", required=True, help="name of the run (any text; made file-name safe)")
+    _add_settings(p, variants=True)
+
+    for name, what in (("train", "train one variant of a prepared run and record its history"),
+                       ("evaluate", "evaluate one trained variant on the test split and record the metrics")):
+        p = command(name, what)
+        p.add_argument("--run-id", required=True, help="the run, as given to prepare")
+        p.add_argument("--variant", required=True, choices=VARIANT_NAMES, help="the variant")
+        _add_settings(p)
+
+    p = command("gate", "compare each variant of a run with its champion and record promoted/kept/regressed",
+                "Compare each variant's test accuracy with its champion (its best promoted earlier model) "
+                "and record the decision: bootstrap, promoted, kept, regressed or failed.")
+    p.add_argument("--run-id", required=True, help="the run, as given to prepare")
+    _add_settings(p, variants=True)
+    _add_gate_options(p)
+
+    p = command("report", "write a run's HTML report; prints its path")
+    p.add_argument("--run-id", required=True, help="a run recorded in the metrics database")
+
+    p = command("runs", "list recent runs with each variant's accuracy and change")
+    p.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="how many runs (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = command("db", "metrics database maintenance")
+    dbsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    dbsub.add_parser("upgrade", help="migrate the metrics database ($TL_METRICS_DB_URL) to the current schema",
+                     description="migrate the metrics database ($TL_METRICS_DB_URL) to the current schema")
+
+    p = command("run", "one whole retraining: every stage for every variant; prints the report's path",
+                "One whole retraining: prepare, train and evaluate every variant, gate, report. "
+                "--engine airflow (default) runs the Airflow DAG once, headless, in this process (dag.test, "
+                "with a project-local AIRFLOW_HOME); --engine local runs the same stages without Airflow. "
+                "Exit status 1 when the run failed (a variant failed, or a regression with --fail-on-regression).")
+    p.add_argument("--engine", choices=("airflow", "local"), default="airflow",
+                   help="airflow: the DAG via dag.test() (default); local: the stages in order, no Airflow")
+    p.add_argument("--run-id", help="local engine only: the run's name (default cli__<UTC timestamp>)")
+    _add_settings(p, variants=True)
+    _add_gate_options(p)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+def _overrides(args) -> dict:
+    keys = ("dataset", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed", "variants")
+    return {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
+
+
+def _stage_settings(args):
+    """Settings for a stage after prepare: the run's saved ones (unless --profile), with options on top."""
+    from tl_tasks import config, pipeline
+
+    saved_path = config.run_dir(args.run_id) / pipeline.SETTINGS_FILE
+    if args.profile is None and saved_path.is_file():
+        saved = pipeline.load_settings(args.run_id)
+        params = {k: getattr(saved, k) for k in pipeline.SETTING_PARAMS}
+        params.update(profile=saved.profile, variants=list(saved.variants), **_overrides(args))
+        return pipeline.settings_from_params(params)
+    return pipeline.settings_from_params({"profile": args.profile, **_overrides(args)})
+
+
+_OUTPUT: list[str] = []
+
+
+def _out(text: str) -> None:
+    """Print `text` on stdout once the command is done (while it runs, stdout is sent to stderr: Keras's
+    per-epoch lines and Airflow's logs must not mix with a command's result)."""
+    _OUTPUT.append(f"{text}\n")
+
+
+def _print_json(data) -> None:
+    _out(json.dumps(data, indent=2, default=str))
+
+
+def cmd_prepare(args) -> int:
+    from tl_tasks import pipeline
+
+    settings = pipeline.settings_from_params({"profile": args.profile, **_overrides(args)})
+    _print_json(pipeline.prepare_stage(args.run_id, settings.to_dict(), dag_id=None))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from tl_tasks import pipeline
+
+    _print_json(pipeline.train_stage(args.run_id, args.variant, _stage_settings(args).to_dict()))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from tl_tasks import pipeline
+
+    _print_json(pipeline.evaluate_stage(args.run_id, args.variant, _stage_settings(args).to_dict()))
+    return 0
+
+
+def cmd_gate(args) -> int:
+    from tl_tasks import pipeline
+
+    result = pipeline.gate_stage(args.run_id, _stage_settings(args).to_dict(), args.tolerance,
+                                 args.fail_on_regression, args.force_promote)
+    _print_json(result)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from tl_tasks import pipeline
+
+    _out(pipeline.report_stage(args.run_id))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from tl_tasks.store.cli import runs_command
+
+    _out(runs_command(limit=args.limit, as_json=args.json))
+    return 0
+
+
+def cmd_db(args) -> int:
+    from tl_tasks.store.cli import db_upgrade_command
+
+    _out(db_upgrade_command())
+    return 0
+
+
+def cmd_run(args) -> int:
+    if args.engine == "airflow":
+        if args.run_id:
+            raise CLIError("--run-id works with --engine local only; Airflow names its runs (manual__<date>)")
+        return _run_dag(args)
+    from tl_tasks import pipeline
+
+    run_id = args.run_id or "cli__" + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+    settings = pipeline.settings_from_params({"profile": args.profile, **_overrides(args)})
+    log.info("run %s: profile %s, variants %s", run_id, settings.profile, ", ".join(settings.variants))
+    result = pipeline.run_all(run_id, settings, tolerance=args.tolerance,
+                              fail_on_regression=args.fail_on_regression, force_promote=args.force_promote)
+    for variant, d in result["decisions"].items():
+        acc = "-" if d["accuracy"] is None else f"{d['accuracy']:.4f}"
+        _out(f"{variant:<12} {d['decision']:<10} test accuracy {acc}")
+    _out(f"run {run_id}: {result['state']}" + (f" ({result['error']})" if result["error"] else ""))
+    _out(f"report: {result['report_path']}")
+    return 0 if result["state"] == "success" else EXIT_FAILED
+
+
+def _run_dag(args) -> int:
+    """Hand over to scripts/run_dag.py (Airflow's environment must be set before Airflow is imported)."""
+    import importlib.util
+
+    from tl_tasks.config import PROJECT_ROOT
+
+    path = PROJECT_ROOT / "scripts" / "run_dag.py"
+    if not path.is_file():
+        raise CLIError(f"{path} is missing: --engine airflow needs the project checkout; use --engine local")
+    spec = importlib.util.spec_from_file_location("tl_run_dag", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    conf = {"profile": args.profile, **_overrides(args), "tolerance": args.tolerance,
+            "fail_on_regression": args.fail_on_regression, "force_promote": args.force_promote}
+    return module.run_dag({k: v for k, v in conf.items() if v is not None}, out=_out)
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "gate": cmd_gate,
+            "report": cmd_report, "runs": cmd_runs, "db": cmd_db, "run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl." on every connect
+    from tl_tasks.gate import RegressionError
+    from tl_tasks.pipeline import RunFailed
+
+    _OUTPUT.clear()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return COMMANDS[args.command](args)
+    except (RegressionError, RunFailed) as exc:
+        if args.traceback:
+            raise
+        print(f"failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line instead of a traceback; --traceback for the details
+        if args.traceback:
+            raise
+        print(f"error: {_message(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        sys.stdout.write("".join(_OUTPUT))
+        sys.stdout.flush()
+        _OUTPUT.clear()
+
+
+def _message(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    known = isinstance(exc, (ValueError, FileNotFoundError, CLIError)) or type(exc).__module__.startswith("tl_tasks")
+    return text if known else f"{type(exc).__name__}: {text} (rerun with --traceback for details)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
