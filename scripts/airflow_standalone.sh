@@ -42,8 +42,10 @@ passwords="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:-$AIRFLOW_HOME/si
 cat <<BANNER
 
 ==============================================================================================
- Airflow is up: $url   (DAG: cifar10_retraining; it starts paused, switch it on or trigger it)
+ Airflow is up: $url
  Log in as admin; the password is in $passwords
+ DAG cifar10_retraining starts paused. Trigger it (the form takes profile, variants, epochs, ...), or
+ switch it on: Airflow then starts the latest weekly run at once (TL_SCHEDULE=none: triggered runs only).
  Reports: $url -> Browse -> Retraining reports, or ${TL_HOME:-$PWD/tl_home}/reports/index.html
  Ctrl-C stops everything.
 ==============================================================================================

@@ -189,6 +189,8 @@ class AirflowHarness:
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             "AIRFLOW__CELERY__FLOWER_HOST": "127.0.0.1",
+            # Sending a task to the broker may take more than the default 1 s on a busy two-core machine.
+            "AIRFLOW__CELERY__OPERATION_TIMEOUT": "15",
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES", ""),
         })

@@ -77,6 +77,7 @@ def test_errors_are_one_line_with_exit_2_not_tracebacks():
     (["prepare", "--run-id", "p", "--profile", "smoke", "--dataset", "folder:/no/such/place"], "no/such/place"),
     (["prepare", "--run-id", "p", "--profile", "smoke", "--image-size", "16", "--weights", "imagenet"], "image_size=16"),
     (["run", "--run-id", "x"], "--engine local"),
+    (["run", "--limit-per-class", "all"], "--engine local"),
 ])
 def test_errors_name_the_problem(argv, match, capsys):
     assert main(argv) == 2
@@ -145,3 +146,10 @@ def test_parser_defaults():
     assert args.engine == "airflow" and args.tolerance == 0.02 and not args.fail_on_regression
     args = build_parser().parse_args(["prepare", "--run-id", "r", "--limit-per-class", "all"])
     assert args.limit_per_class == 0  # = every image
+
+
+def test_run_with_airflow_refuses_invalid_params_before_running(tmp_path):
+    proc = _cli("run", "--profile", "smoke", "--dataset", "", env={"TL_AIRFLOW_HOME": str(tmp_path / "airflow")})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: Invalid input for param dataset")
+    assert "Traceback" not in proc.stderr

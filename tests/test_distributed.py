@@ -55,8 +55,10 @@ def test_celery_run_with_default_and_gpu_workers(tmp_path, tl_home, pg_url):
             assert run["state"] == "success", harness.failure_report(DAG_ID, run_id)
             tis = harness.task_instances(DAG_ID, run_id)
             on_cpu, on_gpu = cpu_worker.executed_workloads(), gpu_worker.executed_workloads()
-            with sa.create_engine(metadata_url).connect() as conn:
+            engine = sa.create_engine(metadata_url)
+            with engine.connect() as conn:  # the Celery result backend's table, in the metadata database
                 celery_results = conn.execute(sa.text("SELECT count(*) FROM celery_taskmeta")).scalar()
+            engine.dispose()
         finally:
             harness.stop()
             flush_redis(REDIS_TEST_URL)
@@ -71,9 +73,9 @@ def test_celery_run_with_default_and_gpu_workers(tmp_path, tl_home, pg_url):
         expected = GPU_WORKER if ti["queue"] == "gpu" else CPU_WORKER
         assert ti["queue"] in ("gpu", "default") and ti["hostname"] == expected, summary
     assert {ti["task_id"] for ti in tis if ti["queue"] == "default"} >= {"prepare_data", "gate", "build_report"}
-    # ... and the workers' own logs agree: each received exactly its queue's tasks.
-    assert sorted(on_gpu) == sorted((ti["task_id"], ti["map_index"]) for ti in tis if ti["queue"] == "gpu")
-    assert sorted(on_cpu) == sorted((ti["task_id"], ti["map_index"]) for ti in tis if ti["queue"] == "default")
+    # ... and the workers' own logs agree: each received exactly its queue's tasks (a retry may repeat one).
+    assert set(on_gpu) == {(ti["task_id"], ti["map_index"]) for ti in tis if ti["queue"] == "gpu"}
+    assert set(on_cpu) == {(ti["task_id"], ti["map_index"]) for ti in tis if ti["queue"] == "default"}
     assert overlapping_pairs(train), "the gpu worker ran its train tasks one after another: " + str(
         [(ti["rendered_map_index"], ti["start_date"], ti["end_date"]) for ti in train])
     assert celery_results >= len(tis), "Celery stored no task results in PostgreSQL"

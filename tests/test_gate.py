@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from tl_tasks.gate import DEFAULT_TOLERANCE, DECISIONS, PROMOTING, decide, summarize, validate_tolerance
+from tl_tasks.gate import (
+    DEFAULT_TOLERANCE, DECISIONS, PROMOTING, decide, incomparable_test_sets, summarize, validate_tolerance,
+)
 
 CHAMPION = {"run_id": "run-1", "accuracy": 0.60}
 
@@ -86,3 +88,19 @@ def test_bad_tolerance_is_refused_with_the_value(bad):
 def test_summarize():
     decisions = {"cnn": decide(0.5, None), "resnet50_v1": decide(0.1, CHAMPION), "resnet50_v2": decide(None, None)}
     assert summarize(decisions) == {"bootstrap": ["cnn"], "regressed": ["resnet50_v1"], "failed": ["resnet50_v2"]}
+
+
+def test_incomparable_champion_starts_a_new_lineage():
+    d = decide(0.30, CHAMPION, incomparable="data source 'a' then, 'b' now")
+    assert d["decision"] == "bootstrap" and d["promoted"] and "not comparable" in d["reason"]
+    assert d["champion_run_id"] == "run-1"  # still reported
+    assert decide(None, CHAMPION, failed=True, incomparable="x")["decision"] == "failed"
+
+
+def test_incomparable_test_sets():
+    cifar = {"source": "cifar10", "class_names": ["a", "b"], "counts": {"train": 9, "test": 100}}
+    assert incomparable_test_sets(cifar, dict(cifar, counts={"train": 5, "test": 100})) is None  # train may differ
+    assert "data source" in incomparable_test_sets(cifar, dict(cifar, source="synthetic"))
+    assert "classes" in incomparable_test_sets(cifar, dict(cifar, class_names=["a", "c"]))
+    assert "test images" in incomparable_test_sets(cifar, dict(cifar, counts={"test": 80}))
+    assert incomparable_test_sets(cifar, None) is None and incomparable_test_sets(None, cifar) is None

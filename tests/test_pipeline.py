@@ -22,13 +22,15 @@ def _run(run_id):
         return store.get_run(run_id)
 
 
-def _fake_run(run_id: str, accuracies: dict, *, when: datetime, errors: dict | None = None) -> dict:
+def _fake_run(run_id: str, accuracies: dict, *, when: datetime, errors: dict | None = None,
+              source: str = "synthetic") -> dict:
     """A prepared run whose variants were evaluated with `accuracies` (None = failed in train) - no training."""
     settings = pipeline.settings_from_params({"profile": "smoke", "variants": list(accuracies)})
     pipeline._write_json(config.run_dir(run_id) / pipeline.SETTINGS_FILE, settings.to_dict())
     with connect() as store:
         store.upsert_run(run_id, logical_date=when, started_at=when, state="running", profile="smoke",
-                         params=settings.to_dict(), data_fingerprint="f" * 64, class_names=["a", "b"])
+                         params=settings.to_dict(), data_fingerprint="f" * 64, class_names=["a", "b"],
+                         data_summary={"source": source, "class_names": ["a", "b"], "counts": {"test": 20}})
         for variant, accuracy in accuracies.items():
             if accuracy is None:
                 store.record_failure(run_id, variant, "train", (errors or {}).get(variant, "RuntimeError: boom"))
@@ -198,6 +200,17 @@ def test_gate_fail_on_regression_records_then_raises_and_force_promote_overrides
     assert out["decisions"]["cnn"]["forced"] and gate["decision"] == "promoted" and gate["forced"] is True
     with connect() as store:
         assert store.champion("cnn")["run_id"] == "h2"
+
+
+def test_gate_does_not_compare_accuracies_on_different_test_sets():
+    _fake_run("k1", {"cnn": 0.90}, when=T0, source="synthetic")
+    pipeline.gate_stage("k1")
+    _fake_run("k2", {"cnn": 0.40}, when=T0 + timedelta(days=1), source="folder:/data/cifar")
+    d = pipeline.gate_stage("k2", fail_on_regression=True)["decisions"]["cnn"]
+    assert d["decision"] == "bootstrap" and "not comparable" in d["reason"] and d["champion_run_id"] == "k1"
+    _fake_run("k3", {"cnn": 0.30}, when=T0 + timedelta(days=2), source="folder:/data/cifar")
+    d = pipeline.gate_stage("k3")["decisions"]["cnn"]
+    assert d["decision"] == "regressed" and d["champion_run_id"] == "k2"
 
 
 def test_gate_records_failed_and_missing_variants():

@@ -259,6 +259,9 @@ def cmd_run(args) -> int:
     if args.engine == "airflow":
         if args.run_id:
             raise CLIError("--run-id works with --engine local only; Airflow names its runs (manual__<date>)")
+        if args.limit_per_class == 0:
+            raise CLIError("--limit-per-class all works with --engine local only; the DAG's quick and full "
+                           "profiles use every image already (or give a number >= 2)")
         return _run_dag(args)
     from tl_tasks import pipeline
 

@@ -1,7 +1,8 @@
 """The champion / regression gate: a pure decision per variant over the metrics store's numbers.
 
 A variant's champion is its best promoted model from earlier runs. The first run promotes (bootstrap);
-a test-accuracy drop of more than `tolerance` (absolute) below the champion is a regression.
+a test-accuracy drop of more than `tolerance` (absolute) below the champion is a regression. Accuracies on
+different test sets are not compared: such a model starts a new lineage.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def validate_tolerance(tolerance: float) -> float:
 
 
 def decide(accuracy: float | None, champion: dict | None, *, tolerance: float = DEFAULT_TOLERANCE,
-           force_promote: bool = False, failed: bool = False, error: str | None = None) -> dict:
+           force_promote: bool = False, failed: bool = False, error: str | None = None,
+           incomparable: str | None = None) -> dict:
     """The gate decision for one variant of one run.
 
     Args:
@@ -40,6 +42,8 @@ def decide(accuracy: float | None, champion: dict | None, *, tolerance: float = 
         force_promote: promote a model that did not beat the champion (not a failed one).
         failed: the variant failed in this run (training or evaluation).
         error: why it failed, kept in the decision's `reason`.
+        incomparable: why the champion's accuracy cannot be compared (it was measured on a different test
+            set); the model then starts a new lineage ("bootstrap").
 
     Returns:
         `{decision, promoted, forced, accuracy, champion_run_id, champion_accuracy, delta, tolerance, reason}`
@@ -58,6 +62,9 @@ def decide(accuracy: float | None, champion: dict | None, *, tolerance: float = 
         return {**out, "decision": "failed", "promoted": False, "reason": f"variant failed: {why}"}
     if champion_accuracy is None:
         return {**out, "decision": "bootstrap", "promoted": True, "reason": "no earlier promoted model: first champion"}
+    if incomparable:
+        return {**out, "decision": "bootstrap", "promoted": True,
+                "reason": f"new baseline: the champion from {champion_run_id} is not comparable ({incomparable})"}
 
     delta = out["accuracy"] - champion_accuracy
     out["delta"] = delta
@@ -72,6 +79,20 @@ def decide(accuracy: float | None, champion: dict | None, *, tolerance: float = 
         return {**out, "decision": "promoted", "promoted": True, "forced": True, "overridden": decision,
                 "reason": f"force_promote overrode '{decision}': {reason}"}
     return {**out, "decision": decision, "promoted": decision in PROMOTING, "reason": reason}
+
+
+def incomparable_test_sets(current: dict | None, previous: dict | None) -> str | None:
+    """Why two runs' test accuracies are not comparable (different data source, test-set size or classes),
+    from their `data_summary` (PreparedData.summary()); None when they are, or when either is unknown."""
+    if not current or not previous:
+        return None
+    for key, label in (("source", "data source"), ("class_names", "classes")):
+        if current.get(key) != previous.get(key):
+            return f"{label} {previous.get(key)!r} then, {current.get(key)!r} now"
+    now, then = (current.get("counts") or {}).get("test"), (previous.get("counts") or {}).get("test")
+    if now != then:
+        return f"{then} test images then, {now} now"
+    return None
 
 
 def summarize(decisions: dict[str, dict]) -> dict:

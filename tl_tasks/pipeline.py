@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tl_tasks import config
 from tl_tasks.config import Settings
-from tl_tasks.gate import DEFAULT_TOLERANCE, RegressionError, decide, summarize, validate_tolerance
+from tl_tasks.gate import DEFAULT_TOLERANCE, RegressionError, decide, summarize, incomparable_test_sets, validate_tolerance
 from tl_tasks.variants import VARIANT_NAMES, get_variant
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,8 @@ def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float 
     """Compare each variant of the run with its champion (best earlier promoted model) and record the decision.
 
     A variant without a result (its task was killed) or without an evaluation is recorded as failed first.
+    A champion measured on another test set (data source, classes, test-set size) is not compared with: the
+    model starts a new lineage (bootstrap).
 
     Returns:
         `{"decisions": {variant: decision}, "summary": {decision: [variants]}, "tolerance": t}`.
@@ -229,6 +231,7 @@ def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float 
             why = run.get("error") or "prepare_data did not complete"
             raise RunFailed(f"run {run_id!r} has no prepared data ({why}); there is nothing to gate")
         store.upsert_run(run_id, params={**(run.get("params") or settings.to_dict()), "gate": options})
+        champion_runs: dict[str, dict] = {}
         for variant in settings.variants:
             result = run["results"].get(variant)
             if result is None:
@@ -239,8 +242,14 @@ def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float 
                                               "no evaluation was recorded: the evaluate task was killed or never ran")
             failed = result["state"] == "failed"
             error = f"{result.get('stage') or 'a stage'} failed: {_first_line(result.get('error'))}" if failed else None
-            decision = decide(result.get("accuracy"), store.champion(variant, before_run_id=run_id),
-                              tolerance=tolerance, force_promote=force_promote, failed=failed, error=error)
+            champion = store.champion(variant, before_run_id=run_id)
+            incomparable = None
+            if champion is not None:
+                champion_run = champion_runs.get(champion["run_id"]) or store.get_run(champion["run_id"]) or {}
+                champion_runs[champion["run_id"]] = champion_run
+                incomparable = incomparable_test_sets(run.get("data_summary"), champion_run.get("data_summary"))
+            decision = decide(result.get("accuracy"), champion, tolerance=tolerance, force_promote=force_promote,
+                              failed=failed, error=error, incomparable=incomparable)
             store.record_gate(run_id, variant, decision)
             decisions[variant] = decision
             log.info("gate %s: %s (%s)", variant, decision["decision"], decision["reason"])
