@@ -19,7 +19,8 @@ $(STAMP): requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements.txt  # a complete freeze: no resolver needed
+	$(PY) -m pip check
 	rm -f $(VENV)/.installed-*; touch $@
 
 # Debian packages the tests need (headless Chromium for the report test); installs only what is missing.
