@@ -162,7 +162,8 @@ def _input_pipeline(r: dict) -> dict:
            "pipeline_only_ours_img_per_s": r["pipeline_only"]["ours"]["img_per_s"]}
     for key, t in r["training"].items():
         out[key] = {"seeds_img_per_s": t["seeds"]["img_per_s"], "ours_img_per_s": t["ours"]["img_per_s"],
-                    "ratio_ours_over_seeds": t["ratio_ours_over_seeds"]}
+                    "ratio_ours_over_seeds": t["ratio_ours_over_seeds"],
+                    "ratio_ours_over_seeds_cpu": t.get("ratio_ours_over_seeds_cpu")}
     return out
 
 
@@ -171,13 +172,17 @@ def _throughput(r: dict) -> dict:
 
 
 def _feature_cache(r: dict) -> dict:
-    return {k: r[k] for k in ("image_size", "epochs_measured", "measured_ratio_epoch_work", "measured_ratio_wall",
-                              "ratio_at_10_epochs_from_parts", "ratio_at_10_epochs_wall_from_parts", "meets_goal")}
+    keys = ("image_size", "epochs_measured", "measured_ratio_epoch_work", "measured_ratio_wall", "measured_ratio_cpu",
+            "ratio_at_10_epochs_from_parts", "ratio_at_10_epochs_wall_from_parts",
+            "ratio_at_10_epochs_full_profile_scale_estimate", "ratio_at_10_epochs_full_profile_scale_estimate_cpu",
+            "meets_goal")
+    return {k: r.get(k) for k in keys}
 
 
 def _orchestration(r: dict) -> dict:
     return {"direct_seconds": r["direct_seconds"], "airflow_seconds": r["airflow_seconds"],
             "overhead_seconds": r["overhead_seconds"], "ratio_airflow_over_direct": r["ratio_airflow_over_direct"],
+            "ratio_airflow_over_direct_cpu": r.get("ratio_airflow_over_direct_cpu"),
             "airflow_setup_fresh_seconds": r["airflow_setup"]["fresh_seconds"],
             "airflow_setup_migrated_seconds": r["airflow_setup"]["migrated_seconds"]}
 
@@ -188,7 +193,8 @@ def _history(r: dict) -> dict:
 
 
 def _make_run(r: dict) -> dict:
-    return {k: r.get(k) for k in ("wall_seconds", "wall_minutes", "success", "meets_goal", "task_seconds_by_task")}
+    return {k: r.get(k) for k in ("wall_seconds", "wall_minutes", "cpu_seconds", "success", "meets_goal",
+                                  "task_seconds_by_task")}
 
 
 def _store(r: dict) -> dict:

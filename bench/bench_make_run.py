@@ -36,6 +36,7 @@ def run(mode: str = "full") -> dict:
         log_text = common.tail(Path(out["log"]), 400_000)
         results = {
             "wall_seconds": out["seconds"], "wall_minutes": round(out["seconds"] / 60, 2),
+            "cpu_seconds": out.get("cpu_seconds"),
             "returncode": out["returncode"], "timed_out": out["timed_out"], "success": out["returncode"] == 0,
             "dag_run_seconds": _dag_seconds(log_text),
             "tasks": _airflow_tasks(airflow_home / "airflow.db"),

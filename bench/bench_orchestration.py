@@ -65,21 +65,28 @@ def run(mode: str = "full") -> dict:
     if failed:
         results["error"] = "; ".join(f"{r['side']} exited {r['returncode']}: {r.get('log_tail', '')[-800:]}"
                                      for r in failed)
+    cpu = {s: [r["cpu_seconds"] for r in results["runs"] if r["side"] == s and r["returncode"] == 0
+               and r.get("cpu_seconds") is not None] for s in ("direct", "airflow")}
     direct = statistics.median(ok["direct"]) if ok["direct"] else None
     dag = statistics.median(ok["airflow"]) if ok["airflow"] else None
+    direct_cpu = statistics.median(cpu["direct"]) if cpu["direct"] else None
+    dag_cpu = statistics.median(cpu["airflow"]) if cpu["airflow"] else None
     durations = [r.get("dag_run_duration_seconds") for r in results["runs"] if r["side"] == "airflow"]
     results.update({
         "direct_seconds": direct,
         "airflow_seconds": dag,
         "overhead_seconds": round(dag - direct, 2) if direct and dag else None,
         "ratio_airflow_over_direct": common.ratio(dag, direct),
+        "direct_cpu_seconds": direct_cpu, "airflow_cpu_seconds": dag_cpu,
+        "ratio_airflow_over_direct_cpu": common.ratio(dag_cpu, direct_cpu),
         "airflow_dag_run_duration_seconds": [d for d in durations if d is not None],
         "goal_ratio": GOAL_RATIO,
         "goal_applies_to": "the quick profile: results.json summary.derived.orchestration_ratio_on_quick_profile_estimate",
     })
     notes = [
         "direct_seconds / airflow_seconds: median wall time of the subprocess, start to exit (Python start-up, "
-        "imports, every stage, report). ratio_airflow_over_direct = airflow_seconds / direct_seconds.",
+        "imports, every stage, report). ratio_airflow_over_direct = airflow_seconds / direct_seconds; *_cpu_seconds: "
+        "user + system CPU time of the subprocess and its children (robust to other programs sharing the cores).",
         "airflow side: scripts/run_dag.py --skip-setup (dag.test(): the DAG parsed, a DagRun and task instances "
         "in Airflow's SQLite database, each task run by Airflow's task runner in this process, XComs stored).",
         "airflow_dag_run_duration_seconds: Airflow's own run_duration from its log (start of the first task to "

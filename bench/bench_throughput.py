@@ -114,6 +114,7 @@ def _cells(variant: str, size: int, batches, mixed: bool, cell_s: float, budget:
                               budget_s=cell_s)
         out.append({"variant": variant, "image_size": size, "batch_size": batch, "mixed_precision": mixed,
                     "img_per_s": common.rate(batch * t["steps"], t["seconds"]),
+                    "img_per_cpu_s": common.rate(batch * t["steps"], t["cpu_seconds"]),
                     "images": batch * t["steps"], **t, "build_seconds": round(build_s, 2) if i == 0 else 0.0})
     del model
     keras.backend.clear_session()

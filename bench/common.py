@@ -39,15 +39,17 @@ VERSION_PACKAGES = ("keras", "tensorflow", "jax", "jaxlib", "torch", "numpy", "a
 # ----------------------------------------------------------------------------------------------- timing
 
 class Stopwatch:
-    """`with Stopwatch() as sw: ...` then `sw.seconds` (perf_counter wall time)."""
+    """`with Stopwatch() as sw: ...` then `sw.seconds` (wall, perf_counter) and `sw.cpu_seconds` (this process's
+    CPU time over all its threads: far less sensitive than wall time to other programs sharing the cores)."""
 
     def __enter__(self) -> "Stopwatch":
-        self.start = time.perf_counter()
-        self.seconds = 0.0
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
+        self.seconds = self.cpu_seconds = 0.0
         return self
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self.start
+        self.cpu_seconds = time.process_time() - self.cpu_start
 
 
 def time_steps(step: Callable[[], object], *, warmup: int = 1, min_steps: int = 2, max_steps: int = 50,
@@ -56,20 +58,21 @@ def time_steps(step: Callable[[], object], *, warmup: int = 1, min_steps: int = 
     then time calls until `min_steps` are done and `budget_s` is spent, or `max_steps` are done.
 
     Returns:
-        `{warmup_steps, warmup_seconds, steps, seconds, step_seconds_median, step_seconds_min}`.
+        `{warmup_steps, warmup_seconds, steps, seconds, cpu_seconds, step_seconds_median, step_seconds_min}`.
     """
     with Stopwatch() as w:
         for _ in range(warmup):
             step()
     samples: list[float] = []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     while len(samples) < max_steps and (len(samples) < min_steps or time.perf_counter() - started < budget_s):
         t = time.perf_counter()
         step()
         samples.append(time.perf_counter() - t)
+    cpu = time.process_time() - cpu_started
     return {"warmup_steps": warmup, "warmup_seconds": round(w.seconds, 3), "steps": len(samples),
-            "seconds": round(sum(samples), 4), "step_seconds_median": round(statistics.median(samples), 4),
-            "step_seconds_min": round(min(samples), 4)}
+            "seconds": round(sum(samples), 4), "cpu_seconds": round(cpu, 4),
+            "step_seconds_median": round(statistics.median(samples), 4), "step_seconds_min": round(min(samples), 4)}
 
 
 def ratio(numerator: float | None, denominator: float | None, digits: int = 3) -> float | None:
@@ -99,20 +102,23 @@ class Budget:
 
 
 def epoch_timer():
-    """A Keras callback recording each epoch's wall time (on_epoch_begin -> on_epoch_end) in `.seconds`."""
+    """A Keras callback recording each epoch's wall time (on_epoch_begin -> on_epoch_end) in `.seconds` and this
+    process's CPU time in `.cpu_seconds`."""
     import keras
 
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.seconds: list[float] = []
-            self._t0 = 0.0
+            self.cpu_seconds: list[float] = []
+            self._t0 = self._c0 = 0.0
 
         def on_epoch_begin(self, epoch, logs=None):
-            self._t0 = time.perf_counter()
+            self._t0, self._c0 = time.perf_counter(), time.process_time()
 
         def on_epoch_end(self, epoch, logs=None):
             self.seconds.append(time.perf_counter() - self._t0)
+            self.cpu_seconds.append(time.process_time() - self._c0)
 
     return EpochTimer()
 
@@ -266,9 +272,13 @@ def run_timed(cmd: list[str], *, env: dict, log_path: Path, timeout: float, cwd:
     """Run `cmd` to completion (stdout and stderr to `log_path`) and time it from outside.
 
     Returns:
-        `{seconds, returncode, timed_out, log}`; the last lines of the log go in `log_tail` when it failed.
+        `{seconds, cpu_seconds, returncode, timed_out, log}` (cpu_seconds: user + system time of the command and
+        every descendant it waited for); the last lines of the log go in `log_tail` when it failed.
     """
+    import resource
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     timed_out = False
     with open(log_path, "wb") as log:
@@ -281,7 +291,10 @@ def run_timed(cmd: list[str], *, env: dict, log_path: Path, timeout: float, cwd:
             _kill_group(proc)
             returncode = proc.wait()
     seconds = time.perf_counter() - started
-    out = {"seconds": round(seconds, 2), "returncode": returncode, "timed_out": timed_out, "log": str(log_path)}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    out = {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "returncode": returncode,
+           "timed_out": timed_out, "log": str(log_path)}
     if returncode != 0:
         out["log_tail"] = tail(log_path)
     return out

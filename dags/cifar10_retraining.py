@@ -23,7 +23,7 @@ from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS  # noqa: E402
 from tl_tasks.variants import VARIANT_NAMES, VARIANTS  # noqa: E402
 
 DAG_ID = Path(__file__).stem
-GPU_POOL = "gpu"     # created by `make airflow` / `make run` (scripts/airflow_env.sh): TL_GPU_POOL_SLOTS slots
+GPU_POOL = "gpu"     # created by `make airflow` / `make run` (scripts/airflow_env.py): TL_GPU_POOL_SLOTS slots
 GPU_QUEUE = "gpu"    # Celery queue served by the GPU worker(s)
 
 
