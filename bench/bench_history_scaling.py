@@ -28,7 +28,7 @@ VARIANT = "resnet50_v3"
 
 def run(mode: str = "full") -> dict:
     common.check_mode(mode)
-    started, started_at = time.perf_counter(), common.now_iso()
+    begun = common.begin()
     sizes, repeat, builds = CONFIG[mode]
     rows, seeding = [], _seeder()
     # Pay matplotlib/Jinja2 imports and template compilation once, outside the timings.
@@ -58,7 +58,7 @@ def run(mode: str = "full") -> dict:
     params = {"sizes": list(sizes), "repeat": repeat, "warm_report_builds": builds,
               "epochs_per_result": EPOCHS_PER_RESULT, "database": "sqlite (file, throwaway TL_HOME)",
               "trend_variant": VARIANT}
-    return common.record(NAME, mode, started, started_at, params, results, notes, common.machine(False))
+    return common.record(NAME, mode, begun, params, results, notes, common.machine(False))
 
 
 def _seeder() -> dict:

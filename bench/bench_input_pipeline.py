@@ -10,7 +10,6 @@ The two are timed in alternating rounds (seeds, ours, ours, seeds, ...) so drift
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 
@@ -37,7 +36,7 @@ GPU_CONFIG = {
 
 def run(mode: str = "full") -> dict:
     common.check_mode(mode)
-    started, started_at = time.perf_counter(), common.now_iso()
+    begun = common.begin()
     import keras
 
     from tl_tasks import runtime
@@ -81,7 +80,7 @@ def run(mode: str = "full") -> dict:
         notes.append("CPU only: resizing inside the model also runs on the CPU here, so the gain is the cheaper "
                      "input pipeline only; on a GPU the resize moves to the accelerator as well. The unfrozen base "
                      "at 224 px (~1 img/s on this CPU) is measured on a GPU only.")
-    return common.record(NAME, mode, started, started_at, {**cfg, "data_size": DATA_SIZE, "backend": backend,
+    return common.record(NAME, mode, begun, {**cfg, "data_size": DATA_SIZE, "backend": backend,
                                                            "gpu": gpu}, results, notes)
 
 

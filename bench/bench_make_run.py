@@ -13,7 +13,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bench import common
@@ -25,7 +24,7 @@ TIMEOUT_S = {"tiny": 600, "quick": 1200, "full": 2400}
 
 def run(mode: str = "full") -> dict:
     common.check_mode(mode)
-    started, started_at = time.perf_counter(), common.now_iso()
+    begun = common.begin()
     logs = common.logs_dir(NAME)
     notes: list[str] = []
     with common.temp_home(NAME) as home:
@@ -60,7 +59,7 @@ def run(mode: str = "full") -> dict:
     ]
     params = {"what": what, "command": cmd, "fresh_tl_home": True, "fresh_airflow_home": True,
               "timeout_s": TIMEOUT_S[mode]}
-    return common.record(NAME, mode, started, started_at, params, results, notes, common.machine(False))
+    return common.record(NAME, mode, begun, params, results, notes, common.machine(False))
 
 
 def _command(mode: str, env: dict, notes: list[str]) -> tuple[list[str], str]:
@@ -106,9 +105,11 @@ def _airflow_tasks(db: Path) -> list[dict] | None:
     for task_id, map_index, rendered, state, start, end in rows:
         seconds = None
         if start and end:
-            seconds = round((datetime.fromisoformat(str(end)) - datetime.fromisoformat(str(start))).total_seconds(), 2)
-        out.append({"task": task_id + (f"[{rendered or map_index}]" if map_index is not None and map_index >= 0 else ""),
-                    "state": state, "seconds": seconds})
+            delta = datetime.fromisoformat(str(end)) - datetime.fromisoformat(str(start))
+            seconds = round(delta.total_seconds(), 2)
+        mapped = map_index is not None and map_index >= 0
+        out.append({"task": task_id + (f"[{rendered or map_index}]" if mapped else ""), "state": state,
+                    "seconds": seconds})
     return out
 
 

@@ -12,7 +12,6 @@ import json
 import re
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from bench import common
@@ -30,7 +29,7 @@ TIMEOUT_S = {"tiny": 600, "quick": 900, "full": 1800}
 
 def run(mode: str = "full") -> dict:
     common.check_mode(mode)
-    started, started_at = time.perf_counter(), common.now_iso()
+    begun = common.begin()
     conf, reps = CONFIG[mode]
     logs = common.logs_dir(NAME)
     timeout = TIMEOUT_S[mode]
@@ -81,7 +80,7 @@ def run(mode: str = "full") -> dict:
         "ratio_airflow_over_direct_cpu": common.ratio(dag_cpu, direct_cpu),
         "airflow_dag_run_duration_seconds": [d for d in durations if d is not None],
         "goal_ratio": GOAL_RATIO,
-        "goal_applies_to": "the quick profile: results.json summary.derived.orchestration_ratio_on_quick_profile_estimate",
+        "goal_applies_to": "the quick profile: see summary.derived in results.json (needs the make_run record)",
     })
     notes = [
         "direct_seconds / airflow_seconds: median wall time of the subprocess, start to exit (Python start-up, "
@@ -99,7 +98,7 @@ def run(mode: str = "full") -> dict:
     ]
     params = {"conf": conf, "repetitions_per_side": reps, "order": "direct, airflow, airflow, direct, ...",
               "direct_command": _command("direct", conf), "airflow_command": _command("airflow", conf)}
-    return common.record(NAME, mode, started, started_at, params, results, notes, common.machine(False))
+    return common.record(NAME, mode, begun, params, results, notes, common.machine(False))
 
 
 def _command(side: str, conf: dict) -> list[str]:

@@ -9,7 +9,6 @@ under `skipped`, never silently dropped. The CNN trains at the data's 32 px only
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 
@@ -48,7 +47,7 @@ GPU_BUDGET = {"tiny": (60, 0.5), "quick": (240, 3.0), "full": (900, 5.0)}
 
 def run(mode: str = "full") -> dict:
     common.check_mode(mode)
-    started, started_at = time.perf_counter(), common.now_iso()
+    begun = common.begin()
     import keras
 
     from tl_tasks import runtime
@@ -87,7 +86,7 @@ def run(mode: str = "full") -> dict:
     params = {"grid": [{"variant": v, "image_size": s, "batch_sizes": list(b)} for v, s, b in grid],
               "total_budget_s": total_s, "cell_budget_s": cell_s, "mixed_precision": list(precisions),
               "backend": keras.backend.backend(), "gpu": gpu, "weights": "none (random init)"}
-    return common.record(NAME, mode, started, started_at, params, results, notes)
+    return common.record(NAME, mode, begun, params, results, notes)
 
 
 def _cells(variant: str, size: int, batches, mixed: bool, cell_s: float, budget: common.Budget,

@@ -142,7 +142,7 @@ def machine(probe_backend: bool = True) -> dict:
         "versions": _versions(),
         "keras_backend": os.environ.get("KERAS_BACKEND") or _keras_config_backend() or "tensorflow",
         "gpu": _nvidia_smi(),
-        "load_average_1m_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "load_average_1m": _load_1m(),
     }
     if probe_backend:
         try:
@@ -331,14 +331,23 @@ def logs_dir(name: str) -> Path:
 
 # ----------------------------------------------------------------------------------------------- record
 
-def record(name: str, mode: str, started: float, started_at: str, parameters: dict, results: dict,
-           notes: list[str], machine_info: dict | None = None) -> dict:
-    """The JSON record of one benchmark run (see the module docstring)."""
+def begin() -> dict:
+    """Call first thing in a benchmark's run(): its start time and the machine's load then, for `record`."""
+    return {"perf": time.perf_counter(), "at": now_iso(), "load": _load_1m()}
+
+
+def record(name: str, mode: str, begun: dict, parameters: dict, results: dict, notes: list[str],
+           machine_info: dict | None = None) -> dict:
+    """The JSON record of one benchmark run (see the module docstring); `begun` is what `begin()` returned."""
     info = machine_info or machine()
-    if hasattr(os, "getloadavg"):
-        info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+    info["load_average_1m_at_start"] = begun["load"]
+    info["load_average_1m_at_end"] = _load_1m()
     return {"name": name, "mode": mode, "machine": info, "parameters": parameters, "results": results,
-            "notes": notes, "started_at": started_at, "seconds": round(time.perf_counter() - started, 1)}
+            "notes": notes, "started_at": begun["at"], "seconds": round(time.perf_counter() - begun["perf"], 1)}
+
+
+def _load_1m() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def now_iso() -> str:
