@@ -251,7 +251,8 @@ def ensure_schema(engine: Engine) -> tuple[str | None, str]:
             current = current_revision(conn)
             if current == SCHEMA_REVISION:
                 return current, current
-            _check_known(conn, engine, current)
+            if current is not None:  # a newer schema fails fast; "tables but no version" is judged under the
+                _check_known(conn, engine, current)  # lock, since another process may be mid-migration now
         return _upgrade_locked(engine, head_revision())
     except (sa.exc.OperationalError, sa.exc.InterfaceError, sqlite3.OperationalError) as exc:
         raise _connection_error(engine, exc) from exc
