@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tl_tasks import config, pipeline
+from tl_tasks.files import write_json_atomic
 from tl_tasks.gate import RegressionError
 from tl_tasks.store import connect
 
@@ -26,7 +27,7 @@ def _fake_run(run_id: str, accuracies: dict, *, when: datetime, errors: dict | N
               source: str = "synthetic") -> dict:
     """A prepared run whose variants were evaluated with `accuracies` (None = failed in train) - no training."""
     settings = pipeline.settings_from_params({"profile": "smoke", "variants": list(accuracies)})
-    pipeline._write_json(config.run_dir(run_id) / pipeline.SETTINGS_FILE, settings.to_dict())
+    write_json_atomic(config.run_dir(run_id) / pipeline.SETTINGS_FILE, settings.to_dict())
     with connect() as store:
         store.upsert_run(run_id, logical_date=when, started_at=when, state="running", profile="smoke",
                          params=settings.to_dict(), data_fingerprint="f" * 64, class_names=["a", "b"],

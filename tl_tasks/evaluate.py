@@ -13,7 +13,8 @@ import keras
 import numpy as np
 
 from tl_tasks.config import Settings
-from tl_tasks.train import MODEL_FILE, _count, _load_class_names, _load_split, _write_json_atomic
+from tl_tasks.files import write_json_atomic
+from tl_tasks.train import MODEL_FILE, _count, _load_class_names, _load_split
 from tl_tasks.variants import Variant, get_variant
 
 EVALUATION_FILE = "evaluation.json"
@@ -79,7 +80,7 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
         model_size_bytes=model_path.stat().st_size, class_names=list(class_names), test_images=int(len(y_test)),
         batch_size=batch, backend=keras.backend.backend(), device=runtime.device_description(),
     )
-    _write_json_atomic(model_dir / EVALUATION_FILE, result.to_dict())
+    write_json_atomic(model_dir / EVALUATION_FILE, result.to_dict())
     return result
 
 

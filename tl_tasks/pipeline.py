@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tl_tasks import config
 from tl_tasks.config import Settings
+from tl_tasks.files import write_json_atomic
 from tl_tasks.gate import DEFAULT_TOLERANCE, RegressionError, decide, summarize, incomparable_test_sets, validate_tolerance
 from tl_tasks.variants import VARIANT_NAMES, get_variant
 
@@ -100,7 +101,7 @@ def prepare_stage(run_id: str, settings_dict: dict, *, dag_id: str | None = None
     from tl_tasks.data import prepare_data
 
     settings = Settings.from_dict(settings_dict)
-    _write_json(config.run_dir(run_id) / SETTINGS_FILE, settings.to_dict())
+    write_json_atomic(config.run_dir(run_id) / SETTINGS_FILE, settings.to_dict())
     started = _now()
     with _store() as store:
         store.upsert_run(
@@ -438,10 +439,3 @@ def _first_line(text: str | None) -> str:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from tl_tasks.config import Settings
+from tl_tasks.files import write_json_atomic
 from tl_tasks.models import build_head, build_model, resolve_weights
 from tl_tasks.variants import Variant, get_variant
 
@@ -138,7 +139,7 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
         batch_size=settings.batch_size, seed=settings.seed, early_stopping=v.early_stopping, train_limit=limit,
         mixed_precision=mixed, backend=keras.backend.backend(), device=runtime.device_description(),
     )
-    _write_json_atomic(out_dir / SUMMARY_FILE, result.summary())
+    write_json_atomic(out_dir / SUMMARY_FILE, result.summary())
     checkpoints.clear()
     return result
 
@@ -334,7 +335,7 @@ class _Checkpoints:
             os.replace(tmp, self.directory / self.BEST_WEIGHTS)
         state = {"signature": self.signature, "completed_epochs": completed, "model_file": name,
                  "history": history, "weights": weights, **extra}
-        _write_json_atomic(self.directory / self.STATE, state)
+        write_json_atomic(self.directory / self.STATE, state)
         # Older epochs go only once the state points at the new one: a kill at any moment leaves a valid pair.
         for old in self.directory.glob("epoch_*.keras"):
             if old.name != name:
@@ -436,13 +437,4 @@ def _count(variables) -> int:
 def _save_model_atomic(model: keras.Model, path: Path) -> None:
     tmp = path.with_name(f".tmp-{path.name}")  # keeps the .keras suffix Keras insists on
     model.save(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(tmp, path)
