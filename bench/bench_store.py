@@ -146,8 +146,9 @@ def _time(fn, repeat: int) -> dict:
             "min": round(samples[0], 2)}
 
 
-def _seed(store, n_runs: int, n_epochs: int) -> dict:
-    """Bulk insert with explicit keys: runs, results (5 per run), epochs, per-class, confusion, gate rows."""
+def _seed(store, n_runs: int, n_epochs: int, children: bool = True) -> dict:
+    """Bulk insert with explicit keys: runs, results (5 per run), epochs, per-class, confusion, gate rows
+    (`children=False`: runs, results and gate rows only, for very long histories)."""
     import sqlalchemy as sa
 
     from tl_tasks.store import queries
@@ -200,15 +201,16 @@ def _seed(store, n_runs: int, n_epochs: int) -> dict:
                     "eval_info": None, "evaluated_at": when, "params_total": 23_800_000,
                     "params_trainable": 23_700_000, "failed_at": None, "created_at": now, "updated_at": now,
                 })
-                buffers["epoch_metrics"].extend(
-                    {"result_id": result_id, "epoch": e, "loss": 1.0 / e, "accuracy": acc * e / n_epochs,
-                     "val_loss": 1.1 / e, "val_accuracy": acc * e / n_epochs, "seconds": 24.0}
-                    for e in range(1, n_epochs + 1))
-                buffers["class_metrics"].extend(
-                    {"result_id": result_id, "class_index": i, "class_name": c, "precision": acc, "recall": acc,
-                     "f1": acc, "support": 1000} for i, c in enumerate(CLASSES))
-                buffers["confusion_matrices"].append(
-                    {"result_id": result_id, "class_names": list(CLASSES), "matrix": matrix})
+                if children:
+                    buffers["epoch_metrics"].extend(
+                        {"result_id": result_id, "epoch": e, "loss": 1.0 / e, "accuracy": acc * e / n_epochs,
+                         "val_loss": 1.1 / e, "val_accuracy": acc * e / n_epochs, "seconds": 24.0}
+                        for e in range(1, n_epochs + 1))
+                    buffers["class_metrics"].extend(
+                        {"result_id": result_id, "class_index": i, "class_name": c, "precision": acc,
+                         "recall": acc, "f1": acc, "support": 1000} for i, c in enumerate(CLASSES))
+                    buffers["confusion_matrices"].append(
+                        {"result_id": result_id, "class_names": list(CLASSES), "matrix": matrix})
                 promoted = acc > champion_acc[v]
                 champion_acc[v] = max(acc, champion_acc[v])
                 buffers["gate_decisions"].append({

@@ -9,11 +9,11 @@ def build_report(run_id: str, store=None):
     return _build_report(run_id, store=store)
 
 
-def build_index(store=None):
-    """Rebuild `$TL_HOME/reports/index.html`; see `reports.builder`."""
+def build_index(store=None, *, run_id: str | None = None, full: bool = False):
+    """Refresh the paginated index `$TL_HOME/reports/index.html` (+ `page-<n>.html`); see `reports.builder`."""
     from reports.builder import build_index as _build_index
 
-    return _build_index(store=store)
+    return _build_index(store=store, run_id=run_id, full=full)
 
 
 __all__ = ["build_report", "build_index"]

@@ -19,8 +19,9 @@ from pathlib import Path
 from tl_tasks import config
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
-TREND_LIMIT = 100_000          # "all runs": the trend chart and the index cover the whole history
-INDEX_LIMIT = 100_000
+TREND_LIMIT = 200              # the trend chart: the last 200 runs of each variant (every query has a limit)
+INDEX_PAGE_SIZE = 100          # runs per index page; the front page shows the newest ones
+INDEX_STATE = "index-state.json"  # run count at the last index build: tells which pages shifted
 MISCLASSIFIED_SHOWN = 24       # thumbnails per variant
 THUMB_MAX = 64                 # thumbnails larger than this (px) are downscaled
 
@@ -45,20 +46,87 @@ def build_report(run_id: str, store=None) -> Path:
     html = _render("report.html", _report_context(run, store))
     path = config.report_dir(run_id) / "index.html"
     _write_atomic(path, html)
-    build_index(store)
+    build_index(store, run_id=run_id)
     return path
 
 
-def build_index(store=None) -> Path:
-    """Write `$TL_HOME/reports/index.html`: every recorded run, newest first, linking to its report.
+def build_index(store=None, *, run_id: str | None = None, full: bool = False) -> Path:
+    """Write the paginated index: `$TL_HOME/reports/index.html` (the newest `INDEX_PAGE_SIZE` runs) and the
+    archive pages `reports/page-<n>.html` (n = 1 holds the oldest runs), each newest first, linked to each other.
+
+    Only the pages that can have changed are rewritten: the front page, the page holding `run_id` and its
+    neighbours, and pages after it when runs were added or removed since the last build (`index-state.json`).
+    `full=True`, a missing state file or a changed page size rewrite every page.
 
     Returns:
-        The path of the index page.
+        The path of the front page.
     """
     store = store if store is not None else _connect()
-    path = config.tl_home() / "reports" / "index.html"
-    _write_atomic(path, _render("index.html", _index_context(store.recent_runs(limit=INDEX_LIMIT))))
-    return path
+    folder = config.tl_home() / "reports"
+    total = store.count_runs()
+    pages = max(1, -(-total // INDEX_PAGE_SIZE))
+    state = _index_state(folder)
+    position = store.run_position(run_id) if run_id is not None else None
+    if full or state is None or total < state["runs"]:  # removed runs shift pages from an unknown point
+        todo = range(1, pages + 1)
+    else:
+        first = _page_of(position) if position is not None else pages
+        if total != state["runs"]:  # runs came or went: later pages shift; the page before gets a new "newer" link
+            first = min(first, _page_of(min(state["runs"], total) - 1) if min(state["runs"], total) else 1)
+            todo = range(max(1, first - 1), pages + 1)
+        else:
+            todo = range(max(1, first - 1), min(pages, first + 1) + 1)
+    for page in todo if total > INDEX_PAGE_SIZE else ():
+        newest = total - min(page * INDEX_PAGE_SIZE, total)
+        count = min(page * INDEX_PAGE_SIZE, total) - (page - 1) * INDEX_PAGE_SIZE
+        runs = store.recent_runs(limit=count, offset=newest)
+        _write_atomic(folder / _page_name(page), _render("index.html", _index_context(runs, _nav(page, pages, total))))
+    if total <= INDEX_PAGE_SIZE:  # one page: no archive pages (remove those of a larger past)
+        for stale in folder.glob("page-*.html"):
+            stale.unlink(missing_ok=True)
+    else:
+        for stale in folder.glob("page-*.html"):
+            number = stale.stem.partition("-")[2]
+            if number.isdigit() and int(number) > pages:
+                stale.unlink(missing_ok=True)
+    front = folder / "index.html"
+    nav = _nav(None, pages, total) if total > INDEX_PAGE_SIZE else None
+    _write_atomic(front, _render("index.html", _index_context(store.recent_runs(limit=INDEX_PAGE_SIZE), nav)))
+    _write_atomic(folder / INDEX_STATE, json.dumps({"runs": total, "page_size": INDEX_PAGE_SIZE}))
+    return front
+
+
+def _page_of(position: int) -> int:
+    """The archive page (1 = oldest) that holds the run at `position` (0 = the oldest run)."""
+    return max(position, 0) // INDEX_PAGE_SIZE + 1
+
+
+def _page_name(page: int) -> str:
+    return f"page-{page}.html"
+
+
+def _index_state(folder: Path) -> dict | None:
+    try:
+        state = json.loads((folder / INDEX_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("page_size") != INDEX_PAGE_SIZE or not isinstance(state.get("runs"), int):
+        return None
+    return state
+
+
+def _nav(page: int | None, pages: int, total: int) -> dict:
+    """Links between index pages; `page` None is the front page (the newest runs), which lists every page."""
+    if page is None:
+        older = _page_of(total - INDEX_PAGE_SIZE - 1)
+        return {"title": f"newest {INDEX_PAGE_SIZE:,} of {total:,} runs", "newest": None, "newer": None,
+                "older": _page_name(older), "oldest": _page_name(1),
+                "pages": [{"href": _page_name(p), "text": str(p)} for p in range(pages, 0, -1)]}
+    first, last = (page - 1) * INDEX_PAGE_SIZE + 1, min(page * INDEX_PAGE_SIZE, total)
+    return {"title": f"page {page}: runs {first:,} to {last:,} (counted from the oldest)", "newest": "index.html",
+            "newer": _page_name(page + 1) if page < pages else "index.html",
+            "older": _page_name(page - 1) if page > 1 else None, "oldest": _page_name(1) if page > 1 else None,
+            "pages": None}
 
 
 # --------------------------------------------------------------------------- context of a run's report
@@ -484,7 +552,7 @@ def _show(value) -> str:
 # --------------------------------------------------------------------------- context of the index page
 
 
-def _index_context(runs: list[dict]) -> dict:
+def _index_context(runs: list[dict], nav: dict | None = None) -> dict:
     runs = sorted(runs, key=_run_sort_key, reverse=True)
     variants: list[str] = []
     for run in runs:
@@ -492,7 +560,6 @@ def _index_context(runs: list[dict]) -> dict:
             if v not in variants:
                 variants.append(v)
     variants.sort(key=_variant_order)
-    with_report = {p.parent.parent.name for p in (config.tl_home() / "runs").glob("*/report/index.html")}
     rows = []
     for run in runs:
         key = config.run_key(run["run_id"])
@@ -509,7 +576,7 @@ def _index_context(runs: list[dict]) -> dict:
                           "delta": _delta(delta, 0.0) if delta is not None and acc is not None else None})
             if acc is not None and not failed and (best is None or acc > best[1]):
                 best = (v, acc)
-        has_report = key in with_report
+        has_report = (config.report_dir(run["run_id"]) / "index.html").is_file()  # one stat per listed run
         rows.append({
             "run_id": run["run_id"],
             "href": f"../runs/{key}/report/index.html" if has_report else None,
@@ -519,7 +586,7 @@ def _index_context(runs: list[dict]) -> dict:
             "cells": cells,
             "best": f"{best[0]} ({_pct(best[1])})" if best else "",
         })
-    return {"runs": rows, "variants": variants, "latest": rows[0] if rows else None,
+    return {"runs": rows, "variants": variants, "latest": rows[0] if rows else None, "nav": nav,
             "generated_at": _date_text(datetime.now(timezone.utc))}
 
 

@@ -264,9 +264,17 @@ class MetricsStore:
         with read_connection(self.engine) as conn:
             return queries.trend(conn, variant, limit, until_run_id)
 
-    def recent_runs(self, limit: int = 20) -> list[dict]:
+    def recent_runs(self, limit: int = 20, offset: int = 0) -> list[dict]:
         with read_connection(self.engine) as conn:
-            return queries.recent_runs(conn, limit)
+            return queries.recent_runs(conn, limit, offset)
+
+    def count_runs(self) -> int:
+        with read_connection(self.engine) as conn:
+            return queries.count_runs(conn)
+
+    def run_position(self, run_id: str) -> int | None:
+        with read_connection(self.engine) as conn:
+            return queries.run_position(conn, run_id)
 
     def schema_revision(self) -> str | None:
         from tl_tasks.store.db import current_revision

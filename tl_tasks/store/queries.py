@@ -212,14 +212,15 @@ def trend(conn: Connection, variant: str, limit: int = 50, until_run_id: str | N
     return [_pick(r, TREND_FIELDS) for r in reversed(rows)]
 
 
-def recent_runs(conn: Connection, limit: int = 20) -> list[dict]:
-    """The last `limit` runs, newest first: {run_id, dag_id, logical_date, started_at, ended_at, state, profile,
+def recent_runs(conn: Connection, limit: int = 20, offset: int = 0) -> list[dict]:
+    """The last `limit` runs after skipping the `offset` newest ones, newest first: {run_id, dag_id, logical_date, started_at, ended_at, state, profile,
     data_source, created_at, results: {variant: {state, accuracy, previous_accuracy, delta, decision}}}.
 
     `previous_accuracy` is the variant's accuracy in the latest earlier run that has one (failed or missing
     results are skipped); `delta` = accuracy - previous_accuracy, None when either is missing.
     """
-    runs = conn.execute(sa.select(runs_t).order_by(*_newest_first()).limit(max(int(limit), 0))).all()
+    runs = conn.execute(sa.select(runs_t).order_by(*_newest_first())
+                        .limit(max(int(limit), 0)).offset(max(int(offset), 0))).all()
     if not runs:
         return []
     by_run: dict[int, dict] = defaultdict(dict)
@@ -250,6 +251,22 @@ def recent_runs(conn: Connection, limit: int = 20) -> list[dict]:
         d["results"] = results
         out.append(d)
     return out[::-1]
+
+
+def count_runs(conn: Connection) -> int:
+    """How many runs are stored (counted on the primary key index, not by reading rows)."""
+    return conn.execute(sa.select(sa.func.count()).select_from(runs_t)).scalar_one()
+
+
+def run_position(conn: Connection, run_id: str) -> int | None:
+    """How many runs are ordered before `run_id` (0 = the oldest), None if it is not stored.
+
+    Counted on ix_runs_sort_time_id (an index range, no row reads): this is what places a run on a page of the
+    paginated index."""
+    key = _order_key(conn, run_id)
+    if key is None:
+        return None
+    return conn.execute(sa.select(sa.func.count()).select_from(runs_t).where(_before(key))).scalar_one()
 
 
 def _accuracy_before(conn: Connection, variant: str, key) -> float | None:
