@@ -12,15 +12,18 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule, TriggerRule, dag, task
+from airflow.sdk import (Asset, AssetOrTimeSchedule, CronTriggerTimetable, ExceptionRetryPolicy, Param, RetryAction,
+                         RetryRule, TriggerRule, dag, task)
 
 if importlib.util.find_spec("tl_tasks") is None:  # the project root, when only dags/ is on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tl_tasks.config import PROFILE_NAMES  # noqa: E402  (light modules: no heavy imports)
 from tl_tasks.gate import DEFAULT_TOLERANCE  # noqa: E402
+from tl_tasks.notifier import RetrainingNotifier  # noqa: E402
 from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS  # noqa: E402
 from tl_tasks.variants import VARIANT_NAMES, VARIANTS  # noqa: E402
+from tl_tasks.watch import DATASET_ASSET  # noqa: E402
 
 DAG_ID = Path(__file__).stem
 GPU_POOL = "gpu"     # created by `make airflow` / `make run` (scripts/airflow_env.py): TL_GPU_POOL_SLOTS slots
@@ -34,6 +37,9 @@ def _schedule(value: str) -> str | None:
 
 
 SCHEDULE = _schedule(os.environ.get("TL_SCHEDULE", "@weekly"))
+# On the clock OR when the data watcher (dags/tl_data_watcher.py) reports new, removed or changed images.
+TIMETABLE = (AssetOrTimeSchedule(timetable=CronTriggerTimetable(SCHEDULE, timezone="UTC"), assets=[Asset(DATASET_ASSET)])
+             if SCHEDULE else [Asset(DATASET_ASSET)])
 
 PARAMS = {
     "profile": Param(
@@ -111,7 +117,8 @@ DOC_MD = f"""
 * **finalize** fails the run when a variant failed (or regressed with `fail_on_regression`).
 
 Every result is in the metrics database (`TL_METRICS_DB_URL`). Schedule: `TL_SCHEDULE`
-(now `{SCHEDULE}`; `none` = triggered runs only). Tasks retry twice, except on bad input.
+(now `{SCHEDULE}`; `none` = no clock) **or** an event on the `{DATASET_ASSET}` asset, emitted by the
+`tl_data_watcher` DAG when the watched images change. Tasks retry twice, except on bad input.
 """
 
 # Bad input, a forced test failure or a fatal regression fail at once: retrying cannot change them.
@@ -123,12 +130,15 @@ RETRY_POLICY = ExceptionRetryPolicy(rules=[RetryRule(exception=list(NO_RETRY_EXC
     dag_id=DAG_ID,
     description="Retrain, evaluate and gate the CIFAR-10 CNN and ResNet50 variants; HTML report",
     doc_md=DOC_MD,
-    schedule=SCHEDULE,
+    schedule=TIMETABLE,
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["ml", "cifar10", "transfer-learning", "retraining"],
     params=PARAMS,
+    # One message per run when a variant regressed or failed, or the run failed (off unless configured).
+    on_success_callback=RetrainingNotifier(),
+    on_failure_callback=RetrainingNotifier(run_failed=True),
     default_args={
         "owner": "ml",
         "retries": 2,

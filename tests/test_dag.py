@@ -70,7 +70,9 @@ print(json.dumps({
     "errors": {k: str(v) for k, v in bag.import_errors.items()},
     "dag_ids": sorted(bag.dag_ids),
     "heavy": sorted(m for m in sys.argv[2].split(",") if m in sys.modules),
-    "schedule": None if dag is None else dag.schedule,
+    # the clock of the AssetOrTimeSchedule (None: the data asset alone) and whether the data asset triggers it
+    "schedule": None if dag is None else getattr(getattr(dag.timetable, "timetable", None), "expression", None),
+    "on_data_asset": dag is not None and "tl_training_data" in repr(dag.timetable),
 }))
 """
 
@@ -86,14 +88,15 @@ def test_dag_parses_without_errors_or_heavy_imports(tmp_path):
     # Run from a foreign folder with no PYTHONPATH: the DAG file must find tl_tasks by itself.
     parsed = _parse(tmp_path)
     assert parsed["errors"] == {}
-    assert parsed["dag_ids"] == ["cifar10_retraining"]
+    assert parsed["dag_ids"] == ["cifar10_retraining", "tl_data_watcher"]
     assert parsed["heavy"] == [], f"parsing the DAG imported {parsed['heavy']}"
-    assert parsed["schedule"] == "@weekly"
+    assert parsed["schedule"] == "0 0 * * 0" and parsed["on_data_asset"]  # @weekly or new data
 
 
 @pytest.mark.parametrize("value, expected", [("None", None), ("0 3 * * *", "0 3 * * *")])
 def test_schedule_from_tl_schedule(tmp_path, value, expected):
-    assert _parse(tmp_path, TL_SCHEDULE=value)["schedule"] == expected
+    parsed = _parse(tmp_path, TL_SCHEDULE=value)
+    assert parsed["schedule"] == expected and parsed["on_data_asset"]
 
 
 def test_dag_id_tags_doc_and_run_settings(dag):
@@ -250,8 +253,32 @@ def test_dag_test_end_to_end_smoke(airflow_home, tl_home):
 
 
 def test_dag_test_with_a_failing_variant(airflow_home, tl_home):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import threading
+
+    posts = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     conf = {"profile": "smoke", "variants": ["cnn", "resnet50_v2"]}
-    proc, run_id = _dag_test(airflow_home, conf, TL_FAIL_VARIANTS="resnet50_v2")
+    try:
+        proc, run_id = _dag_test(airflow_home, conf, TL_FAIL_VARIANTS="resnet50_v2",
+                                 TL_NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{server.server_address[1]}/hook")
+    finally:
+        server.shutdown()
+        server.server_close()
+    # the DAG's failure callback (RetrainingNotifier) sent exactly one message for the run
+    assert [(p["run_id"], p["state"], [f["variant"] for f in p["failed"]]) for p in posts] == [
+        (run_id, "failed", ["resnet50_v2"])], proc.stdout[-4000:]
     assert proc.returncode == 1, proc.stdout[-8000:]
     for line in ("train[cnn]: success", "train[resnet50_v2]: failed", "evaluate[cnn]: success", "gate: success",
                  "build_report: success", "finalize: failed", f"DAG run {run_id}: failed"):

@@ -1,0 +1,51 @@
+"""Watch the training data and emit an event on the `tl_training_data` Asset when it really changed; the
+retraining DAG is scheduled on that asset (and on its clock). Light: no TensorFlow, no decoding (tl_tasks.watch).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import Asset, dag, task
+
+if importlib.util.find_spec("tl_tasks") is None:  # the project root, when only dags/ is on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tl_tasks.watch import DATASET_ASSET  # noqa: E402
+
+DAG_ID = Path(__file__).stem
+INTERVAL = timedelta(seconds=float(os.environ.get("TL_WATCH_INTERVAL_S", "300")))  # how often to look
+
+
+@dag(
+    dag_id=DAG_ID,
+    description="Emit a tl_training_data asset event when the watched images change (names, sizes, mtimes)",
+    schedule=INTERVAL,
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["ml", "cifar10", "watcher"],
+    default_args={"owner": "ml", "retries": 0},
+)
+def tl_data_watcher():
+    @task(outlets=[Asset(DATASET_ASSET)])
+    def look(outlet_events=None) -> dict:
+        """Succeeds (emitting the asset event) only on a confirmed change; otherwise skipped: no event."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from tl_tasks.watch import check
+
+        result = check()
+        if not result["changed"]:
+            raise AirflowSkipException(result["reason"])
+        outlet_events[Asset(DATASET_ASSET)].extra = {"source": result["source"], "signature": result["signature"]}
+        return result
+
+    look()
+
+
+watcher_dag = tl_data_watcher()
