@@ -53,6 +53,9 @@ def test_help_documents_every_command(capsys):
     ["prepare", "--run-id", "r", "--variants", "cnn,vgg"],
     ["gate", "--run-id", "r", "--tolerance", "1.5"],
     ["runs", "--limit", "0"],
+    ["runs", "--since", "last tuesday"],
+    ["runs", "--variant", "vgg"],
+    ["runs", "--json", "--csv"],
     ["db"],
 ])
 def test_bad_arguments_exit_2(argv, capsys):
@@ -92,6 +95,35 @@ def test_runs_and_db_upgrade(capsys):
     assert "no runs" in capsys.readouterr().out
     assert main(["runs", "--json", "--limit", "3"]) == 0
     assert json.loads(capsys.readouterr().out)["runs"] == []
+
+
+def test_runs_filters_and_csv(capsys):
+    import csv
+    import io
+
+    from tl_tasks.store import connect
+
+    with connect() as store:
+        for day, (cnn, v1) in enumerate([(0.60, 0.70), (0.65, None), (0.62, 0.75)], start=1):
+            run_id = f"r{day}"
+            store.upsert_run(run_id, logical_date=f"2026-11-0{day}T00:00:00+00:00", state="success", profile="quick")
+            store.record_evaluation(run_id, "cnn", {"accuracy": cnn})
+            if v1 is not None:
+                store.record_evaluation(run_id, "resnet50_v1", {"accuracy": v1})
+    assert main(["runs", "--json", "--variant", "resnet50_v1"]) == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert [r["run_id"] for r in runs] == ["r3", "r1"] and all(list(r["results"]) == ["resnet50_v1"] for r in runs)
+    assert runs[0]["results"]["resnet50_v1"]["delta"] == pytest.approx(0.05)  # change from r1 (r2 had none)
+    assert main(["runs", "--json", "--since", "2026-11-02"]) == 0
+    assert [r["run_id"] for r in json.loads(capsys.readouterr().out)["runs"]] == ["r3", "r2"]
+    assert main(["runs", "--json", "--since", "2026-11-02T01:00+02:00", "--limit", "1"]) == 0  # = 2026-11-01T23:00Z
+    assert [r["run_id"] for r in json.loads(capsys.readouterr().out)["runs"]] == ["r3"]
+    assert main(["runs", "--csv", "--since", "2026-11-02", "--variant", "cnn"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["run_id"], r["variant"], r["accuracy"], r["delta"][:6]) for r in rows] == [
+        ("r3", "cnn", "0.62", "-0.030"), ("r2", "cnn", "0.65", "0.0500")]
+    assert main(["runs", "--since", "2030-01-01"]) == 0
+    assert "no runs recorded since 2030-01-01" in capsys.readouterr().out
 
 
 def test_stage_commands(capsys, monkeypatch):

@@ -106,3 +106,48 @@ def test_watcher_dag_is_light_and_the_retraining_dag_listens_to_its_asset(tmp_pa
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT,
                           env={**os.environ, "AIRFLOW_HOME": str(tmp_path)}, timeout=300)
     assert proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def _runs(harness, dag_id: str) -> list[dict]:
+    return harness.api("GET", f"dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
+
+
+def _wait_watcher_runs(harness, at_least: int, timeout: float = 300) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        harness.check_alive()
+        done = [r for r in _runs(harness, "tl_data_watcher") if r["state"] in ("success", "failed")]
+        if len(done) >= at_least:
+            return
+        time.sleep(3)
+    raise AssertionError(f"fewer than {at_least} watcher runs finished in {timeout}s\n{harness.diagnostics()}")
+
+
+@pytest.mark.slow
+def test_real_scheduler_new_images_start_exactly_one_retraining_run(tmp_path, tl_home, folder):
+    from tests.airflow_harness import DAGS_FOLDER, AirflowHarness, workflow_env
+
+    env = {**workflow_env(tl_home, f"sqlite:///{tl_home / 'metrics.db'}"), "TL_WATCH_SOURCE": str(folder),
+           "TL_WATCH_INTERVAL_S": "10", "TL_WATCH_SETTLE_S": "1",
+           "TL_DATASET": f"folder:{folder}"}  # fake images: a started run fails fast in prepare_data, no training
+    harness = AirflowHarness(home=tmp_path / "airflow", dags_folder=DAGS_FOLDER, parallelism=2, extra_env=env)
+    try:
+        harness.migrate()
+        harness.create_pool("gpu", 1)
+        harness.start_core()
+        harness.wait_dag("tl_data_watcher")
+        harness.wait_dag("cifar10_retraining")
+        harness.unpause("cifar10_retraining")
+        harness.unpause("tl_data_watcher")
+        _wait_watcher_runs(harness, 3)  # baseline, then two looks at an untouched folder
+        assert _runs(harness, "cifar10_retraining") == [], "touching nothing must start no run"
+        seen = len([r for r in _runs(harness, "tl_data_watcher") if r["state"] in ("success", "failed")])
+        for i in range(3):
+            _image(folder / "train" / "cat" / f"added{i}.png")
+        _wait_watcher_runs(harness, seen + 3)
+        runs = _runs(harness, "cifar10_retraining")
+    finally:
+        harness.stop()
+    assert [r["run_type"] for r in runs] == ["asset_triggered"], runs

@@ -60,6 +60,16 @@ def _int_at_least(text: str, minimum: int) -> int:
     return value
 
 
+def _iso_date(text: str):
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date such as 2026-11-01 or 2026-11-01T06:00") from None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+
+
 def _positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
@@ -148,7 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("runs", "list recent runs with each variant's accuracy and change")
     p.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="how many runs (default 20)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--variant", choices=VARIANT_NAMES, help="only runs with a result for this variant, and only it")
+    p.add_argument("--since", type=_iso_date, metavar="DATE",
+                   help="only runs at or after this ISO date or date-time (UTC unless it says otherwise), "
+                        "e.g. 2026-11-01 or 2026-11-01T06:00+01:00")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    fmt.add_argument("--csv", action="store_true", help="print CSV (one row per run and variant) instead of a table")
 
     p = command("db", "metrics database maintenance")
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
@@ -242,7 +258,7 @@ def cmd_report(args) -> int:
 def cmd_runs(args) -> int:
     from tl_tasks.store.cli import runs_command
 
-    _out(runs_command(limit=args.limit, as_json=args.json))
+    _out(runs_command(limit=args.limit, as_json=args.json, variant=args.variant, since=args.since, as_csv=args.csv))
     return 0
 
 

@@ -18,7 +18,7 @@ from tl_tasks import config
 from tl_tasks.files import write_json_atomic
 
 DATASET_ASSET = "tl_training_data"  # the Airflow Asset the retraining DAG is scheduled on
-SETTLE_SECONDS = 5.0                # between the two looks of one check
+SETTLE_SECONDS = 5.0                # between the two looks of one check (TL_WATCH_SETTLE_S)
 _SKIPPED_PREFIXES = (".", "~")      # hidden and temporary files (editors, partial downloads)
 _SKIPPED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 
@@ -75,7 +75,9 @@ def check(source: Path | None = None, *, settle_seconds: float | None = None) ->
     if source is None:
         return {"changed": False, "reason": "nothing to watch: set TL_WATCH_SOURCE (or TL_DATASET=folder:<path>)",
                 "source": None, "signature": None, "previous": None}
-    settle = SETTLE_SECONDS if settle_seconds is None else settle_seconds
+    if settle_seconds is None:
+        settle_seconds = float(os.environ.get("TL_WATCH_SETTLE_S") or SETTLE_SECONDS)
+    settle = settle_seconds
     first = signature(source)
     time.sleep(settle)
     second = signature(source)

@@ -264,9 +264,9 @@ class MetricsStore:
         with read_connection(self.engine) as conn:
             return queries.trend(conn, variant, limit, until_run_id)
 
-    def recent_runs(self, limit: int = 20, offset: int = 0) -> list[dict]:
+    def recent_runs(self, limit: int = 20, offset: int = 0, *, variant: str | None = None, since=None) -> list[dict]:
         with read_connection(self.engine) as conn:
-            return queries.recent_runs(conn, limit, offset)
+            return queries.recent_runs(conn, limit, offset, variant=variant, since=since)
 
     def count_runs(self) -> int:
         with read_connection(self.engine) as conn:

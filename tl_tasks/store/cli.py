@@ -10,17 +10,42 @@ from tl_tasks.store import connect
 from tl_tasks.store.db import create_store_engine, mask_url, upgrade
 
 
-def runs_command(limit: int = 20, as_json: bool = False) -> str:
-    """Recent runs, newest first, with each variant's test accuracy and its change from the previous run."""
+def runs_command(limit: int = 20, as_json: bool = False, *, variant: str | None = None, since=None,
+                 as_csv: bool = False) -> str:
+    """Recent runs, newest first, with each variant's test accuracy and its change from the previous run;
+    only `variant` / runs since `since` (ISO date) when given; as a table, JSON or CSV."""
     if limit < 1:
         raise ValueError(f"--limit {limit} must be at least 1")
+    if as_json and as_csv:
+        raise ValueError("--json and --csv exclude each other: pick one output format")
     with connect() as store:
-        runs = store.recent_runs(limit)
+        runs = store.recent_runs(limit, variant=variant, since=since)
         if as_json:
             return json.dumps({"database": store.url, "runs": runs}, indent=2)
+        if as_csv:
+            return _csv(runs)
         if not runs:
-            return f"no runs recorded yet in {store.url}"
+            filters = (f" for variant {variant!r}" if variant else "") + (f" since {since}" if since else "")
+            return f"no runs recorded{filters or ' yet'} in {store.url}"
         return _table(runs)
+
+
+def _csv(runs: list[dict]) -> str:
+    """One row per (run, variant): spreadsheet-friendly, newest run first."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["run_id", "date", "profile", "run_state", "variant", "state", "accuracy", "previous_accuracy",
+                     "delta", "decision"])
+    for run in runs:
+        date = run["logical_date"] or run["started_at"] or run["created_at"] or ""
+        for v, r in run["results"].items():
+            writer.writerow([run["run_id"], date, run["profile"] or "", run["state"] or "", v, r["state"] or "",
+                             *("" if r[k] is None else r[k] for k in ("accuracy", "previous_accuracy", "delta")),
+                             r["decision"] or ""])
+    return out.getvalue().rstrip("\n")
 
 
 def db_upgrade_command() -> str:

@@ -21,6 +21,7 @@ from tl_tasks.store.models import (
     GateDecision,
     Result,
     Run,
+    to_utc,
 )
 
 runs_t = Run.__table__
@@ -212,23 +213,32 @@ def trend(conn: Connection, variant: str, limit: int = 50, until_run_id: str | N
     return [_pick(r, TREND_FIELDS) for r in reversed(rows)]
 
 
-def recent_runs(conn: Connection, limit: int = 20, offset: int = 0) -> list[dict]:
-    """The last `limit` runs after skipping the `offset` newest ones, newest first: {run_id, dag_id, logical_date, started_at, ended_at, state, profile,
+def recent_runs(conn: Connection, limit: int = 20, offset: int = 0, *, variant: str | None = None,
+                since=None) -> list[dict]:
+    """The last `limit` runs after skipping the `offset` newest ones, newest first (only runs with a result
+    for `variant`, showing only that variant, when given; only runs ordered at or after `since` when given): {run_id, dag_id, logical_date, started_at, ended_at, state, profile,
     data_source, created_at, results: {variant: {state, accuracy, previous_accuracy, delta, decision}}}.
 
     `previous_accuracy` is the variant's accuracy in the latest earlier run that has one (failed or missing
     results are skipped); `delta` = accuracy - previous_accuracy, None when either is missing.
     """
-    runs = conn.execute(sa.select(runs_t).order_by(*_newest_first())
-                        .limit(max(int(limit), 0)).offset(max(int(offset), 0))).all()
+    query = sa.select(runs_t).order_by(*_newest_first()).limit(max(int(limit), 0)).offset(max(int(offset), 0))
+    if since is not None:
+        query = query.where(runs_t.c.sort_time >= sa.literal(to_utc(since, "since"), runs_t.c.sort_time.type))
+    if variant is not None:
+        query = query.where(sa.exists().where(results_t.c.run_pk == runs_t.c.id, results_t.c.variant == variant))
+    runs = conn.execute(query).all()
     if not runs:
         return []
     by_run: dict[int, dict] = defaultdict(dict)
-    rows = conn.execute(
+    rows_query = (
         sa.select(results_t.c.run_pk, results_t.c.variant, results_t.c.state, results_t.c.accuracy, gates_t.c.decision)
         .outerjoin(gates_t, gates_t.c.result_id == results_t.c.id)
         .where(results_t.c.run_pk.in_([r.id for r in runs]))
-    ).all()
+    )
+    if variant is not None:
+        rows_query = rows_query.where(results_t.c.variant == variant)
+    rows = conn.execute(rows_query).all()
     for r in rows:
         by_run[r.run_pk][r.variant] = {"state": r.state, "accuracy": r.accuracy, "decision": r.decision}
     variants = _variant_order({r.variant for r in rows})
