@@ -92,6 +92,11 @@ PARAMS = {
         False, type="boolean", title="Fail on regression",
         description="Fail the gate task (and the run) when a variant regressed, so Airflow alerts.",
         section="Gate"),
+    "force": Param(
+        False, type="boolean", title="Force retraining",
+        description="Train even when the data, the settings and the code equal the last successful run's "
+                    "(otherwise such a run is recorded as skipped: unchanged, and trains nothing).",
+        section="Data and training"),
     "force_promote": Param(
         False, type="boolean", title="Force promote",
         description="Promote every successfully evaluated model, even one that did not beat its champion.",

@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 from airflow.plugins_manager import AirflowPlugin
+from airflow.sdk import BaseOperatorLink
 
 URL_PREFIX = "/retraining-reports"
 INDEX = "reports/index.html"
@@ -92,9 +93,33 @@ def report_file(relative: str):
     return FileResponse(path, headers=SECURITY_HEADERS)
 
 
+REPORTED_DAG_IDS = ("cifar10_retraining",)
+
+
+class RunReportLink(BaseOperatorLink):
+    """"Run report" on every task of the retraining DAG in the UI: that run's report, served by this plugin.
+
+    Computed from the task instance's run id alone (nothing is stored); the report appears once build_report ran.
+    """
+
+    name = "Run report"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        if ti_key.dag_id not in REPORTED_DAG_IDS:
+            return ""  # the UI shows no link for other DAGs' tasks
+        from airflow.configuration import conf
+
+        try:
+            from tl_tasks.notify import report_url
+        except ImportError:  # project not on the api-server's sys.path
+            return ""
+        return report_url(conf.get("api", "base_url", fallback="") or "", ti_key.run_id)
+
+
 class RetrainingReportsPlugin(AirflowPlugin):
     name = "retraining_reports"
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Retraining reports"}]
+    global_operator_extra_links = [RunReportLink()]
     external_views = [{
         "name": "Retraining reports",
         "href": URL_PREFIX.lstrip("/") + "/",   # relative to the UI's <base href>: works under a base_url path

@@ -154,6 +154,7 @@ def _report_context(run: dict, store) -> dict:
         "previous": _previous_link(previous, run_id),
         "index_href": "../../../reports/index.html",
         "headline": _headline(rows, best, failed, previous, run.get("error")),
+        "skipped": _skipped(run),
         "rows": rows,
         "trend": _trend(store, run_id, [r["variant"] for r in results], current_date),
         "variants": [v for v in (_variant_section(r, class_names, run_id) for r in results) if v],
@@ -161,6 +162,17 @@ def _report_context(run: dict, store) -> dict:
         "metadata": _metadata(run, results),
         "generated_at": _date_text(datetime.now(timezone.utc)),
     }
+
+
+def _skipped(run: dict) -> dict | None:
+    """A run skipped because nothing changed: the reason and a link to the run it equals."""
+    note = (run.get("params") or {}).get("skipped")
+    if not note:
+        return None
+    same = note.get("same_as")
+    exists = bool(same) and (config.report_dir(same) / "index.html").is_file()
+    return {"reason": note.get("reason") or "unchanged", "run_id": same,
+            "href": f"../../{config.run_key(same)}/report/index.html" if exists else None}
 
 
 def _results(run: dict | None) -> list[dict]:

@@ -133,11 +133,12 @@ def test_params_defaults(dag, run_dag_module):
     params = run_dag_module.validate_conf(dag, {})
     assert params["variants"] == list(VARIANT_NAMES)
     assert params["tolerance"] == 0.02 and params["fail_on_regression"] is False and params["force_promote"] is False
+    assert params["force"] is False  # an unchanged run is skipped unless forced
     for name in ("profile", "dataset", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed"):
         assert params[name] is None, name  # = the profile's / the environment's, resolved at run time
     good = {"profile": "smoke", "dataset": "synthetic", "variants": ["cnn", "resnet50_v4"], "epochs": 2,
             "image_size": 64, "batch_size": 16, "limit_per_class": 50, "weights": "none", "seed": 1,
-            "tolerance": 0.05, "fail_on_regression": True, "force_promote": False}
+            "tolerance": 0.05, "fail_on_regression": True, "force_promote": False, "force": True}
     assert run_dag_module.validate_conf(dag, good) == good
 
 
@@ -293,3 +294,19 @@ def test_dag_test_with_a_failing_variant(airflow_home, tl_home):
     cnn, v2 = run["results"]["cnn"], run["results"]["resnet50_v2"]
     assert cnn["state"] == "success" and cnn["accuracy"] is not None and cnn["gate"]["decision"] == "bootstrap"
     assert v2["state"] == "failed" and v2["stage"] == "train" and v2["gate"]["decision"] == "failed"
+
+
+def test_dag_test_skips_an_unchanged_run_and_force_retrains(airflow_home, tl_home):
+    conf = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 10}
+    first, first_id = _dag_test(airflow_home, conf)
+    assert first.returncode == 0, first.stdout[-8000:]
+    second, second_id = _dag_test(airflow_home, conf)
+    assert second.returncode == 0, second.stdout[-8000:]
+    assert f"DAG run {second_id}: success" in second.stdout and "train[cnn]: success" not in second.stdout
+    with connect() as store:
+        run = store.get_run(second_id)
+    assert run["state"] == "skipped" and run["results"] == {}
+    assert run["params"]["skipped"] == {"reason": "unchanged", "same_as": first_id}
+    assert "Skipped: unchanged" in _report_line(second).read_text()
+    forced, forced_id = _dag_test(airflow_home, {**conf, "force": True})
+    assert forced.returncode == 0 and "train[cnn]: success" in forced.stdout, forced.stdout[-8000:]

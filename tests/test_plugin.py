@@ -61,6 +61,13 @@ def test_plugin_is_registered_without_heavy_imports(probe):
     assert probe["fastapi_app"] == {"url_prefix": PREFIX, "name": "Retraining reports"}
 
 
+def test_every_task_of_the_run_links_to_its_report(probe):
+    assert any("RunReportLink" in str(name) for name in probe["global_links"]), probe["global_links"]
+    assert probe["run_report_link"] == f"{PREFIX}/runs/{probe['run_key']}/report/index.html"
+    assert probe["other_dag_link"] == ""
+    assert probe["status"]["bearer_report"] == 200  # the linked page is served
+
+
 def test_reports_need_an_authenticated_airflow_user(probe):
     s = probe["status"]
     assert s["no_credentials"] == 401
@@ -130,6 +137,13 @@ def _probe() -> None:
 
         plugins = client.get("/api/v2/plugins", headers=auth).json()["plugins"]
         mine = next((p for p in plugins if p["name"] == "retraining_reports"), {})
+        out["global_links"] = mine.get("global_operator_extra_links")
+        from airflow.models.taskinstancekey import TaskInstanceKey
+        from airflow.plugins_manager import get_global_operator_extra_links
+
+        link = next(link for link in get_global_operator_extra_links() if link.name == "Run report")
+        out["run_report_link"] = link.get_link(None, ti_key=TaskInstanceKey("cifar10_retraining", "gate", run_id, 1))
+        out["other_dag_link"] = link.get_link(None, ti_key=TaskInstanceKey("other", "t", run_id, 1))
         out["external_view"] = next(iter(mine.get("external_views") or []), None)
         apps = mine.get("fastapi_apps") or [{}]
         out["fastapi_app"] = {"url_prefix": apps[0].get("url_prefix"), "name": apps[0].get("name")}

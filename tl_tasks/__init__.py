@@ -2,3 +2,5 @@
 
 Importable and testable without Airflow; heavy libraries are imported inside functions.
 """
+
+__version__ = "0.12.0"

@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "Exit status 1 when the run failed (a variant failed, or a regression with --fail-on-regression).")
     p.add_argument("--engine", choices=("airflow", "local"), default="airflow",
                    help="airflow: the DAG via dag.test() (default); local: the stages in order, no Airflow")
+    p.add_argument("--force", action="store_true",
+                   help="with --engine airflow: train even when data, settings and code equal the last successful "
+                        "run's (otherwise that run is recorded as skipped: unchanged)")
     p.add_argument("--run-id", help="local engine only: the run's name (default cli__<UTC timestamp>)")
     _add_settings(p, variants=True)
     _add_gate_options(p)
@@ -305,7 +308,8 @@ def _run_dag(args) -> int:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     conf = {"profile": args.profile, **_overrides(args), "tolerance": args.tolerance,
-            "fail_on_regression": args.fail_on_regression, "force_promote": args.force_promote}
+            "fail_on_regression": args.fail_on_regression, "force_promote": args.force_promote,
+            "force": args.force or None}
     return module.run_dag({k: v for k, v in conf.items() if v is not None}, out=_out)
 
 

@@ -29,6 +29,7 @@ SETTINGS_FILE = "settings.json"
 # Trigger-form / command-line names of the Settings fields a run may override (None = profile default).
 SETTING_PARAMS = ("dataset", "variants", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed")
 GATE_PARAMS = ("tolerance", "fail_on_regression", "force_promote")
+RUN_PARAMS = ("force",)  # force: train even when data, settings and code equal the last successful run's
 
 
 class ForcedFailure(RuntimeError):
@@ -52,7 +53,7 @@ def settings_from_params(params: dict | None = None) -> Settings:
     the bad value.
     """
     params = dict(params or {})
-    unknown = set(params) - {"profile", *SETTING_PARAMS, *GATE_PARAMS}
+    unknown = set(params) - {"profile", *SETTING_PARAMS, *GATE_PARAMS, *RUN_PARAMS}
     if unknown:
         raise ValueError(f"unknown parameter(s) {sorted(unknown)}; valid: profile, "
                          + ", ".join((*SETTING_PARAMS, *GATE_PARAMS)))
@@ -131,7 +132,8 @@ def prepare_jobs(run_id: str, params: dict | None, *, dag_id: str | None = None,
     """The DAG's prepare_data: resolve settings from the trigger params, prepare the data, and return one
     `{"variant", "settings"}` job per chosen variant (what `train` is mapped over)."""
     try:
-        settings = settings_from_params({k: v for k, v in (params or {}).items() if k not in GATE_PARAMS})
+        settings = settings_from_params({k: v for k, v in (params or {}).items()
+                                         if k not in (*GATE_PARAMS, *RUN_PARAMS)})
     except ValueError as exc:
         with _store() as store:  # keep a trace of the refused run, so its report can say why
             store.upsert_run(run_id, dag_id=dag_id, logical_date=logical_date or _now(), started_at=_now(),
@@ -139,7 +141,33 @@ def prepare_jobs(run_id: str, params: dict | None, *, dag_id: str | None = None,
                              error=f"invalid parameters: {exc}")
         raise
     prepare_stage(run_id, settings.to_dict(), dag_id=dag_id, logical_date=logical_date)
+    if not (params or {}).get("force") and skip_if_unchanged(run_id):
+        return []  # nothing to train: the mapped tasks are skipped, gate/report/finalize record the skip
     return [{"variant": v, "settings": settings.to_dict()} for v in settings.variants]
+
+
+def skip_if_unchanged(run_id: str) -> dict | None:
+    """Record the run as `skipped: unchanged` when its data fingerprint, settings and code version equal the
+    last successful run's; returns the skip note ({reason, same_as}) or None when the run must train."""
+    from tl_tasks.skip import SKIP_KEY, unchanged_reason
+
+    with _store() as store:
+        run = store.get_run(run_id)
+        previous = store.last_successful_run(run_id)
+        reason = unchanged_reason(run or {}, previous)
+        if reason is None:
+            return None
+        note = {"reason": reason, "same_as": previous["run_id"]}
+        store.upsert_run(run_id, state="skipped", params={**(run.get("params") or {}), SKIP_KEY: note})
+    log.info("run %s skipped: %s (same data, settings and code as run %s); trigger with force=true to retrain",
+             run_id, reason, previous["run_id"])
+    return note
+
+
+def skip_note(run: dict | None) -> dict | None:
+    from tl_tasks.skip import SKIP_KEY
+
+    return ((run or {}).get("params") or {}).get(SKIP_KEY)
 
 
 def train_stage(run_id: str, variant: str, settings_dict: dict | None = None, *, verbose: int | None = None) -> dict:
@@ -231,6 +259,9 @@ def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float 
         if not run.get("data_fingerprint"):
             why = run.get("error") or "prepare_data did not complete"
             raise RunFailed(f"run {run_id!r} has no prepared data ({why}); there is nothing to gate")
+        if skip_note(run):
+            log.info("gate: run %s was skipped (unchanged since %s); nothing to gate", run_id, skip_note(run)["same_as"])
+            return {"decisions": {}, "summary": {}, "tolerance": tolerance, "skipped": skip_note(run)}
         store.upsert_run(run_id, params={**(run.get("params") or settings.to_dict()), "gate": options})
         champion_runs: dict[str, dict] = {}
         for variant in settings.variants:
@@ -293,7 +324,7 @@ def finish_stage(run_id: str) -> dict:
         error = "; ".join(problems) or None
         if (run.get("state"), run.get("error")) != (state, error) or not run.get("ended_at"):
             store.upsert_run(run_id, state=state, ended_at=run.get("ended_at") or _now(), error=error)
-    if state != "success":
+    if state not in ("success", "skipped"):
         raise RunFailed(f"run {run_id} failed: {error}" + (f"; report: {report}" if report else ""))
     return {"run_id": run_id, "state": state, "report_path": report}
 
@@ -305,6 +336,8 @@ def conclude(run: dict) -> tuple[str, list[str]]:
     if not run.get("data_fingerprint"):
         problems.append(run.get("error") or "prepare_data did not complete")
         return "failed", problems
+    if skip_note(run):
+        return "skipped", problems
     results = run.get("results") or {}
     fatal_regression = bool((params.get("gate") or {}).get("fail_on_regression"))
     for variant in params.get("variants") or list(results):
@@ -372,7 +405,10 @@ def versions() -> dict:
     """Versions of what the run's numbers depend on, read from package metadata (nothing is imported)."""
     from importlib import metadata
 
-    out = {"python": platform.python_version(), "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
+    from tl_tasks.skip import CODE_KEY, code_version
+
+    out = {"python": platform.python_version(), "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+           CODE_KEY: code_version()}
     for dist in ("keras", "tensorflow", "jax", "torch", "numpy", "apache-airflow"):
         try:
             out[dist] = metadata.version(dist)

@@ -268,6 +268,10 @@ class MetricsStore:
         with read_connection(self.engine) as conn:
             return queries.recent_runs(conn, limit, offset, variant=variant, since=since)
 
+    def last_successful_run(self, before_run_id: str) -> dict | None:
+        with read_connection(self.engine) as conn:
+            return queries.last_successful_run(conn, before_run_id)
+
     def count_runs(self) -> int:
         with read_connection(self.engine) as conn:
             return queries.count_runs(conn)

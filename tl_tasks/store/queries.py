@@ -263,6 +263,16 @@ def recent_runs(conn: Connection, limit: int = 20, offset: int = 0, *, variant: 
     return out[::-1]
 
 
+def last_successful_run(conn: Connection, before_run_id: str) -> dict | None:
+    """The latest run with state "success" ordered before `before_run_id` (run fields only, no results)."""
+    key = _order_key(conn, before_run_id)
+    if key is None:
+        return None
+    row = conn.execute(sa.select(runs_t).where(_before(key), runs_t.c.state == "success")
+                       .order_by(*_newest_first()).limit(1)).first()
+    return None if row is None else _run_dict(conn, row, with_results=False)
+
+
 def count_runs(conn: Connection) -> int:
     """How many runs are stored (counted on the primary key index, not by reading rows)."""
     return conn.execute(sa.select(sa.func.count()).select_from(runs_t)).scalar_one()
