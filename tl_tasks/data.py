@@ -352,21 +352,10 @@ def _folder(path: Path, image_size: int) -> _Raw:
     dirs: set[str] = set()
     decoded: dict[str, np.ndarray | None] = {}   # name relative to the source -> image, None if unreadable
     errors: dict[str, str] = {}
-    for name, is_dir, read in _walk_source(path):
-        parts = name.split("/")
-        if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-            continue
-        if is_dir:
-            dirs.add(name)
-            continue
-        dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
-        if Path(parts[-1]).suffix.lower() not in IMAGE_EXTENSIONS or len(parts) < 3:
-            continue
-        try:
-            decoded[name] = _decode_image(read(), image_size)
-        except _DECODE_ERRORS as exc:
-            decoded[name] = None
-            errors[name] = f"{type(exc).__name__}: {exc}"
+    from tl_tasks.progress import Progress
+
+    with Progress(f"decoding {path.name}") as progress:
+        _decode_folder(path, image_size, dirs, decoded, errors, progress)
     root = _find_root(path, dirs)
     display = (lambda n: str(path / n)) if path.is_dir() else (lambda n: f"{path}/{n}")
     # (split, class) -> image names, from folders (so that empty ones show up) and from files
@@ -419,6 +408,26 @@ def _folder(path: Path, image_size: int) -> _Raw:
                          f"first: {list(skipped[:5])}")
     x_test, y_test = out["test"]
     return _Raw(x_train, y_train, x_test, y_test, class_names, skipped, attempted)
+
+
+def _decode_folder(path: Path, image_size: int, dirs: set[str], decoded: dict, errors: dict, progress) -> None:
+    """Walk the source once: note folders, decode images (None + error for unreadable ones), count progress."""
+    for name, is_dir, read in _walk_source(path):
+        parts = name.split("/")
+        if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+            continue
+        if is_dir:
+            dirs.add(name)
+            continue
+        dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        if Path(parts[-1]).suffix.lower() not in IMAGE_EXTENSIONS or len(parts) < 3:
+            continue
+        try:
+            decoded[name] = _decode_image(read(), image_size)
+        except _DECODE_ERRORS as exc:
+            decoded[name] = None
+            errors[name] = f"{type(exc).__name__}: {exc}"
+        progress.update()
 
 
 def _walk_source(path: Path) -> Iterator[tuple[str, bool, Callable[[], bytes] | None]]:

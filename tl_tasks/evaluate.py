@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from tl_tasks.config import Settings
 from tl_tasks.files import write_json_atomic
 from tl_tasks.train import MODEL_FILE, _count, _load_class_names, _load_split
 from tl_tasks.variants import Variant, get_variant
+
+log = logging.getLogger(__name__)
 
 EVALUATION_FILE = "evaluation.json"
 MAX_MISCLASSIFIED = 50
@@ -68,9 +71,11 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
     # Warm-up on both batch shapes the timed pass sees (full and remainder): compiling is not inferring.
     for n in {min(batch, len(x_test)), len(x_test) % batch} - {0}:
         model.predict(x_test[:n], batch_size=batch, verbose=0)
+    log.info("evaluating %s on %d test images", v.name, len(x_test))
     t0 = time.perf_counter()
-    probs = model.predict(x_test, batch_size=batch, verbose=0)
+    probs = model.predict(x_test, batch_size=batch, verbose=0)  # timed: no progress output inside
     seconds = time.perf_counter() - t0
+    log.info("evaluated %s: %d images in %.1f s", v.name, len(x_test), seconds)
 
     metrics = _metrics(y_test, probs, class_names, seed=settings.seed)
     result = EvalResult(

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +84,9 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     runtime.configure()
     if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2
+        from tl_tasks.progress import keras_verbose
+
+        verbose = keras_verbose()
 
     class_names = _load_class_names(data_dir)
     x_train, y_train = _load_split(data_dir, "train", len(class_names))
@@ -199,8 +200,10 @@ class _Run:
         t0 = time.perf_counter()
         features = keras.Model(model.inputs, model.get_layer("head_pool").output, name="features")
         batch = self.settings.batch_size
-        f_train = np.asarray(features.predict(self.x_train, batch_size=batch, verbose=0), dtype="float32")
-        f_val = np.asarray(features.predict(self.x_val, batch_size=batch, verbose=0), dtype="float32")
+        # feature extraction shows progress like fit: a bar on a terminal, one line per split in logs
+        log.info("extracting ResNet50 features of %d train and %d validation images", len(self.x_train), len(self.x_val))
+        f_train = np.asarray(features.predict(self.x_train, batch_size=batch, verbose=self.verbose), dtype="float32")
+        f_val = np.asarray(features.predict(self.x_val, batch_size=batch, verbose=self.verbose), dtype="float32")
         self.feature_seconds = round(time.perf_counter() - t0, 3)
         self._fit(head, f_train, f_val)
         _copy_weights(head, model)
