@@ -53,6 +53,7 @@ def test_benchmark_runs_in_tiny_mode(name):
     elif name == "history_scaling":
         row = results["by_runs"]["10"]
         assert row["build_report_seconds"] > 0 and row["trend_50_ms"] > 0
+        assert row["build_index_seconds"] > 0 and row["build_index_full_seconds"] > 0
 
 
 def _fake_runner(tmp_path: Path, calls: list):

@@ -127,10 +127,28 @@ def _wait_watcher_runs(harness, at_least: int, timeout: float = 300) -> None:
 
 @pytest.mark.slow
 def test_real_scheduler_new_images_start_exactly_one_retraining_run(tmp_path, tl_home, folder):
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
     from tests.airflow_harness import DAGS_FOLDER, AirflowHarness, workflow_env
 
+    posts = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    Thread(target=server.serve_forever, daemon=True).start()
     env = {**workflow_env(tl_home, f"sqlite:///{tl_home / 'metrics.db'}"), "TL_WATCH_SOURCE": str(folder),
            "TL_WATCH_INTERVAL_S": "10", "TL_WATCH_SETTLE_S": "1",
+           "TL_NOTIFY_WEBHOOK_URL": f"http://127.0.0.1:{server.server_address[1]}/hook",
            "TL_DATASET": f"folder:{folder}"}  # fake images: a started run fails fast in prepare_data, no training
     harness = AirflowHarness(home=tmp_path / "airflow", dags_folder=DAGS_FOLDER, parallelism=2, extra_env=env)
     try:
@@ -148,6 +166,14 @@ def test_real_scheduler_new_images_start_exactly_one_retraining_run(tmp_path, tl
             _image(folder / "train" / "cat" / f"added{i}.png")
         _wait_watcher_runs(harness, seen + 3)
         runs = _runs(harness, "cifar10_retraining")
+        if len(runs) == 1:  # the run fails in prepare_data: the dag-processor runs the failure notifier
+            harness.wait_run("cifar10_retraining", runs[0]["dag_run_id"], timeout=300)
+            deadline = time.monotonic() + 120
+            while not posts and time.monotonic() < deadline:
+                time.sleep(2)
     finally:
         harness.stop()
+        server.shutdown()
+        server.server_close()
     assert [r["run_type"] for r in runs] == ["asset_triggered"], runs
+    assert [(p["run_id"], p["state"]) for p in posts] == [(runs[0]["dag_run_id"], "failed")], posts
