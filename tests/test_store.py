@@ -90,7 +90,7 @@ def test_migrations_from_empty_reach_head_and_match_the_orm(db_url):
     from tl_tasks.store.models import Base
 
     with connect(db_url) as store:
-        assert store.schema_revision() == head_revision() == SCHEMA_REVISION == "0001"
+        assert store.schema_revision() == head_revision() == SCHEMA_REVISION == "0002_lineage"
         with store.engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
             assert {"runs", "results", "epoch_metrics", "class_metrics", "confusion_matrices",
@@ -123,17 +123,17 @@ def test_db_upgrade_command_and_second_connect_is_a_no_op(db_url, monkeypatch):
     from tl_tasks.store.cli import db_upgrade_command
 
     monkeypatch.setenv("TL_METRICS_DB_URL", db_url)
-    assert "upgraded from empty to schema revision 0001" in db_upgrade_command()
-    assert "up to date (schema revision 0001)" in db_upgrade_command()
+    assert "upgraded from empty to schema revision 0002_lineage" in db_upgrade_command()
+    assert "up to date (schema revision 0002_lineage)" in db_upgrade_command()
     with connect() as store:
-        assert store.schema_revision() == "0001"
+        assert store.schema_revision() == "0002_lineage"
 
 
 def test_database_newer_than_the_code_is_a_clear_error(db_url):
     with connect(db_url) as store:
         with store.engine.begin() as conn:
             conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_future'"))
-    with pytest.raises(SchemaVersionError, match=r"'9999_future'.*does not know.*newest is '0001'") as err:
+    with pytest.raises(SchemaVersionError, match=r"'9999_future'.*does not know.*newest is '0002_lineage'") as err:
         connect(db_url)
     assert mask_url(db_url) in str(err.value)
 
