@@ -151,8 +151,8 @@ def decide(accuracy: float | None, champion: dict | None, *, paired: dict | None
 
 
 def describe_delta(d: dict) -> str:
-    """A gate decision's comparison in plain words, e.g. "1.20 points better than the champion (95% CI +0.4 to
-    +2.0 points; p = 0.003, 180 images fixed, 60 broken)"."""
+    """A gate decision's comparison in plain words, e.g. "1.20 points better than the champion (95% CI +0.40 to
+    +2.00 points; p = 0.0030, 180 images fixed, 60 broken)"."""
     if d.get("delta") is None:
         return ""
     delta, (low, high) = d["delta"] * 100, (x * 100 for x in d["delta_ci"])
@@ -160,7 +160,7 @@ def describe_delta(d: dict) -> str:
     size = f"{abs(delta):.2f} points {word}" if delta else "the same accuracy as"
     confidence = round((1 - (d.get("alpha") or DEFAULT_ALPHA)) * 100)
     return (f"{size} the champion ({confidence}% CI {low:+.2f} to {high:+.2f} points; "
-            f"p = {_p(d['p_value'])}, {d['fixed']} images fixed, {d['broken']} broken)")
+            f"{_p(d['p_value'])}, {d['fixed']} images fixed, {d['broken']} broken)")
 
 
 def summarize(decisions: dict[str, dict]) -> dict:
@@ -187,7 +187,7 @@ def _paired_decision(d: dict, alpha: float, tolerance: float) -> tuple[str, str]
 
 
 def _p(p: float) -> str:
-    return "< 0.0001" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
+    return "p < 0.0001" if p < 1e-4 else f"p = {p:.4f}" if p < 0.01 else f"p = {p:.3f}"
 
 
 def _accuracy(value) -> float | None:
