@@ -234,7 +234,9 @@ def _headline(rows: list[dict], best: dict | None, failed: list[dict], previous:
     if best is not None:
         text = f"Best variant: {best['variant']} with {best['accuracy']} test accuracy"
         d = best["d_prev"]["accuracy"]
-        lines.append({"text": text + (f" ({d.text} vs the previous run)." if d is not None else "."), "css": "lead"})
+        words = f"; {best['prev_words']}" if best["prev_words"] else ""
+        lines.append({"text": text + (f" ({d.text} vs the previous run on this test set{words})." if d is not None
+                                      else "."), "css": "lead"})
     elif rows:
         lines.append({"text": "No variant has a test accuracy in this run.", "css": "lead"})
     else:

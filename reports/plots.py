@@ -144,7 +144,8 @@ def accuracy_trend(series: Mapping[str, Sequence[Mapping]], current: datetime | 
                        | {p["logical_date"] for lines in (others or {}).values() for points in lines for p in points
                           if p.get("logical_date")})
         if len(dates) <= 6:  # few runs: one tick per run date reads better than an automatic scale
-            ax.set_xticks(dates, labels=[d.strftime("%Y-%m-%d") for d in dates])
+            same_days = dates[-1] - dates[0] < timedelta(days=3)
+            ax.set_xticks(dates, labels=[d.strftime("%m-%d\n%H:%M" if same_days else "%Y-%m-%d") for d in dates])
             if len(dates) == 1:
                 ax.set_xlim(dates[0] - timedelta(days=3), dates[0] + timedelta(days=3))
         else:

@@ -99,9 +99,10 @@ def _table(runs: list[dict]) -> str:
             lineage = "≠ " + lineage
         rows.append([run["run_id"], date[:16].replace("T", " "), run["profile"] or "-", run["state"] or "-", lineage,
                      *(_cell(run["results"].get(v)) for v in variants)])
-    return _format(rows, "test accuracy (change from the variant's previous run on the same test set, with the gate's "
-                         "McNemar p-value vs its champion); lineage = the test set's fingerprint, ≠ = another "
-                         "lineage than the newest run, never compared with it; failed = the variant failed in that run")
+    return _format(rows, "test accuracy (change from the variant's previous run on the same test set; the gate's "
+                         "paired change vs its champion, exact McNemar p-value: decision); lineage = the test set's "
+                         "fingerprint, ≠ = another lineage than the newest run, never compared with it; "
+                         "failed = the variant failed in that run")
 
 
 def _cell(result: dict | None) -> str:
@@ -115,8 +116,11 @@ def _cell(result: dict | None) -> str:
     extra = []
     if result["delta"] is not None:
         extra.append(f"{result['delta']:+.4f}")
-    if result.get("p_value") is not None:
-        extra.append(f"p={result['p_value']:.3g}")
-    if result.get("decision"):
-        extra.append(result["decision"])
-    return text + (f" ({', '.join(extra)})" if extra else "")
+    gate = result.get("decision") or ""
+    if result.get("champion_delta") is not None and result.get("p_value") is not None:
+        p = result["p_value"]
+        gate = (f"vs champion {result['champion_delta']:+.4f}, " + ("p<0.0001" if p < 1e-4 else f"p={p:.2g}")
+                + f": {gate}")
+    if gate:
+        extra.append(gate)
+    return text + (f" ({'; '.join(extra)})" if extra else "")

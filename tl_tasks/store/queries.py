@@ -279,7 +279,7 @@ def trend(conn: Connection, variant: str, limit: int = 50, until_run_id: str | N
 def recent_runs(conn: Connection, limit: int = 20) -> list[dict]:
     """The last `limit` runs, newest first: {run_id, dag_id, logical_date, started_at, ended_at, state, profile,
     data_source, lineage, created_at, results: {variant: {state, accuracy, previous_accuracy, previous_run_id,
-    delta, decision, p_value}}}.
+    delta, decision, champion_delta, p_value}}} (champion_delta and p_value: the gate's paired comparison).
 
     `previous_accuracy` is the variant's accuracy in the latest earlier run *of the same lineage* (the same test
     images) that has one (failed or missing results are skipped); `delta` = accuracy - previous_accuracy, None
@@ -291,13 +291,13 @@ def recent_runs(conn: Connection, limit: int = 20) -> list[dict]:
     by_run: dict[int, dict] = defaultdict(dict)
     rows = conn.execute(
         sa.select(results_t.c.run_pk, results_t.c.variant, results_t.c.state, results_t.c.accuracy,
-                  gates_t.c.decision, gates_t.c.details)
+                  gates_t.c.decision, gates_t.c.delta, gates_t.c.details)
         .outerjoin(gates_t, gates_t.c.result_id == results_t.c.id)
         .where(results_t.c.run_pk.in_([r.id for r in runs]))
     ).all()
     for r in rows:
         by_run[r.run_pk][r.variant] = {"state": r.state, "accuracy": r.accuracy, "decision": r.decision,
-                                       "p_value": (r.details or {}).get("p_value")}
+                                       "champion_delta": r.delta, "p_value": (r.details or {}).get("p_value")}
     variants = _variant_order({r.variant for r in rows})
     oldest = (runs[-1].sort_time, runs[-1].id)
     last: dict[tuple[str, str], tuple] = {}  # (variant, lineage) -> (accuracy, run_id) of the last one seen
@@ -317,7 +317,7 @@ def recent_runs(conn: Connection, limit: int = 20) -> list[dict]:
             res.update(previous_accuracy=prev[0], previous_run_id=prev[1],
                        delta=None if acc is None or prev[0] is None else acc - prev[0])
             results[v] = {k: res[k] for k in ("state", "accuracy", "previous_accuracy", "previous_run_id", "delta",
-                                              "decision", "p_value")}
+                                              "decision", "champion_delta", "p_value")}
             if acc is not None and run.lineage is not None:
                 last[(v, run.lineage)] = (acc, run.run_id)
         d = _pick(run, ("run_id", "dag_id", "logical_date", "started_at", "ended_at", "state", "profile",
