@@ -1,7 +1,8 @@
 """Example deployment DAG: runs whenever a variant gets a new champion (an event on its champion asset).
 
 It verifies the published champion (sha256 against champion.json) and points `$TL_HOME/deployed/<variant>`
-at it. Replace the task body with your own rollout (copy to a model server, open a pull request, ...).
+at it, for one lineage (test set) only: `TL_DEPLOY_LINEAGE` (a fingerprint prefix), else the lineage already
+deployed; champions of other test sets are skipped. Replace the task body with your own rollout.
 """
 from __future__ import annotations
 
@@ -32,15 +33,13 @@ CHAMPION_ASSETS = [champion_asset(v) for v in VARIANT_NAMES]
 def deploy_champion():
     @task
     def deploy(triggering_asset_events=None) -> list[dict]:
+        import os
+
         from tl_tasks.champions import deploy
 
-        deployed = []
-        for asset, events in (triggering_asset_events or {}).items():
-            for event in events:
-                extra = event.extra or {}
-                path = deploy(extra["published"], extra["variant"])
-                deployed.append({"variant": extra["variant"], "run_id": extra.get("run_id"), "deployed": str(path)})
-        return deployed
+        lineage = os.environ.get("TL_DEPLOY_LINEAGE") or None
+        return [deploy(event.extra["published"], event.extra["variant"], lineage=lineage)
+                for events in (triggering_asset_events or {}).values() for event in events]
 
     deploy()
 

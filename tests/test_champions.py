@@ -106,11 +106,22 @@ def test_publish_refuses_a_model_that_changed_since_evaluation(tl_home):
     assert not list((tl_home / "champions").glob("cnn/*/current"))  # nothing half-published
 
 
-def test_example_deployment_points_at_a_verified_champion(promoted_cnn, tl_home):
+def test_example_deployment_points_at_a_verified_champion_of_one_lineage(promoted_cnn, tl_home):
     with connect() as store:
         published = store.champion_history("cnn")[0]["published"]
-    target = champions.deploy(published, "cnn")
-    assert target == tl_home / "deployed" / "cnn" and target.resolve() == Path(published).resolve()
+    out = champions.deploy(published, "cnn")
+    target = tl_home / "deployed" / "cnn"
+    assert out["deployed"] == str(target) and target.resolve() == Path(published).resolve()
+    # a champion of another test set (e.g. a smoke run on other data) does not replace the deployed model
+    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn"], "seed": 9})
+    other = pipeline.run_all("champ-other", settings)["decisions"]["cnn"]
+    assert other["decision"] == "bootstrap" and other["lineage"] != champions.read_champion(published)["lineage"]
+    skipped = champions.deploy(other["published"], "cnn")
+    assert skipped["deployed"] is None and "another test set" in skipped["skipped"]
+    assert target.resolve() == Path(published).resolve()
+    # unless asked to switch lineages
+    assert champions.deploy(other["published"], "cnn", lineage=other["lineage"][:12])["deployed"] == str(target)
+    assert target.resolve() == Path(other["published"]).resolve()
     (Path(published) / "model.keras").write_bytes(b"tampered")
     with pytest.raises(champions.ChampionError, match="refusing to deploy"):
         champions.deploy(published, "cnn")

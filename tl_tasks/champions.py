@@ -180,10 +180,17 @@ def _versions() -> dict:
     return versions()
 
 
-def deploy(published: str | Path, variant: str, *, target_root: Path | None = None) -> Path:
+def deploy(published: str | Path, variant: str, *, target_root: Path | None = None,
+           lineage: str | None = None) -> dict:
     """The example deployment: verify a published champion and point `$TL_HOME/deployed/<variant>` at it.
 
-    A serving system reads `deployed/<variant>/serving/` (or `model.keras`); the swap is one rename.
+    A serving system reads `deployed/<variant>/serving/` (or `model.keras`); the swap is one rename. Only
+    champions of one lineage are deployed: `lineage` (a prefix of the test-set fingerprint), else the lineage
+    already deployed, else the first one deployed; a champion of another test set (a smoke run on synthetic
+    data, say) is skipped and says so.
+
+    Returns:
+        `{"variant", "deployed": path or None, "lineage", "skipped": reason or None}`.
 
     Raises:
         ChampionError: the folder is missing or its model does not match its champion.json.
@@ -196,9 +203,25 @@ def deploy(published: str | Path, variant: str, *, target_root: Path | None = No
     if problems:
         raise ChampionError(f"refusing to deploy {folder}: " + "; ".join(problems))
     root = Path(target_root) if target_root else config.tl_home() / "deployed"
+    link = root / variant
+    wanted = lineage or (_deployed_lineage(link) if link.exists() else None) or meta["lineage"]
+    out = {"variant": variant, "lineage": meta["lineage"], "deployed": None, "skipped": None}
+    if not meta["lineage"].startswith(wanted):
+        out["skipped"] = (f"champion of run {meta['run_id']} is on another test set (lineage {meta['lineage'][:12]}) "
+                          f"than the deployed one ({wanted[:12]}); set TL_DEPLOY_LINEAGE to switch lineages")
+        log.warning("not deploying %s: %s", variant, out["skipped"])
+        return out
     root.mkdir(parents=True, exist_ok=True)
     _point_current_named(root, variant, folder)
-    return root / variant
+    out["deployed"] = str(link)
+    return out
+
+
+def _deployed_lineage(link: Path) -> str | None:
+    try:
+        return read_champion(link).get("lineage")
+    except (OSError, ValueError):
+        return None
 
 
 def _point_current_named(home: Path, name: str, target: Path) -> None:
