@@ -35,11 +35,9 @@ def deploy_champion():
     def deploy(triggering_asset_events=None) -> list[dict]:
         import os
 
-        from tl_tasks.champions import deploy
+        from tl_tasks.champions import deploy_events
 
-        lineage = os.environ.get("TL_DEPLOY_LINEAGE") or None
-        return [deploy(event.extra["published"], event.extra["variant"], lineage=lineage)
-                for events in (triggering_asset_events or {}).values() for event in events]
+        return deploy_events(triggering_asset_events, lineage=os.environ.get("TL_DEPLOY_LINEAGE") or None)
 
     deploy()
 

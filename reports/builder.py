@@ -19,7 +19,8 @@ from pathlib import Path
 from tl_tasks import config
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
-TREND_LIMIT = 200              # trend points per variant: the last runs, this lineage's and others' (drawn apart)
+TREND_LIMIT = 200              # trend points per variant of this run's lineage
+OTHER_LINEAGES_LIMIT = 50      # the last runs of other lineages, drawn apart as faint lines
 INDEX_LIMIT = 100_000
 MISCLASSIFIED_SHOWN = 24       # thumbnails per variant
 THUMB_MAX = 64                 # thumbnails larger than this (px) are downscaled
@@ -295,7 +296,10 @@ def _trend(store, run_id: str, variants: list[str], current: datetime | None, li
     series, others, runs, dates = {}, {}, set(), []
     for variant in variants:
         mine, theirs = [], {}
-        for p in store.trend(variant, limit=TREND_LIMIT, until_run_id=run_id):
+        points = store.trend(variant, limit=TREND_LIMIT, until_run_id=run_id, lineage=lineage) if lineage else []
+        points += [p for p in store.trend(variant, limit=OTHER_LINEAGES_LIMIT, until_run_id=run_id)
+                   if p.get("lineage") != lineage]
+        for p in points:
             when = _as_datetime(p.get("logical_date") or p.get("started_at"))
             if when is None:
                 continue

@@ -109,24 +109,66 @@ def test_publish_refuses_a_model_that_changed_since_evaluation(tl_home):
 def test_example_deployment_points_at_a_verified_champion_of_one_lineage(promoted_cnn, tl_home):
     with connect() as store:
         published = store.champion_history("cnn")[0]["published"]
-    out = champions.deploy(published, "cnn")
+    lineage = champions.read_champion(published)["lineage"]
     target = tl_home / "deployed" / "cnn"
+    # a smoke run's champion is not deployed unless its lineage is chosen
+    first = champions.deploy(published, "cnn")
+    assert first["deployed"] is None and "smoke run" in first["skipped"] and not target.exists()
+    out = champions.deploy(published, "cnn", lineage=lineage[:12])
     assert out["deployed"] == str(target) and target.resolve() == Path(published).resolve()
-    # a champion of another test set (e.g. a smoke run on other data) does not replace the deployed model
+    # a champion of another test set does not replace the deployed model
     settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn"], "seed": 9})
     other = pipeline.run_all("champ-other", settings)["decisions"]["cnn"]
-    assert other["decision"] == "bootstrap" and other["lineage"] != champions.read_champion(published)["lineage"]
+    assert other["decision"] == "bootstrap" and other["lineage"] != lineage
     skipped = champions.deploy(other["published"], "cnn")
     assert skipped["deployed"] is None and "another test set" in skipped["skipped"]
     assert target.resolve() == Path(published).resolve()
     # unless asked to switch lineages
     assert champions.deploy(other["published"], "cnn", lineage=other["lineage"][:12])["deployed"] == str(target)
     assert target.resolve() == Path(other["published"]).resolve()
+
+
+def test_deployment_refuses_what_the_database_did_not_promote(promoted_cnn, tl_home):
+    with connect() as store:
+        published = store.champion_history("cnn")[0]["published"]
+    with pytest.raises(champions.ChampionError, match="not a published champion of resnet50_v1"):
+        champions.deploy(published, "resnet50_v1")  # a folder of another variant
+    with pytest.raises(champions.ChampionError, match="not a published champion"):
+        champions.deploy(tl_home, "cnn")
+    with pytest.raises(ValueError, match="variant"):
+        champions.deploy(published, "../../etc")
     (Path(published) / "model.keras").write_bytes(b"tampered")
     with pytest.raises(champions.ChampionError, match="refusing to deploy"):
         champions.deploy(published, "cnn")
-    with pytest.raises(champions.ChampionError, match="not a published champion"):
-        champions.deploy(tl_home, "cnn")
+
+
+def test_deploy_dag_task_deploys_each_event_and_reports_refusals(promoted_cnn, tl_home, monkeypatch):
+    from types import SimpleNamespace
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    with connect() as store:
+        history = store.champion_history("cnn")
+    monkeypatch.setenv("TL_DEPLOY_LINEAGE", history[0]["lineage"][:12])
+    dag = DagBag(dag_folder=str(config.PROJECT_ROOT / "dags" / "deploy_champion.py")).dags["deploy_champion"]
+    task = dag.get_task("deploy")
+    event = SimpleNamespace(extra={"variant": "cnn", "run_id": "champ-2", "published": history[0]["published"]})
+    out = task.python_callable(triggering_asset_events={"tl_champion_cnn": [event]})
+    assert out[0]["deployed"] == str(tl_home / "deployed" / "cnn")
+    bad = SimpleNamespace(extra={"variant": "cnn", "run_id": "x", "published": "/etc"})
+    with pytest.raises(champions.ChampionError, match="refused to deploy 'cnn' of run 'x'"):
+        task.python_callable(triggering_asset_events={"tl_champion_cnn": [bad, event]})
+    assert (tl_home / "deployed" / "cnn").resolve() == Path(history[0]["published"]).resolve()
+
+
+def test_an_older_runs_gate_rerun_does_not_roll_current_back(promoted_cnn, tl_home):
+    with connect() as store:
+        run = store.get_run("champ-1")
+    out = pipeline.gate_stage("champ-1", force_promote=True)  # e.g. the older run's gate task cleared later
+    assert out["decisions"]["cnn"]["decision"] in ("promoted", "bootstrap") and out["promoted"] == {}
+    current = champions.current_dir("cnn", run["lineage"])
+    assert champions.read_champion(current)["run_id"] == "champ-2"
+    assert main(["champion", "show"]) == 0
 
 
 def test_deploy_dag_is_scheduled_on_every_champion_asset():

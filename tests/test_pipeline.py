@@ -355,3 +355,25 @@ def test_run_all_without_airflow_keeps_going_when_a_variant_fails(monkeypatch):
     run = _run("cli-1")
     assert run["state"] == "failed" and run["results"]["cnn"]["accuracy"] is not None
     assert run["report_path"] == result["report_path"]
+
+
+def test_dag_gate_leaves_a_fatal_regression_to_finalize_so_promotions_are_still_announced():
+    _fake_run("z1", {"cnn": 0.60, "resnet50_v1": 0.60}, when=T0)
+    pipeline.gate_stage("z1")
+    _fake_run("z2", {"cnn": 0.90, "resnet50_v1": 0.10}, when=T0 + timedelta(days=1))
+    out = pipeline.gate_stage("z2", fail_on_regression=True, raise_on_regression=False)
+    assert out["summary"] == {"promoted": ["cnn"], "regressed": ["resnet50_v1"]}
+    assert list(out["promoted"]) == ["cnn"]  # what the DAG's gate task announces as asset events
+    pipeline.report_stage("z2")
+    with pytest.raises(pipeline.RunFailed, match="resnet50_v1 regressed"):
+        pipeline.finish_stage("z2")
+
+
+def test_a_model_that_cannot_be_published_is_kept_and_the_others_still_gated():
+    _fake_run("u1", {"cnn": 0.60, "resnet50_v1": 0.50}, when=T0)
+    (config.model_dir("u1", "cnn") / "model.keras").unlink()  # e.g. a lost volume
+    with pytest.raises(Exception, match="could not publish: cnn"):
+        pipeline.gate_stage("u1")
+    decisions = {v: r["gate"] for v, r in _run("u1")["results"].items()}
+    assert decisions["cnn"]["decision"] == "kept" and "not published" in decisions["cnn"]["reason"]
+    assert decisions["resnet50_v1"]["decision"] == "bootstrap" and decisions["resnet50_v1"]["published"]

@@ -47,10 +47,11 @@ def lineage_dir(variant: str, lineage: str) -> Path:
 
 
 def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | None = None) -> Path:
-    """Publish an evaluated, promoted model as its lineage's current champion; returns the version folder.
+    """Write an evaluated, promoted model's version folder (atomically); returns it. `make_current` then points
+    the lineage's `current` at it, once the metrics database confirms it is the champion.
 
     Args:
-        run: the run dict (run_id, lineage, data_source, ...).
+        run: the run dict (run_id, lineage, data_source, profile, ...).
         result: the variant's result dict (model_path, model_sha256, predictions_path, accuracy, ...).
         decision: the gate decision that promoted it (accuracy_ci, forced, reason, ...).
         serving_export: write the TF SavedModel; None = on unless `$TL_SERVING_EXPORT` is 0.
@@ -70,10 +71,11 @@ def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | N
         raise ChampionError(f"cannot publish {variant} of run {run['run_id']}: {model} changed since it was "
                             f"evaluated (sha256 {model_sha[:12]}..., evaluated {result['model_sha256'][:12]}...); "
                             "re-run its evaluate task")
-    home = lineage_dir(variant, lineage)
-    versions = home / VERSIONS
+    versions = lineage_dir(variant, lineage) / VERSIONS
     versions.mkdir(parents=True, exist_ok=True)
     final = versions / config.run_key(run["run_id"])
+    if _intact(final, model_sha):  # the gate ran again for this run: the same model is already published
+        return final
     tmp = versions / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -84,7 +86,7 @@ def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | N
         serving = _export_serving(tmp / MODEL_FILE, tmp / SERVING_DIR, serving_export)
         write_json_atomic(tmp / CHAMPION_FILE, {
             "variant": variant, "run_id": run["run_id"], "lineage": lineage, "data_source": run.get("data_source"),
-            "class_names": run.get("class_names"),
+            "profile": run.get("profile"), "class_names": run.get("class_names"),
             "accuracy": result.get("accuracy"), "accuracy_ci": decision.get("accuracy_ci"),
             "test_images": (result.get("eval_info") or {}).get("test_images"),
             "decision": decision.get("decision"), "forced": bool(decision.get("forced")),
@@ -92,15 +94,33 @@ def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | N
             "predictions_sha256": result.get("predictions_sha256"), "serving": serving,
             "versions": _versions(), "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
-        if final.exists():  # the gate task ran again for this run: replace its own earlier publication
-            shutil.rmtree(final)
+        old = None
+        if final.exists():  # a different model for the same run (it was retrained): set the old one aside
+            old = versions / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
         os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _point_current(home, final)
-    log.info("published %s of run %s as the champion of lineage %s: %s", variant, run["run_id"], lineage[:12], final)
+    log.info("published %s of run %s (lineage %s): %s", variant, run["run_id"], lineage[:12], final)
     return final
+
+
+def make_current(folder: Path) -> Path:
+    """Point the lineage's `current` at a published version folder (one rename); returns the link."""
+    folder = Path(folder)
+    home = folder.parent.parent
+    _point_current(home, folder)
+    return home / CURRENT
+
+
+def _intact(folder: Path, model_sha: str) -> bool:
+    try:
+        return read_champion(folder).get("model_sha256") == model_sha == sha256_file(folder / MODEL_FILE)
+    except (OSError, ValueError):
+        return False
 
 
 def read_champion(path: Path) -> dict:
@@ -108,10 +128,11 @@ def read_champion(path: Path) -> dict:
     return json.loads((Path(path) / CHAMPION_FILE).read_text())
 
 
-def verify(entry: dict) -> list[str]:
+def verify(entry: dict, *, current: bool = False) -> list[str]:
     """Problems with a published champion, compared with what the database recorded; [] when it is intact.
 
-    `entry`: a row of `champion_history` (variant, run_id, lineage, model_sha256, published).
+    `entry`: a row of `champion_history` (variant, run_id, lineage, model_sha256, published). `current`: it is
+    the database's current champion, so the lineage's `current` link must point at it too.
     """
     where = entry.get("published")
     if not where:
@@ -134,6 +155,10 @@ def verify(entry: dict) -> list[str]:
             problems.append(f"{model} does not match the sha256 in {CHAMPION_FILE}")
         if meta.get("run_id") != entry.get("run_id"):
             problems.append(f"{folder} holds run {meta.get('run_id')!r}, expected {entry.get('run_id')!r}")
+    link = folder.parent.parent / CURRENT
+    if current and (not link.exists() or link.resolve() != folder.resolve()):
+        problems.append(f"{link} does not point at this champion; rerun the gate of run {entry.get('run_id')} "
+                        "to publish it again")
     return problems
 
 
@@ -184,37 +209,80 @@ def deploy(published: str | Path, variant: str, *, target_root: Path | None = No
            lineage: str | None = None) -> dict:
     """The example deployment: verify a published champion and point `$TL_HOME/deployed/<variant>` at it.
 
-    A serving system reads `deployed/<variant>/serving/` (or `model.keras`); the swap is one rename. Only
-    champions of one lineage are deployed: `lineage` (a prefix of the test-set fingerprint), else the lineage
-    already deployed, else the first one deployed; a champion of another test set (a smoke run on synthetic
-    data, say) is skipped and says so.
+    A serving system reads `deployed/<variant>/serving/` (or `model.keras`); the swap is one rename. The folder
+    must be a champion of `variant` under `$TL_HOME/champions/`, intact, and recorded as a promotion in the
+    metrics database. Only one lineage is deployed: `lineage` (a prefix of the test-set fingerprint), else the
+    lineage already deployed, else the first non-smoke one; champions of other test sets are skipped.
 
     Returns:
         `{"variant", "deployed": path or None, "lineage", "skipped": reason or None}`.
 
     Raises:
-        ChampionError: the folder is missing or its model does not match its champion.json.
+        ChampionError: the folder is not a published champion of `variant`, or does not match the database.
     """
-    folder = Path(published)
-    if not (folder / CHAMPION_FILE).is_file():
-        raise ChampionError(f"{folder} is not a published champion (no {CHAMPION_FILE}); check the asset event")
+    from tl_tasks.variants import get_variant
+
+    variant = get_variant(variant).name
+    folder = Path(published).resolve()
+    root_of_variant = (champions_root() / variant).resolve()
+    if not folder.is_relative_to(root_of_variant) or not (folder / CHAMPION_FILE).is_file():
+        raise ChampionError(f"{published} is not a published champion of {variant} (under {root_of_variant}); "
+                            "check the asset event")
     meta = read_champion(folder)
-    problems = verify({"published": str(folder), "run_id": meta.get("run_id"), "model_sha256": meta.get("model_sha256")})
+    if meta.get("variant") != variant:
+        raise ChampionError(f"{folder} holds a champion of {meta.get('variant')!r}, not of {variant!r}")
+    recorded = _recorded_promotion(variant, meta.get("run_id"))
+    problems = verify({"published": str(folder), "run_id": meta.get("run_id"),
+                       "model_sha256": (recorded or {}).get("model_sha256") or meta.get("model_sha256")})
+    if recorded is None:
+        problems.append(f"run {meta.get('run_id')!r} has no promotion of {variant} in the metrics database")
     if problems:
         raise ChampionError(f"refusing to deploy {folder}: " + "; ".join(problems))
     root = Path(target_root) if target_root else config.tl_home() / "deployed"
     link = root / variant
-    wanted = lineage or (_deployed_lineage(link) if link.exists() else None) or meta["lineage"]
+    wanted = lineage or (_deployed_lineage(link) if link.exists() else None)
     out = {"variant": variant, "lineage": meta["lineage"], "deployed": None, "skipped": None}
-    if not meta["lineage"].startswith(wanted):
+    if wanted is None and meta.get("profile") == "smoke":
+        out["skipped"] = (f"champion of run {meta['run_id']} comes from a smoke run; set TL_DEPLOY_LINEAGE="
+                          f"{meta['lineage'][:12]} to deploy its lineage")
+    elif wanted is not None and not meta["lineage"].startswith(wanted):
         out["skipped"] = (f"champion of run {meta['run_id']} is on another test set (lineage {meta['lineage'][:12]}) "
                           f"than the deployed one ({wanted[:12]}); set TL_DEPLOY_LINEAGE to switch lineages")
+    if out["skipped"]:
         log.warning("not deploying %s: %s", variant, out["skipped"])
         return out
     root.mkdir(parents=True, exist_ok=True)
     _point_current_named(root, variant, folder)
     out["deployed"] = str(link)
     return out
+
+
+def deploy_events(triggering_asset_events, *, lineage: str | None = None) -> list[dict]:
+    """The deploy DAG's task: `deploy` each champion announced by the triggering asset events (newest last).
+
+    Every event is tried; a refused one does not stop the others, and the task fails at the end naming them.
+    """
+    out, refused = [], []
+    for events in (triggering_asset_events or {}).values():
+        for event in events:
+            extra = dict(getattr(event, "extra", None) or {})
+            try:
+                out.append(deploy(extra.get("published") or "", extra.get("variant") or "", lineage=lineage))
+            except (ChampionError, ValueError) as exc:
+                refused.append(f"{extra.get('variant')!r} of run {extra.get('run_id')!r}: {exc}")
+    if refused:
+        raise ChampionError("refused to deploy " + "; ".join(refused))
+    return out
+
+
+def _recorded_promotion(variant: str, run_id: str | None) -> dict | None:
+    from tl_tasks.store import connect
+
+    with connect() as store:
+        result = store.get_result(run_id, variant) if run_id else None
+    gate = (result or {}).get("gate") or {}
+    return result if result and result.get("state") == "success" and gate.get("decision") in ("promoted", "bootstrap") \
+        else None
 
 
 def _deployed_lineage(link: Path) -> str | None:

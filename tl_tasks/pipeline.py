@@ -206,7 +206,8 @@ def evaluate_stage(run_id: str, variant: str, settings_dict: dict | None = None)
 
 
 def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float = DEFAULT_TOLERANCE,
-               fail_on_regression: bool = False, force_promote: bool = False, alpha: float = DEFAULT_ALPHA) -> dict:
+               fail_on_regression: bool = False, force_promote: bool = False, alpha: float = DEFAULT_ALPHA,
+               *, raise_on_regression: bool = True) -> dict:
     """Compare each variant of the run with its champion, image by image, record the decision, and publish
     promoted models under `$TL_HOME/champions/` (see `tl_tasks.gate` and `tl_tasks.champions`).
 
@@ -214,12 +215,20 @@ def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float 
     a run on other data never touches it. A variant without a result (its task was killed) or without an
     evaluation is recorded as failed first.
 
+    A promoted model is published, then made the lineage's `current` champion only if the metrics database
+    agrees it is the latest promotion (an older run's gate, rerun later, never rolls `current` back). A model
+    that cannot be published is recorded as "kept" with the reason; the others are still gated.
+
     Returns:
-        `{"decisions": {variant: decision}, "summary": {decision: [variants]}, "tolerance": t, "alpha": a,
-        "lineage": fingerprint, "promoted": {variant: published folder}}`.
+        `{"run_id", "decisions": {variant: decision}, "summary": {decision: [variants]}, "tolerance": t,
+        "alpha": a, "lineage": fingerprint, "promoted": {variant: published folder now current}}`.
 
     Raises:
-        RegressionError: a variant regressed and `fail_on_regression` is set (after recording everything).
+        RegressionError: a variant regressed, `fail_on_regression` and `raise_on_regression` are set (after
+            recording everything). The DAG passes `raise_on_regression=False` so that the gate task succeeds
+            and emits its asset events; its `finalize` task fails the run instead.
+        ChampionError: a promoted model could not be published (after recording every decision); a retry
+            publishes it.
         RunFailed: the run's data was never prepared, so there is nothing to gate.
     """
     from tl_tasks import champions
@@ -230,6 +239,7 @@ def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float 
                "force_promote": bool(force_promote)}
     decisions: dict[str, dict] = {}
     published: dict[str, str] = {}
+    publish_errors: list[str] = []
     with _store() as store:
         run = store.get_run(run_id)
         if run is None:
@@ -261,16 +271,32 @@ def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float 
                               test_images=(result.get("eval_info") or {}).get("test_images"),
                               unpaired_reason=unpaired)
             decision["lineage"] = run["lineage"]
+            folder = None
             if decision["promoted"]:
-                folder = champions.publish(run, result, decision)
-                decision["published"] = published[variant] = str(folder)
+                try:
+                    folder = champions.publish(run, result, decision)
+                    decision["published"] = str(folder)
+                except (champions.ChampionError, OSError) as exc:
+                    publish_errors.append(f"{variant}: {exc}")
+                    decision.update(decision="kept", promoted=False,
+                                    reason=f"promotion not published ({exc}); was: {decision['reason']}")
             store.record_gate(run_id, variant, decision)
+            newest = store.champion(variant, lineage=run["lineage"]) if folder else None
+            if newest is not None and newest["run_id"] == run_id:
+                champions.make_current(folder)
+                published[variant] = str(folder)
+            elif folder is not None:
+                log.warning("%s of run %s was promoted, but a later run's promotion is the current champion; "
+                            "`current` stays on run %s", variant, run_id, newest and newest["run_id"])
             decisions[variant] = decision
             log.info("gate %s: %s (%s)", variant, decision["decision"], decision["reason"])
     out = {"run_id": run_id, "decisions": decisions, "summary": summarize(decisions), "tolerance": tolerance, "alpha": alpha,
            "lineage": run["lineage"], "promoted": published}
+    if publish_errors:
+        raise champions.ChampionError("could not publish: " + "; ".join(publish_errors)
+                                      + " (the decisions are stored; a retry publishes again)")
     regressed = [v for v, d in decisions.items() if d["decision"] == "regressed"]
-    if regressed and fail_on_regression:
+    if regressed and fail_on_regression and raise_on_regression:
         details = "; ".join(f"{v}: {decisions[v]['reason']}" for v in regressed)
         raise RegressionError(f"regression beyond tolerance {tolerance:g} in {', '.join(regressed)} ({details}); "
                               "the decisions are stored and shown in the report")

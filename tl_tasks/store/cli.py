@@ -54,8 +54,9 @@ def champion_command(action: str, variant: str | None = None, as_json: bool = Fa
                 current.append(r)
         rows = current
     for r in rows:
-        r["problems"] = verify(r)
-    ok = not any(r["problems"] for r in rows if r.get("published") or action == "show")
+        r["problems"] = verify(r, current=action == "show") if r.get("published") else []
+        r["note"] = None if r.get("published") else "not published (promoted before champions were published)"
+    ok = not any(r["problems"] for r in rows)
     if as_json:
         return json.dumps({"database": where, "champions": rows}, indent=2), ok
     if not rows:
@@ -70,7 +71,7 @@ def champion_command(action: str, variant: str | None = None, as_json: bool = Fa
         decision = r["decision"] + (" (forced)" if r["forced"] else "")
         table.append([r["variant"], (r["lineage"] or "-")[:12], r["run_id"], _acc(r["accuracy"]), decision,
                       (r["model_sha256"] or "-")[:12], r.get("published") or "-",
-                      "ok" if not r["problems"] else "PROBLEM: " + "; ".join(r["problems"])])
+                      "PROBLEM: " + "; ".join(r["problems"]) if r["problems"] else r["note"] or "ok"])
     return _format(table, "lineage = the test set's sha256 (first 12 hex digits); champions are compared and "
                           "replaced only within a lineage"), ok
 
@@ -90,7 +91,7 @@ def _table(runs: list[dict]) -> str:
     from tl_tasks.store.queries import _variant_order
 
     variants = _variant_order({v for run in runs for v in run["results"]})
-    newest_lineage = runs[0].get("lineage")
+    newest_lineage = next((run["lineage"] for run in runs if run.get("lineage")), None)
     rows = [["run", "date", "profile", "state", "lineage", *variants]]
     for run in runs:
         date = run["logical_date"] or run["started_at"] or run["created_at"] or ""
@@ -101,7 +102,7 @@ def _table(runs: list[dict]) -> str:
                      *(_cell(run["results"].get(v)) for v in variants)])
     return _format(rows, "test accuracy (change from the variant's previous run on the same test set; the gate's "
                          "paired change vs its champion, exact McNemar p-value: decision); lineage = the test set's "
-                         "fingerprint, ≠ = another lineage than the newest run, never compared with it; "
+                         "fingerprint, ≠ = another lineage than the newest run that has one, never compared with it; "
                          "failed = the variant failed in that run")
 
 
