@@ -595,7 +595,11 @@ def _index_context(runs: list[dict]) -> dict:
             delta = res.get("delta")
             if delta is None and res.get("previous_accuracy") is not None and acc is not None:
                 delta = acc - res["previous_accuracy"]
-            cells.append({"text": _pct(acc) if res else "", "failed": failed,
+            p = res.get("p_value")
+            gate = res.get("decision") or ""
+            if gate and p is not None:
+                gate += " · " + ("p < 0.0001" if p < 1e-4 else f"p = {p:.2g}")
+            cells.append({"text": _pct(acc) if res else "", "failed": failed, "gate": gate,
                           "delta": _delta(delta, 0.0) if delta is not None and acc is not None else None})
             if acc is not None and not failed and (best is None or acc > best[1]):
                 best = (v, acc)
@@ -606,6 +610,7 @@ def _index_context(runs: list[dict]) -> dict:
             "date_text": _date_text(run.get("logical_date") or run.get("started_at")),
             "state": run.get("state"),
             "profile": run.get("profile"),
+            "lineage": (run.get("lineage") or "")[:8],
             "cells": cells,
             "best": f"{best[0]} ({_pct(best[1])})" if best else "",
         })
