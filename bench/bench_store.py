@@ -28,6 +28,7 @@ PG_ADMIN_URL = os.environ.get("TL_TEST_PG_ADMIN_URL", "postgresql+psycopg://post
 VARIANTS = ("cnn", "resnet50_v1", "resnet50_v2", "resnet50_v3", "resnet50_v4")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 T0 = datetime(2020, 1, 1, tzinfo=timezone.utc)
+LINEAGE = "ab" * 32  # tests/report_fixtures' default lineage: the benchmarks' current run shares it
 CHUNK = 20_000
 
 
@@ -186,6 +187,7 @@ def _seed(store, n_runs: int, n_epochs: int, children: bool = True) -> dict:
                 "data_fingerprint": f"{r:064x}", "data_summary": None, "class_names": list(CLASSES), "seed": 42,
                 "versions": {"keras": "3.x", "python": "3.11"}, "device": "gpu", "report_path": None, "error": None,
                 "created_at": now, "updated_at": now, "sort_time": when,
+                "lineage": LINEAGE,  # one test set throughout: history that trend/champion/deltas all compare
             })
             for v in VARIANTS:
                 result_id += 1

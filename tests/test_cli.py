@@ -106,7 +106,8 @@ def test_runs_filters_and_csv(capsys):
     with connect() as store:
         for day, (cnn, v1) in enumerate([(0.60, 0.70), (0.65, None), (0.62, 0.75)], start=1):
             run_id = f"r{day}"
-            store.upsert_run(run_id, logical_date=f"2026-11-0{day}T00:00:00+00:00", state="success", profile="quick")
+            store.upsert_run(run_id, logical_date=f"2026-11-0{day}T00:00:00+00:00", state="success", profile="quick",
+                             lineage="ab" * 32)  # deltas compare runs of one lineage
             store.record_evaluation(run_id, "cnn", {"accuracy": cnn})
             if v1 is not None:
                 store.record_evaluation(run_id, "resnet50_v1", {"accuracy": v1})
@@ -175,7 +176,7 @@ def test_run_local_prints_report_and_exit_status(capsys, monkeypatch):
 
 def test_parser_defaults():
     args = build_parser().parse_args(["run"])
-    assert args.engine == "airflow" and args.tolerance == 0.02 and not args.fail_on_regression
+    assert args.engine == "airflow" and args.tolerance == 0.005 and args.alpha == 0.05 and not args.fail_on_regression
     args = build_parser().parse_args(["prepare", "--run-id", "r", "--limit-per-class", "all"])
     assert args.limit_per_class == 0  # = every image
 
