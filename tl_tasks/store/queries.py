@@ -97,6 +97,17 @@ def _newest_of_variant(conn: Connection, variant: str):
     return column == variant
 
 
+def _in_lineage(conn: Connection, lineage: str):
+    """`runs.lineage = :lineage` for newest-first queries with a limit. On SQLite written `+runs.lineage = ?` (as
+    `_newest_of_variant` does): otherwise the planner reads every run of the lineage through ix_runs_lineage and
+    sorts them (165 ms at 10,000 runs, 1.1 s at 100,000 for recent_runs) instead of walking ix_runs_sort_time_id
+    newest first and stopping at the limit."""
+    column = runs_t.c.lineage
+    if conn.dialect.name == "sqlite":
+        column = UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
+    return column == lineage
+
+
 # --- results with their child rows ---------------------------------------------------------------------------
 
 def _load_results(conn: Connection, where) -> list[tuple[int, dict]]:
@@ -167,7 +178,7 @@ def previous_run(conn: Connection, run_id: str, *, same_lineage: bool = False) -
         lineage = conn.execute(sa.select(runs_t.c.lineage).where(runs_t.c.run_id == run_id)).scalar()
         if lineage is None:
             return None
-        query = query.where(runs_t.c.lineage == lineage)
+        query = query.where(_in_lineage(conn, lineage))
     row = conn.execute(query.order_by(*_newest_first()).limit(1)).first()
     return None if row is None else _run_dict(conn, row)
 
@@ -211,7 +222,7 @@ def champion(conn: Connection, variant: str, before_run_id: str | None = None, *
         .order_by(*_newest_first()).limit(1)
     )
     if lineage is not None:
-        query = query.where(runs_t.c.lineage == lineage)
+        query = query.where(_in_lineage(conn, lineage))
     if before_run_id is not None:
         key = _order_key(conn, before_run_id)
         if key is not None:
@@ -263,7 +274,7 @@ def trend(conn: Connection, variant: str, limit: int = 50, until_run_id: str | N
         .order_by(*_newest_first()).limit(max(int(limit), 0))
     )
     if lineage is not None:
-        query = query.where(runs_t.c.lineage == lineage)
+        query = query.where(_in_lineage(conn, lineage))
     if until_run_id is not None:
         key = _order_key(conn, until_run_id)
         if key is None:
@@ -370,7 +381,7 @@ def _accuracy_before(conn: Connection, variant: str, key, lineage: str) -> tuple
         sa.select(results_t.c.accuracy, runs_t.c.run_id)
         .join(runs_t, runs_t.c.id == results_t.c.run_pk)
         .where(_newest_of_variant(conn, variant), results_t.c.accuracy.is_not(None), _before(key),
-               runs_t.c.lineage == lineage)
+               _in_lineage(conn, lineage))
         .order_by(*_newest_first()).limit(1)
     ).first()
     return (None, None) if row is None else (row.accuracy, row.run_id)
