@@ -6,11 +6,13 @@ Resolution order for every setting: profile default < environment variable < exp
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tl_tasks.errors import BadInput
 from tl_tasks.variants import VARIANT_NAMES, get_variant
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -28,11 +30,13 @@ def metrics_db_url() -> str:
 
 
 def run_key(run_id: str) -> str:
-    """A file-name-safe key for an Airflow run id, e.g. 'manual__2026-11-22T10:00:00+00:00'."""
+    """A file-name-safe, collision-free key for a run id: a readable slug plus a short hash of the exact id,
+    e.g. 'manual__2026-11-22T10_00_00_00_00-3f2a9c1b' ('a:b' and 'a_b' get different keys)."""
     if not run_id or not str(run_id).strip():
-        raise ValueError("run_id is empty; pass a run id such as --run-id my-first-run")
-    key = re.sub(r"[^A-Za-z0-9._-]+", "_", str(run_id).strip()).strip("._")
-    return key[:200] or "run"
+        raise BadInput("run_id is empty; pass a run id such as --run-id my-first-run")
+    text = str(run_id).strip()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:120] or "run"
+    return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
 def run_dir(run_id: str) -> Path:
@@ -133,7 +137,7 @@ def resolve_settings(profile: str | None = None, **overrides) -> Settings:
     """
     name = profile or os.environ.get("TL_PROFILE") or "quick"
     if name not in PROFILES:
-        raise ValueError(f"profile={name!r} is not a known profile; choose one of {', '.join(PROFILE_NAMES)}")
+        raise BadInput(f"profile={name!r} is not a known profile; choose one of {', '.join(PROFILE_NAMES)}")
     values: dict = {}
     for key, env in ENV_OVERRIDES.items():
         raw = os.environ.get(env)
@@ -151,19 +155,19 @@ def _parse_env(key: str, env: str, raw: str):
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"{env}={raw!r} is not a whole number; unset it or give e.g. {env}=10") from None
+        raise BadInput(f"{env}={raw!r} is not a whole number; unset it or give e.g. {env}=10") from None
 
 
 def _apply(base: Settings, values: dict) -> Settings:
     unknown = set(values) - {f.name for f in dataclasses.fields(Settings)}
     if unknown:
-        raise ValueError(f"unknown setting(s) {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(Settings)]}")
+        raise BadInput(f"unknown setting(s) {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(Settings)]}")
     if "epochs" in values and isinstance(values["epochs"], int):
         values["epochs"] = {family: values["epochs"] for family in base.epochs}
     if "variants" in values:
         values["variants"] = tuple(get_variant(v).name for v in values["variants"])
         if not values["variants"]:
-            raise ValueError("variants is empty; choose at least one of " + ", ".join(VARIANT_NAMES))
+            raise BadInput("variants is empty; choose at least one of " + ", ".join(VARIANT_NAMES))
     settings = dataclasses.replace(base, **values)
     _validate(settings)
     return settings
@@ -172,18 +176,18 @@ def _apply(base: Settings, values: dict) -> Settings:
 def _validate(s: Settings) -> None:
     for family, n in s.epochs.items():
         if not isinstance(n, int) or n < 1:
-            raise ValueError(f"epochs={n!r} for {family} must be a whole number >= 1")
+            raise BadInput(f"epochs={n!r} for {family} must be a whole number >= 1")
     if not 8 <= s.image_size <= 512:
-        raise ValueError(f"image_size={s.image_size!r} must be between 8 and 512 pixels (ResNet50 uses 32 to 224)")
+        raise BadInput(f"image_size={s.image_size!r} must be between 8 and 512 pixels (ResNet50 uses 32 to 224)")
     if s.image_size < 32 and s.weights != "none":
-        raise ValueError(f"image_size={s.image_size!r} is too small for ResNet50; use 32 or more")
+        raise BadInput(f"image_size={s.image_size!r} is too small for ResNet50; use 32 or more")
     if s.batch_size < 1:
-        raise ValueError(f"batch_size={s.batch_size!r} must be >= 1")
+        raise BadInput(f"batch_size={s.batch_size!r} must be >= 1")
     if s.limit_per_class is not None and s.limit_per_class < 2:
-        raise ValueError(f"limit_per_class={s.limit_per_class!r} must be >= 2 (or None for all images)")
+        raise BadInput(f"limit_per_class={s.limit_per_class!r} must be >= 2 (or None for all images)")
     if not 0.0 < s.val_fraction < 0.5:
-        raise ValueError(f"val_fraction={s.val_fraction!r} must be between 0 and 0.5 (0.1 = 10% of train)")
+        raise BadInput(f"val_fraction={s.val_fraction!r} must be between 0 and 0.5 (0.1 = 10% of train)")
     if not s.dataset:
-        raise ValueError("dataset is empty; use cifar10, cifar10:<path>, folder:<path> or synthetic")
+        raise BadInput("dataset is empty; use cifar10, cifar10:<path>, folder:<path> or synthetic")
     if not s.weights:
-        raise ValueError("weights is empty; use imagenet, none, or a path to a .h5/.keras file")
+        raise BadInput("weights is empty; use imagenet, none, or a path to a .h5/.keras file")

@@ -60,7 +60,7 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
     x_test, y_test = _load_split(data_dir, "test", len(class_names))
     x_test = np.ascontiguousarray(x_test)
 
-    model = keras.models.load_model(model_path, compile=False)
+    model = keras.models.load_model(model_path, compile=False, safe_mode=True)
     if model.output_shape[-1] != len(class_names):
         raise ValueError(f"{model_path} predicts {model.output_shape[-1]} classes but {data_dir}/meta.json lists "
                          f"{len(class_names)}; retrain {v.name} on this data")

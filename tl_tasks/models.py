@@ -16,6 +16,8 @@ from tl_tasks import runtime  # noqa: F401  (sets TF/XLA environment variables b
 import keras
 from keras import layers
 
+from tl_tasks.errors import BadInput, MissingInput
+from tl_tasks.roots import check_allowed
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
@@ -68,19 +70,19 @@ def resolve_weights(weights: str | None) -> str | None:
     looks_like_path = os.sep in text or text.startswith(("~", ".")) or key.endswith(WEIGHT_FILE_SUFFIXES)
     if not path.is_file():
         if looks_like_path:
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"weights={weights!r}: no such file ({path.resolve()}); set TL_RESNET_WEIGHTS / --weights to an "
                 f"existing .h5/.weights.h5/.keras file, or to 'imagenet', 'auto' or 'none'"
             )
-        raise ValueError(
+        raise BadInput(
             f"weights={weights!r} is not 'imagenet', 'auto', 'none' or a path to a .h5/.weights.h5/.keras file"
         )
     if not key.endswith(WEIGHT_FILE_SUFFIXES):
-        raise ValueError(
+        raise BadInput(
             f"weights={weights!r} has an unsupported file type; use a ResNet50-notop .h5/.weights.h5 weights "
             f"file or a .keras model"
         )
-    return str(path.resolve())
+    return str(check_allowed(path, f"weights={weights!r}"))
 
 
 def build_model(variant: Variant | str, num_classes: int, *, input_size: int = 32, image_size: int = 32,
@@ -205,7 +207,7 @@ def _resnet50_base(image_size: int, weights: str | None) -> keras.Model:
 def _load_base_weights(base: keras.Model, path: str) -> None:
     try:
         if path.lower().endswith(".keras"):
-            saved = keras.models.load_model(path, compile=False)
+            saved = keras.models.load_model(path, compile=False, safe_mode=True)  # no Lambda/pickled code
             source = _find_resnet50(saved)
             if source is None:
                 raise ValueError("the model has no ResNet50 base (no layer named 'resnet50' or 'conv1_conv')")
@@ -213,7 +215,7 @@ def _load_base_weights(base: keras.Model, path: str) -> None:
         else:
             base.load_weights(path)
     except Exception as exc:
-        raise ValueError(
+        raise BadInput(
             f"weights={path!r} could not be loaded into ResNet50 (include_top=False): {exc}. Use the Keras ResNet50 "
             f"notop file ({IMAGENET_NOTOP_FILE}), a .weights.h5 saved from such a base, or a .keras model with a "
             f"'resnet50' layer"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tl_tasks import config
 from tl_tasks.config import Settings
+from tl_tasks.errors import BadInput, MissingInput
 from tl_tasks.files import write_json_atomic
 from tl_tasks.gate import DEFAULT_TOLERANCE, RegressionError, decide, summarize, incomparable_test_sets, validate_tolerance
 from tl_tasks.variants import VARIANT_NAMES, get_variant
@@ -40,7 +41,8 @@ class RunFailed(RuntimeError):
 
 
 # Deterministic failures: retrying the task cannot help, so the DAG's retry policy fails these at once.
-NO_RETRY_EXCEPTIONS = (ValueError, FileNotFoundError, ForcedFailure, RegressionError, RunFailed)
+# Everything else (network, database, a truncated checkpoint, a full disk, other ValueErrors) is retried.
+NO_RETRY_EXCEPTIONS = (BadInput, ForcedFailure, RegressionError, RunFailed)
 
 
 # ----------------------------------------------------------------------------------------- settings
@@ -54,7 +56,7 @@ def settings_from_params(params: dict | None = None) -> Settings:
     params = dict(params or {})
     unknown = set(params) - {"profile", *SETTING_PARAMS, *GATE_PARAMS}
     if unknown:
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)}; valid: profile, "
+        raise BadInput(f"unknown parameter(s) {sorted(unknown)}; valid: profile, "
                          + ", ".join((*SETTING_PARAMS, *GATE_PARAMS)))
     overrides = {k: params.get(k) for k in SETTING_PARAMS}
     all_images = overrides.get("limit_per_class") == 0
@@ -63,7 +65,7 @@ def settings_from_params(params: dict | None = None) -> Settings:
     if overrides.get("variants") is not None:
         overrides["variants"] = list(overrides["variants"])
         if not overrides["variants"]:
-            raise ValueError("variants is empty; choose at least one of " + ", ".join(VARIANT_NAMES))
+            raise BadInput("variants is empty; choose at least one of " + ", ".join(VARIANT_NAMES))
     settings = config.resolve_settings(params.get("profile") or None, **overrides)
     if all_images:
         settings = dataclasses.replace(settings, limit_per_class=None)
@@ -74,7 +76,7 @@ def load_settings(run_id: str) -> Settings:
     """The settings a run was prepared with (`runs/<key>/settings.json`, written by prepare_stage)."""
     path = config.run_dir(run_id) / SETTINGS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run id {run_id!r} was never prepared; "
+        raise MissingInput(f"{path} is missing: run id {run_id!r} was never prepared; "
                                 f"run `python -m tl_tasks prepare --run-id {run_id}` (or the DAG's prepare_data) first")
     return Settings.from_dict(json.loads(path.read_text()))
 
@@ -85,7 +87,7 @@ def _settings(run_id: str, settings_dict: dict | None) -> Settings:
 
 def _require_prepared(run_id: str) -> None:
     if not (config.data_dir(run_id) / "meta.json").is_file():
-        raise FileNotFoundError(f"run id {run_id!r} was never prepared ({config.data_dir(run_id)} has no data); "
+        raise MissingInput(f"run id {run_id!r} was never prepared ({config.data_dir(run_id)} has no data); "
                                 f"run `python -m tl_tasks prepare --run-id {run_id}` (or the DAG's prepare_data) first")
 
 

@@ -187,7 +187,7 @@ class _Run:
         """Frozen base, no augmentation: compute the base's pooled features once, train only the head on them."""
         if self.state:
             self.also_needs = [_Checkpoints.INITIAL_MODEL]
-            model = keras.models.load_model(self.checkpoints.directory / _Checkpoints.INITIAL_MODEL)
+            model = keras.models.load_model(self.checkpoints.directory / _Checkpoints.INITIAL_MODEL, safe_mode=True)
             head = self.checkpoints.load_model(self.state)
         else:
             model = self.build()
@@ -310,7 +310,7 @@ class _Checkpoints:
         return state
 
     def load_model(self, state: dict) -> keras.Model:
-        return keras.models.load_model(self.directory / state["model_file"])
+        return keras.models.load_model(self.directory / state["model_file"], safe_mode=True)
 
     def load_best_weights(self) -> list[np.ndarray] | None:
         path = self.directory / self.BEST_WEIGHTS

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tl_tasks.errors import BadInput
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -43,6 +45,6 @@ def get_variant(name: str) -> Variant:
     try:
         return VARIANTS[name]
     except KeyError:
-        raise ValueError(
+        raise BadInput(
             f"variant={name!r} is not a known variant; choose one of {', '.join(VARIANT_NAMES)}"
         ) from None
