@@ -20,6 +20,7 @@ if importlib.util.find_spec("tl_tasks") is None:  # the project root, when only 
 from tl_tasks.config import PROFILE_NAMES  # noqa: E402  (light modules: no heavy imports)
 from tl_tasks.gate import DEFAULT_TOLERANCE  # noqa: E402
 from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS  # noqa: E402
+from tl_tasks.timeouts import DAGRUN_TIMEOUT, HARD  # noqa: E402
 from tl_tasks.variants import VARIANT_NAMES, VARIANTS  # noqa: E402
 
 DAG_ID = Path(__file__).stem
@@ -111,7 +112,9 @@ DOC_MD = f"""
 * **finalize** fails the run when a variant failed (or regressed with `fail_on_regression`).
 
 Every result is in the metrics database (`TL_METRICS_DB_URL`). Schedule: `TL_SCHEDULE`
-(now `{SCHEDULE}`; `none` = triggered runs only). Tasks retry twice, except on bad input.
+(now `{SCHEDULE}`; `none` = triggered runs only). Tasks retry twice, except on bad input (`BadInput`).
+Time limits: a hard `execution_timeout` per task and a `dagrun_timeout` of {DAGRUN_TIMEOUT.days} days; train and
+evaluate also stop at a deadline from the run's profile, variant and epochs (`tl_tasks/timeouts.py`).
 """
 
 # Bad input, a forced test failure or a fatal regression fail at once: retrying cannot change them.
@@ -127,6 +130,7 @@ RETRY_POLICY = ExceptionRetryPolicy(rules=[RetryRule(exception=list(NO_RETRY_EXC
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=DAGRUN_TIMEOUT,
     tags=["ml", "cifar10", "transfer-learning", "retraining"],
     params=PARAMS,
     default_args={
@@ -137,20 +141,21 @@ RETRY_POLICY = ExceptionRetryPolicy(rules=[RetryRule(exception=list(NO_RETRY_EXC
     },
 )
 def cifar10_retraining():
-    @task
+    @task(execution_timeout=HARD["prepare_data"])
     def prepare_data(params=None, run_id=None, dag_run=None) -> list[dict]:
         """Prepare the data; returns one {variant, settings} job per chosen variant."""
         from tl_tasks.pipeline import prepare_jobs
 
         return prepare_jobs(run_id, dict(params), dag_id=DAG_ID, logical_date=dag_run.logical_date or dag_run.run_after)
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE, map_index_template="{{ task.op_kwargs['variant'] }}")
+    @task(pool=GPU_POOL, queue=GPU_QUEUE, execution_timeout=HARD["train"],
+          map_index_template="{{ task.op_kwargs['variant'] }}")
     def train(variant: str, settings: dict, run_id=None) -> dict:
         from tl_tasks.pipeline import train_stage
 
         return train_stage(run_id, variant, settings, verbose=2)  # one log line per epoch
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE, trigger_rule=TriggerRule.ALL_DONE,
+    @task(pool=GPU_POOL, queue=GPU_QUEUE, trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["evaluate"],
           map_index_template="{{ task.op_kwargs['trained']['variant'] }}")
     def evaluate(trained: dict, run_id=None) -> dict:
         # Mapped over train's results: only variants whose training succeeded are evaluated.
@@ -158,19 +163,19 @@ def cifar10_retraining():
 
         return evaluate_stage(run_id, trained["variant"])
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["gate"])
     def gate(params=None, run_id=None) -> dict:
         from tl_tasks.pipeline import gate_stage
 
         return gate_stage(run_id, None, params["tolerance"], params["fail_on_regression"], params["force_promote"])
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["build_report"])
     def build_report(run_id=None) -> str:
         from tl_tasks.pipeline import report_stage
 
         return report_stage(run_id)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["finalize"])
     def finalize(run_id=None) -> dict:
         # The run's only leaf: Airflow derives the run's state from it, so a failed variant fails the run
         # (its RunFailed is in NO_RETRY_EXCEPTIONS: no pointless retries).

@@ -27,7 +27,9 @@ RUN_DAG = PROJECT_ROOT / "scripts" / "run_dag.py"
 # Importing Airflow in this process must not touch ~/airflow.
 os.environ.setdefault("AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / "tl-test-airflow-home"))
 
+from tl_tasks.errors import BadInput, MissingInput  # noqa: E402
 from tl_tasks.store import connect  # noqa: E402
+from tl_tasks.timeouts import DAGRUN_TIMEOUT, HARD  # noqa: E402
 from tl_tasks.variants import VARIANT_NAMES  # noqa: E402
 
 TASK_IDS = {"prepare_data", "train", "evaluate", "gate", "build_report", "finalize"}
@@ -116,8 +118,14 @@ def test_retries_trigger_rules_pools_and_map_labels(dag):
     for task in dag.tasks:
         assert task.retries >= 2 and task.retry_delay >= timedelta(seconds=30), task.task_id
         policy = task.retry_policy
-        assert policy.evaluate(ValueError("bad input"), 1, 3).action == RetryAction.FAIL
+        assert policy.evaluate(BadInput("bad input"), 1, 3).action == RetryAction.FAIL
+        assert policy.evaluate(MissingInput("no such dataset"), 1, 3).action == RetryAction.FAIL
         assert policy.evaluate(RuntimeError("transient"), 1, 3).action == RetryAction.DEFAULT
+        # not every ValueError / FileNotFoundError is bad input: a truncated file or a vanished NFS file retries
+        assert policy.evaluate(ValueError("truncated checkpoint"), 1, 3).action == RetryAction.DEFAULT
+        assert policy.evaluate(FileNotFoundError("model.keras"), 1, 3).action == RetryAction.DEFAULT
+        assert task.execution_timeout is not None and task.execution_timeout <= HARD["train"], task.task_id
+    assert dag.dagrun_timeout == DAGRUN_TIMEOUT
     train, evaluate = dag.get_task("train"), dag.get_task("evaluate")
     assert (train.pool, train.queue, evaluate.pool, evaluate.queue) == ("gpu", "gpu", "gpu", "gpu")
     assert "variant" in train.map_index_template and "variant" in evaluate.map_index_template

@@ -15,7 +15,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tl_tasks import config
+from tl_tasks import config, timeouts
 from tl_tasks.config import Settings
 from tl_tasks.errors import BadInput, MissingInput
 from tl_tasks.files import write_json_atomic
@@ -164,8 +164,11 @@ def train_stage(run_id: str, variant: str, settings_dict: dict | None = None, *,
         _quiet_keras_import()
         from tl_tasks.train import train_variant
 
-        summary = train_variant(variant, config.data_dir(run_id), config.model_dir(run_id, variant), settings,
-                                verbose=verbose).summary()
+        limit = timeouts.train_deadline(settings.profile, get_variant(variant).family, settings.epochs_for(variant))
+        with timeouts.deadline(limit, f"train {variant} of run {run_id!r}"):
+            summary = train_variant(variant, config.data_dir(run_id), config.model_dir(run_id, variant), settings,
+                                    verbose=verbose, reuse_finished=not _recorded(run_id, variant, "trained_at")
+                                    ).summary()
     except Exception as exc:
         _record_failure(run_id, variant, "train", exc)
         raise
@@ -192,7 +195,8 @@ def evaluate_stage(run_id: str, variant: str, settings_dict: dict | None = None)
         _quiet_keras_import()
         from tl_tasks.evaluate import evaluate_variant
 
-        evaluation = evaluate_variant(variant, config.data_dir(run_id), model_dir, settings).to_dict()
+        with timeouts.deadline(timeouts.evaluate_deadline(settings.profile), f"evaluate {variant} of run {run_id!r}"):
+            evaluation = evaluate_variant(variant, config.data_dir(run_id), model_dir, settings).to_dict()
     except Exception as exc:
         _record_failure(run_id, variant, "evaluate", exc)
         raise
@@ -419,6 +423,20 @@ def _store():
     from tl_tasks.store import connect
 
     return connect()
+
+
+def _recorded(run_id: str, variant: str, field: str) -> bool:
+    """Whether the database holds a successful result of `variant` with `field` set (e.g. trained_at).
+
+    False also when the database cannot be read: then a finished model on disk is reused rather than retrained.
+    """
+    try:
+        with _store() as store:
+            result = ((store.get_run(run_id) or {}).get("results") or {}).get(variant) or {}
+    except Exception as exc:
+        log.warning("could not read %s's result from the metrics database (%s)", variant, exc)
+        return False
+    return result.get("state") == "success" and bool(result.get(field))
 
 
 def _record_failure(run_id: str, variant: str, stage: str, exc: BaseException) -> None:

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from tl_tasks.config import Settings
-from tl_tasks.files import write_json_atomic
+from tl_tasks.files import replace_durably, unique_tmp, write_json_atomic
 from tl_tasks.models import build_head, build_model, resolve_weights
 from tl_tasks.variants import Variant, get_variant
 
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.keras"
 SUMMARY_FILE = "train_summary.json"
 CHECKPOINT_DIR = "checkpoints"
-STALE_OUTPUTS = (MODEL_FILE, SUMMARY_FILE, "evaluation.json")
+FINISHED_FILE = "finished.json"   # signature, epochs and model sha256 of a finished training (reuse on retry)
+STALE_OUTPUTS = (MODEL_FILE, SUMMARY_FILE, FINISHED_FILE, "evaluation.json")
 EARLY_STOPPING_MONITOR = "val_loss"
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -71,7 +72,7 @@ class TrainResult:
 
 
 def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, settings: Settings,
-                  *, verbose: int | None = None) -> TrainResult:
+                  *, verbose: int | None = None, reuse_finished: bool = False) -> TrainResult:
     """Train `variant` on the prepared data in `data_dir`; write `out_dir/model.keras` and `train_summary.json`.
 
     Rerunning after a crash resumes from the last completed epoch in `out_dir/checkpoints/`; rerunning after a
@@ -79,6 +80,8 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
 
     Args:
         verbose: Keras fit verbosity; None = progress bar on a terminal, one line per epoch otherwise.
+        reuse_finished: a finished model in `out_dir` whose summary matches (same signature, epochs and model
+            file sha256) is returned as it is instead of retrained: the retry after recording its result failed.
     """
     started = time.perf_counter()
     v = variant if isinstance(variant, Variant) else get_variant(variant)
@@ -105,6 +108,12 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
 
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = _Checkpoints(out_dir / CHECKPOINT_DIR, _signature(v, settings, data_dir, y_train, y_val))
+    if reuse_finished:
+        finished = _reusable(out_dir, checkpoints.signature, epochs)
+        if finished is not None:
+            log.info("%s: reusing the finished model %s (same settings, data and epochs); not retraining",
+                     v.name, finished.model_path)
+            return finished
     state = _previous_attempt(out_dir, checkpoints)
     if state is not None:
         weights = state["weights"]
@@ -140,8 +149,47 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
         mixed_precision=mixed, backend=keras.backend.backend(), device=runtime.device_description(),
     )
     write_json_atomic(out_dir / SUMMARY_FILE, result.summary())
+    write_json_atomic(out_dir / FINISHED_FILE, {"signature": checkpoints.signature, "epochs": epochs,
+                                                "model_sha256": _sha256(model_path)})
     checkpoints.clear()
     return result
+
+
+def replace_durably_copy(src: Path, dest: Path) -> None:
+    """Copy `src` to `dest` durably (unique temporary name, fsync, rename)."""
+    tmp = unique_tmp(dest)
+    try:
+        shutil.copyfile(src, tmp)
+        replace_durably(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _reusable(out_dir: Path, signature: dict, epochs: int) -> TrainResult | None:
+    """The finished training in `out_dir` if it was made with `signature` and `epochs` and its model is intact."""
+    try:
+        summary = json.loads((out_dir / SUMMARY_FILE).read_text())
+        finished = json.loads((out_dir / FINISHED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    model_path = out_dir / MODEL_FILE
+    if (summary.get("state") != "success" or finished.get("signature") != signature
+            or finished.get("epochs") != epochs or not model_path.is_file()
+            or finished.get("model_sha256") != _sha256(model_path)):
+        return None
+    names = {f.name for f in dataclasses.fields(TrainResult)}
+    return TrainResult(**{k: v for k, v in summary.items() if k in names})
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass
@@ -179,16 +227,47 @@ class _Run:
 
     def fit(self) -> keras.Model:
         """Train the whole model end to end."""
-        model = self.checkpoints.load_model(self.state) if self.state else self.build()
+        model = self.restore(self.checkpoints.load_model) if self.state else None
+        if model is None:
+            model = self.build()
         self._fit(model, self.x_train, self.x_val)
         return model
 
+    def restore(self, load):
+        """`load(state)` from the newest loadable checkpoint: falls back one epoch, then to a fresh start (None),
+        with a warning each time, so a truncated or corrupt checkpoint costs an epoch, not the run."""
+        for state in (self.state, (self.state or {}).get("fallback")):
+            if state is None:
+                continue
+            try:
+                loaded = load(state)
+            except Exception as exc:
+                log.warning("%s: the checkpoint after epoch %s (%s) cannot be loaded (%s: %s); trying the one before, "
+                            "else training from scratch", self.v.name, state.get("completed_epochs"),
+                            self.checkpoints.directory / str(state.get("model_file")), type(exc).__name__, exc)
+                continue
+            self._use(state)
+            return loaded
+        log.warning("%s: no loadable checkpoint left in %s; training from scratch", self.v.name,
+                    self.checkpoints.directory)
+        self._use(None)
+        return None
+
+    def _use(self, state: dict | None) -> None:
+        self.state = state
+        self.history = list(state["history"]) if state else []
+        self.start_epoch = int(state["completed_epochs"]) if state else 0
+
     def fit_cached(self) -> keras.Model:
         """Frozen base, no augmentation: compute the base's pooled features once, train only the head on them."""
+        restored = None
         if self.state:
             self.also_needs = [_Checkpoints.INITIAL_MODEL]
-            model = keras.models.load_model(self.checkpoints.directory / _Checkpoints.INITIAL_MODEL, safe_mode=True)
-            head = self.checkpoints.load_model(self.state)
+            initial = self.checkpoints.directory / _Checkpoints.INITIAL_MODEL
+            restored = self.restore(lambda state: (keras.models.load_model(initial, safe_mode=True),
+                                                   self.checkpoints.load_model(state)))
+        if restored is not None:
+            model, head = restored
         else:
             model = self.build()
             self.checkpoints.save_initial(model)
@@ -283,6 +362,7 @@ class _Checkpoints:
     """`checkpoints/`: the model after the last completed epoch plus `state.json` (epoch, history, signature)."""
 
     STATE = "state.json"
+    PREVIOUS_STATE = "state.previous.json"
     INITIAL_MODEL = "initial.keras"
     BEST_WEIGHTS = "best_weights.npz"
 
@@ -290,14 +370,29 @@ class _Checkpoints:
         self.directory = directory
         self.signature = signature
 
+    @staticmethod
+    def _read(path: Path) -> dict | None:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
     def load(self) -> dict | None:
-        path = self.directory / self.STATE
+        """The newest usable checkpoint state; its `fallback` key holds the one before, if any."""
+        state = self._load_one(self.directory / self.STATE)
+        previous = self._load_one(self.directory / self.PREVIOUS_STATE)
+        if state is None:
+            return previous
+        if previous is not None and previous.get("completed_epochs", 0) < state.get("completed_epochs", 0):
+            state["fallback"] = previous
+        return state
+
+    def _load_one(self, path: Path) -> dict | None:
         if not path.is_file():
             return None
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable checkpoint state %s (%s); training from scratch", path, exc)
+        state = self._read(path)
+        if state is None:
+            log.warning("ignoring unreadable checkpoint state %s", path)
             return None
         if state.get("signature") != self.signature:
             log.warning("checkpoints in %s were made with other settings or data; training from scratch",
@@ -329,16 +424,26 @@ class _Checkpoints:
         name = f"epoch_{completed:03d}.keras"
         _save_model_atomic(model, self.directory / name)
         if best_weights is not None:
-            tmp = self.directory / f".tmp-{self.BEST_WEIGHTS}"
-            with open(tmp, "wb") as f:
-                np.savez(f, *best_weights)
-            os.replace(tmp, self.directory / self.BEST_WEIGHTS)
+            target = self.directory / self.BEST_WEIGHTS
+            tmp = unique_tmp(target)
+            try:
+                with open(tmp, "wb") as f:
+                    np.savez(f, *best_weights)
+                replace_durably(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         state = {"signature": self.signature, "completed_epochs": completed, "model_file": name,
                  "history": history, "weights": weights, **extra}
-        write_json_atomic(self.directory / self.STATE, state)
-        # Older epochs go only once the state points at the new one: a kill at any moment leaves a valid pair.
+        # The state is written after the weights it names (both fsynced); the previous state is kept as a
+        # fallback, so an epoch file that cannot be loaded falls back one epoch.
+        current = self.directory / self.STATE
+        if current.is_file():
+            replace_durably_copy(current, self.directory / self.PREVIOUS_STATE)
+        write_json_atomic(current, state)
+        keep = {name, (self._read(self.directory / self.PREVIOUS_STATE) or {}).get("model_file")}
         for old in self.directory.glob("epoch_*.keras"):
-            if old.name != name:
+            if old.name not in keep:
                 old.unlink(missing_ok=True)
 
     def clear(self) -> None:
@@ -435,6 +540,12 @@ def _count(variables) -> int:
 
 
 def _save_model_atomic(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")  # keeps the .keras suffix Keras insists on
-    model.save(tmp)
-    os.replace(tmp, path)
+    """Save to a unique temporary name (keeping the .keras suffix Keras insists on), fsync, rename, fsync the
+    folder: a crash or a full disk leaves the previous file intact, never a truncated one under `path`."""
+    tmp = unique_tmp(path, keep_suffix=True)
+    try:
+        model.save(tmp)
+        replace_durably(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
