@@ -88,7 +88,7 @@ def test_dag_parses_without_errors_or_heavy_imports(tmp_path):
     # Run from a foreign folder with no PYTHONPATH: the DAG file must find tl_tasks by itself.
     parsed = _parse(tmp_path)
     assert parsed["errors"] == {}
-    assert parsed["dag_ids"] == ["cifar10_retraining"]
+    assert parsed["dag_ids"] == ["cifar10_retraining", "tl_maintenance"]
     assert parsed["heavy"] == [], f"parsing the DAG imported {parsed['heavy']}"
     assert parsed["schedule"] == "@weekly"
 

@@ -921,6 +921,10 @@ def _read_cache(entry: Path) -> _Raw | None:
         arrays = {n: np.load(entry / f"{n}.npy", mmap_mode="r") for n in meta["arrays"]}
     except (OSError, ValueError, KeyError):
         return None   # no entry, or a damaged one: decode again
+    try:
+        os.utime(entry / "meta.json")   # last use, for `python -m tl_tasks gc` (evicts entries unused for long)
+    except OSError:
+        pass
     return _Raw(arrays["x_train"], arrays["y_train"], arrays.get("x_test"), arrays.get("y_test"),
                 tuple(meta["class_names"]), tuple(meta["skipped"]), int(meta["attempted"]))
 
