@@ -4,6 +4,7 @@ frozen base without augmentation the base's features are computed once and only 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -546,6 +547,22 @@ def _save_model_atomic(model: keras.Model, path: Path) -> None:
     try:
         model.save(tmp)
         replace_durably(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if _disk_full(exc):
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(errno.ENOSPC, f"no space left on the device while writing {path} ({free} bytes free "
+                                        f"there); {path.name} and any earlier checkpoint are intact. Free space "
+                                        f"or point TL_HOME at a larger disk, then retry: training resumes from "
+                                        f"the last complete checkpoint") from exc
         raise
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT anywhere in the chain (Keras and h5py wrap the OSError in their own errors)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

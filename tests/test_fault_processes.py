@@ -1,0 +1,118 @@
+"""Faults with real processes and real devices (slow): a full disk during checkpointing, and `make airflow`
+stopping every component within 10 s of SIGTERM."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ml_helpers import small_settings, write_prepared
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MiB tmpfs (we are root in the test environment; without root this test cannot reproduce the fault)."""
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.fail("this fault test mounts a tmpfs and needs root (the project's test machines run as root)")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_checkpointing_is_a_clear_error_and_the_previous_checkpoint_loads(tmp_path, small_disk):
+    import keras
+
+    from tl_tasks.train import _Checkpoints, train_variant
+
+    data = write_prepared(tmp_path / "data", n_train=60, n_val=20, n_test=10)
+    out = small_disk / "cnn"
+    settings = small_settings(epochs={"cnn": 4, "resnet50": 1})
+    with pytest.raises(OSError) as err:      # a CNN checkpoint is ~3.5 MB: the second one cannot fit beside the first
+        train_variant("cnn", data, out, settings, verbose=0)
+    assert err.value.errno == errno.ENOSPC
+    message = str(err.value)
+    assert "no space left on the device while writing" in message and "intact" in message and "TL_HOME" in message
+    assert not list((out / "checkpoints").glob(".tmp-*")), "a partial temporary file was left on the full disk"
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["completed_epochs"] >= 1
+    model = keras.models.load_model(out / "checkpoints" / state["model_file"], safe_mode=True)
+    assert model.count_params() > 0                                     # the previous checkpoint still loads
+    # once there is room again, the retry resumes from it
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    resumed = train_variant("cnn", data, out, settings, verbose=0)
+    assert resumed.resumed_from_epoch == state["completed_epochs"] and resumed.epochs_run == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes_with(marker: str) -> dict[int, str]:
+    """pid -> command line of every process whose environment contains `marker`."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if marker.encode() in Path(f"/proc/{entry}/environ").read_bytes():
+                found[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+        except OSError:
+            continue
+    found.pop(os.getpid(), None)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_make_airflow_stops_every_component_within_10_s_of_sigterm(tmp_path):
+    home = tmp_path / "airflow_home"
+    env = {**os.environ, "TL_AIRFLOW_HOME": str(home), "TL_AIRFLOW_PORT": str(_free_port()),
+           "PY": sys.executable, "TL_HOME": str(tmp_path / "tl_home"), "TL_SCHEDULE": "none"}
+    env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW")}
+    log = open(tmp_path / "airflow.log", "w")
+    proc = subprocess.Popen(["bash", str(PROJECT_ROOT / "scripts" / "airflow_standalone.sh")], cwd=PROJECT_ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    marker = f"AIRFLOW_HOME={home}"
+    try:
+        deadline = time.monotonic() + 420
+        while "Airflow is up" not in (tmp_path / "airflow.log").read_text():
+            assert proc.poll() is None, (tmp_path / "airflow.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "Airflow did not come up:\n" + (tmp_path / "airflow.log").read_text()[-3000:]
+            time.sleep(1)
+        time.sleep(5)   # let every component settle (workers forked)
+        before = _processes_with(marker)
+        names = " ".join(before.values())
+        for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
+            assert component in names, f"{component} is not running: {before}"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        while _processes_with(marker) and time.monotonic() - started < 15:
+            time.sleep(0.2)
+        left = _processes_with(marker)
+        took = time.monotonic() - started
+        assert not left and took <= 10, f"after {took:.1f} s still running: {left}"
+        proc.wait(timeout=5)
+    finally:
+        for pid in _processes_with(marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
