@@ -116,3 +116,102 @@ def test_make_airflow_stops_every_component_within_10_s_of_sigterm(tmp_path):
             except ProcessLookupError:
                 pass
         log.close()
+
+
+# --- PostgreSQL stopped during evaluate ----------------------------------------------------------------------
+
+def _pg_bin(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    assert found, f"no {name} under /usr/lib/postgresql/*/bin: install PostgreSQL's server package"
+    return str(found[-1])
+
+
+class OwnPostgres:
+    """A throwaway PostgreSQL server of our own (never the shared one), run as the unprivileged user postgres."""
+
+    def __init__(self, root: Path, port: int):
+        self.root, self.port, self.data = root, port, root / "data"
+
+    def _as_postgres(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["runuser", "-u", "postgres", "--", *cmd], capture_output=True, text=True,
+                              timeout=120, check=check)
+
+    def init(self) -> None:
+        self._as_postgres(_pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    def start(self) -> None:
+        self._as_postgres(_pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-w",
+                          "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1", "start")
+
+    def stop(self) -> None:
+        self._as_postgres(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+
+@pytest.fixture
+def own_postgres():
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.fail("this fault test starts its own PostgreSQL as user postgres via runuser and needs root")
+    root = Path(tempfile.mkdtemp(prefix="tl-own-pg-", dir="/tmp"))
+    shutil.chown(root, "postgres", "postgres")
+    server = OwnPostgres(root, _free_port())
+    server.init()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_postgres_stopped_during_evaluate_fails_the_task_retryably_and_the_retry_completes(own_postgres,
+                                                                                          monkeypatch):
+    from tl_tasks import evaluate as evaluate_module
+    from tl_tasks import pipeline
+    from tl_tasks.store import connect
+
+    monkeypatch.setenv("TL_METRICS_DB_URL", own_postgres.url)
+    run_id = "manual__pg-outage"
+    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn"]})
+    pipeline.prepare_stage(run_id, settings.to_dict())
+    pipeline.train_stage(run_id, "cnn", settings.to_dict(), verbose=0)
+
+    original = evaluate_module.evaluate_variant
+
+    def evaluate_then_lose_the_database(*args, **kwargs):
+        result = original(*args, **kwargs)
+        own_postgres.stop()            # the server goes away while evaluate is running, before it records
+        return result
+    monkeypatch.setattr(evaluate_module, "evaluate_variant", evaluate_then_lose_the_database)
+    started = time.monotonic()
+    with pytest.raises(Exception) as err:
+        pipeline.evaluate_stage(run_id, "cnn", settings.to_dict())
+    assert time.monotonic() - started < 120
+    assert not isinstance(err.value, pipeline.NO_RETRY_EXCEPTIONS), f"would not be retried: {err.value!r}"
+    from airflow.sdk import RetryAction
+
+    sys.path.insert(0, str(PROJECT_ROOT / "dags"))
+    try:
+        import cifar10_retraining as dag_module
+    finally:
+        sys.path.remove(str(PROJECT_ROOT / "dags"))
+    assert dag_module.RETRY_POLICY.evaluate(err.value, 1, 3).action == RetryAction.DEFAULT
+
+    own_postgres.start()               # PostgreSQL is back: the retry (the same task again) completes the run
+    monkeypatch.setattr(evaluate_module, "evaluate_variant", original)
+    evaluation = pipeline.evaluate_stage(run_id, "cnn", settings.to_dict())
+    pipeline.gate_stage(run_id, settings.to_dict())
+    pipeline.report_stage(run_id)
+    assert pipeline.finish_stage(run_id)["state"] == "success"
+    with connect() as store:
+        run = store.get_run(run_id)
+        assert list(run["results"]) == ["cnn"] and run["results"]["cnn"]["accuracy"] == evaluation["accuracy"]
+        assert len(run["results"]["cnn"]["history"]) == settings.epochs_for("cnn")   # nothing lost or doubled
+        assert run["state"] == "success"
