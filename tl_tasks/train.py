@@ -330,7 +330,8 @@ class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     def resume_from(self, state: dict | None, checkpoints: "_Checkpoints") -> None:
         saved = (state or {}).get("early_stopping")
         if saved:
-            self._resume = dict(saved, best_weights=checkpoints.load_best_weights())
+            # the weights file must be the snapshot's best epoch (after a fallback it may be a later one's)
+            self._resume = dict(saved, best_weights=checkpoints.load_best_weights(saved.get("best_epoch")))
             self.best_weights = self._resume["best_weights"]
 
     def on_train_begin(self, logs=None):
@@ -408,12 +409,17 @@ class _Checkpoints:
     def load_model(self, state: dict) -> keras.Model:
         return keras.models.load_model(self.directory / state["model_file"], safe_mode=True)
 
-    def load_best_weights(self) -> list[np.ndarray] | None:
+    def load_best_weights(self, epoch: int | None = None) -> list[np.ndarray] | None:
+        """The saved best weights, or None when there are none or they belong to another epoch than `epoch`."""
         path = self.directory / self.BEST_WEIGHTS
         if not path.is_file():
             return None
         with np.load(path) as f:
-            return [f[f"arr_{i}"] for i in range(len(f.files))]
+            if epoch is not None and "best_epoch" in f.files and int(f["best_epoch"]) != int(epoch):
+                log.warning("best weights in %s are of epoch %d, not %d; early stopping keeps the resumed weights",
+                            path, int(f["best_epoch"]) + 1, int(epoch) + 1)
+                return None
+            return [f[f"arr_{i}"] for i in range(len([n for n in f.files if n.startswith("arr_")]))]
 
     def save_initial(self, model: keras.Model) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -429,7 +435,7 @@ class _Checkpoints:
             tmp = unique_tmp(target)
             try:
                 with open(tmp, "wb") as f:
-                    np.savez(f, *best_weights)
+                    np.savez(f, *best_weights, best_epoch=np.asarray(completed - 1))
                 replace_durably(tmp, target)
             except BaseException:
                 tmp.unlink(missing_ok=True)
