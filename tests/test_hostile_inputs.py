@@ -281,7 +281,7 @@ def test_pil_decompression_bomb_warning_and_error_are_skips(tmp_path, monkeypatc
 # --- bounded memory and time, measured in a child process -----------------------------------------
 
 BOMBS_SCRIPT = textwrap.dedent("""
-    import json, resource, sys, time
+    import json, sys, time
     from pathlib import Path
     from tl_tasks.data import prepare_data
     results = {}
@@ -294,7 +294,9 @@ BOMBS_SCRIPT = textwrap.dedent("""
         except ValueError as exc:
             outcome = "refused: " + str(exc)[:200]
         results[source] = {"seconds": time.perf_counter() - started, "outcome": outcome}
-    results["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process's own peak RSS (ru_maxrss would include the parent's, carried over fork + exec)
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+    results["max_rss_mib"] = int(hwm.split()[1]) / 1024
     print(json.dumps(results))
 """)
 
