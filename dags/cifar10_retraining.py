@@ -36,6 +36,7 @@ def _schedule(value: str) -> str | None:
 
 
 SCHEDULE = _schedule(os.environ.get("TL_SCHEDULE", "@weekly"))
+RETRY_DELAY_S = int(os.environ.get("TL_RETRY_DELAY_S", "60"))   # wait before a retry (tests shorten it)
 
 PARAMS = {
     "profile": Param(
@@ -148,7 +149,7 @@ RETRY_POLICY = ExceptionRetryPolicy(rules=[RetryRule(exception=list(NO_RETRY_EXC
     default_args={
         "owner": "ml",
         "retries": 2,
-        "retry_delay": timedelta(minutes=1),
+        "retry_delay": timedelta(seconds=RETRY_DELAY_S),
         "retry_policy": RETRY_POLICY,
     },
 )

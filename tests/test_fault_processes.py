@@ -241,7 +241,8 @@ def test_celery_worker_killed_during_train_recovers_after_a_restart(tmp_path, tl
                        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata_url}",
                        # notice the dead worker's task within seconds, not the default 5 minutes
                        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
-                       "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3"})
+                       "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
+                       "TL_RETRY_DELAY_S": "5"})
         try:
             harness.migrate()
             harness.create_pool("gpu", 1)
