@@ -37,7 +37,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_during_checkpointing_is_a_clear_error_and_the_previous_checkpoint_loads(tmp_path, small_disk):
     import keras
 
-    from tl_tasks.train import _Checkpoints, train_variant
+    from tl_tasks.train import train_variant
 
     data = write_prepared(tmp_path / "data", n_train=60, n_val=20, n_test=10)
     out = small_disk / "cnn"

@@ -277,6 +277,8 @@ def _keras_cifar10() -> _Raw:
 # --- cifar10:<path> (the python pickle batches) --------------------------------------------------
 
 _PICKLE_DTYPES = frozenset({"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f4", "f8", "b1"})
+
+
 class _NdarrayMarker:
     """What a pickle gets for numpy.ndarray: only usable as _reconstruct's subtype, never called (ndarray(shape)
     would allocate any size from a few bytes of pickle)."""
@@ -321,8 +323,7 @@ def _safe_scalar(dtype, data=None):
 def _safe_frombuffer(buf, dtype, shape, order):
     if not isinstance(dtype, np.dtype) or dtype.kind not in "uifb":
         raise pickle.UnpicklingError(f"array of dtype {dtype!r} is not allowed in a CIFAR-10 batch file")
-    a = np.frombuffer(buf, dtype).reshape(shape, order=order)
-    return a
+    return np.frombuffer(buf, dtype).reshape(shape, order=order)
 
 
 class _CifarUnpickler(pickle.Unpickler):
