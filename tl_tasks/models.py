@@ -250,6 +250,67 @@ def _set_trainable(base: keras.Model, trainable_from: str | None) -> None:
         layer.trainable = i >= start and not isinstance(layer, layers.BatchNormalization)
 
 
+def compile_recipe(model: keras.Model, variant: Variant | str, num_classes: int, *, steps: int,
+                   phase: str = "main") -> None:
+    """Compile `model` for one training phase of `variant`'s recipe (the registry's hyperparameters).
+
+    Targets are one-hot (see `one_hot`): Keras' categorical cross-entropy takes `label_smoothing`.
+
+    Args:
+        steps: optimizer steps the phase will take (epochs x batches per epoch); sizes the LR schedule.
+        phase: "head" = the head warm-up (constant `head_warmup_lr`, Adam: only the head trains), or
+            "main" = the variant's own optimizer, learning rate and schedule.
+    """
+    v = variant if isinstance(variant, Variant) else get_variant(variant)
+    if phase == "head":
+        optimizer = keras.optimizers.Adam(v.head_warmup_lr)
+    elif phase == "main":
+        lr = learning_rate_schedule(v, steps)
+        if v.optimizer == "adamw":
+            optimizer = keras.optimizers.AdamW(lr, weight_decay=v.weight_decay)
+        else:
+            optimizer = keras.optimizers.Adam(lr)
+    else:
+        raise ValueError(f"phase={phase!r}; use 'head' or 'main'")
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=v.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                 keras.metrics.TopKCategoricalAccuracy(k=min(3, num_classes), name="top3")],
+    )
+
+
+def learning_rate_schedule(v: Variant, steps: int):
+    """The main phase's learning rate: a float (constant) or a cosine decay to 0 after a linear warm-up from 0.
+
+    Schedules are functions of the optimizer's step counter, which checkpoints save: a resumed training
+    continues at the same point of the schedule.
+    """
+    if v.lr_schedule == "constant":
+        return v.learning_rate
+    steps = max(1, int(steps))
+    warmup = int(round(v.lr_warmup_fraction * steps))
+    if warmup == 0:
+        return keras.optimizers.schedules.CosineDecay(v.learning_rate, decay_steps=steps)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, steps - warmup),
+                                                  warmup_target=v.learning_rate, warmup_steps=warmup)
+
+
+def one_hot(y, num_classes: int):
+    """Integer labels as float32 one-hot targets, the form `compile_recipe`'s loss takes."""
+    import numpy as np
+
+    return np.eye(num_classes, dtype="float32")[np.asarray(y, dtype="int64")]
+
+
+def set_base_frozen(model: keras.Model, variant: Variant | str, frozen: bool) -> None:
+    """Freeze the ResNet50 base of a built model (head warm-up), or restore the variant's trainable layers.
+    Recompile afterwards (`compile_recipe`): trainability is fixed when a model is compiled."""
+    v = variant if isinstance(variant, Variant) else get_variant(variant)
+    base = model.get_layer("resnet50")
+    _set_trainable(base, None if frozen else v.trainable_from)
+
+
 def _compile(model: keras.Model, learning_rate: float, num_classes: int) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
