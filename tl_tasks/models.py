@@ -118,7 +118,10 @@ def build_head(variant: Variant | str, num_classes: int, feature_dim: int, *, se
 
 def _build_cnn(v: Variant, num_classes: int, *, input_size: int, image_size: int, weights, seed: int) -> keras.Model:
     inputs = keras.Input((input_size, input_size, 3), dtype="uint8", name="image")
-    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
+    if v.augment:
+        x = _augmentation(seed, v.augment)(x)
+    x = layers.Rescaling(1.0 / 255, name="rescale")(x)
     for i, filters in enumerate((32, 64), start=1):
         x = layers.Conv2D(filters, 3, activation="relu", name=f"conv{i}",
                           kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i))(x)
@@ -140,7 +143,7 @@ def _build_resnet50(v: Variant, num_classes: int, *, input_size: int, image_size
     # Pre-processing stays float32 under mixed precision: cheap, and keeps pixel values exact.
     x = layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
     if v.augment:  # at the data's size, before resizing: cheaper, same effect
-        x = _augmentation(seed)(x)
+        x = _augmentation(seed, v.augment)(x)
     if image_size != input_size:
         x = layers.Resizing(image_size, image_size, interpolation="bilinear", dtype="float32", name="resize")(x)
     x = _preprocess(image_size)(x)
@@ -171,18 +174,18 @@ def _head_layers(v: Variant, num_classes: int, seed: int) -> list[layers.Layer]:
     return head
 
 
-def _augmentation(seed: int) -> keras.Sequential:
-    """Random flip, brightness and translation on [0, 255] pixels; identity outside training."""
-    return keras.Sequential(
-        [
-            layers.RandomFlip("horizontal", seed=seed, dtype="float32", name="flip"),
+def _augmentation(seed: int, kind: str = "full") -> keras.Sequential:
+    """Random flip ("flip"), or flip, brightness and translation ("full"), on [0, 255] pixels; identity outside
+    training."""
+    steps = [layers.RandomFlip("horizontal", seed=seed, dtype="float32", name="flip")]
+    if kind == "full":
+        steps += [
             layers.RandomBrightness(0.2, value_range=(0.0, 255.0), seed=seed + 1, dtype="float32",
                                     name="brightness"),
             layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 2, dtype="float32",
                                      name="translation"),
-        ],
-        name="augment",
-    )
+        ]
+    return keras.Sequential(steps, name="augment")
 
 
 def _preprocess(image_size: int) -> keras.Model:
