@@ -74,6 +74,7 @@ class Settings:
     variants: tuple[str, ...] = VARIANT_NAMES
     head_warmup_epochs: int = 0       # of the resnet50 epochs, how many train the head alone (variants with one)
     mixed_precision: str = "auto"     # "auto" (on when a GPU is visible), "on" or "off"
+    data_parallel: bool = False       # one variant across all of the worker's devices (else one device per task)
 
     def epochs_for(self, variant: str) -> int:
         return self.epochs[get_variant(variant).family]
@@ -131,6 +132,8 @@ _COMMON_REASONS = {
     "batch_size": "64 fits ResNet50 at 224 px with Adam state on a 16 GB GPU; small enough for many updates",
     "val_fraction": "10% of train (5,000 CIFAR-10 images) gives val_accuracy a standard error under 0.5 points",
     "seed": "one seed for splits, initialisation, shuffling, dropout and augmentation: reruns are comparable",
+    "data_parallel": "off: one variant per GPU keeps every card busy without gradient all-reduce traffic; on "
+                     "for one big variant across a worker's GPUs",
     "mixed_precision": "auto = float16 compute on a GPU (tensor cores, half the memory), float32 on a CPU where "
                        "float16 is slower; the softmax layer stays float32 either way",
 }
@@ -170,6 +173,7 @@ ENV_OVERRIDES = {
     "limit_per_class": "TL_LIMIT_PER_CLASS",
     "seed": "TL_SEED",
     "mixed_precision": "TL_MIXED_PRECISION",
+    "data_parallel": "TL_DATA_PARALLEL",
 }
 MIXED_PRECISION_CHOICES = ("auto", "on", "off")
 
@@ -195,6 +199,12 @@ def resolve_settings(profile: str | None = None, **overrides) -> Settings:
 def _parse_env(key: str, env: str, raw: str):
     if key in ("dataset", "weights", "mixed_precision"):
         return raw
+    if key == "data_parallel":
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{env}={raw!r}: use 1 (train one variant on all devices) or 0 (one device per task)")
     if key == "limit_per_class" and raw.lower() in ("none", "all", "0"):
         return None
     try:

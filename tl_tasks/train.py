@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_tasks import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
+from tl_tasks import devices, runtime  # noqa: F401  (runtime sets TF/XLA environment variables before Keras loads)
 
 import keras
 import numpy as np
@@ -67,6 +67,7 @@ class TrainResult:
     device: str
     head_warmup_epochs: int = 0     # of epochs_planned, how many trained the head alone (base frozen)
     monitor: str = "val_accuracy"   # the metric best_epoch and early stopping follow
+    replicas: int = 1               # devices the model trained on at once (data-parallel mode)
     recipe: dict = field(default_factory=dict)  # every hyperparameter with its reason: variant and profile
 
     def summary(self) -> dict:
@@ -120,7 +121,7 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     run = _Run(v=v, num_classes=len(class_names), input_size=input_size, image_size=image_size,
                weights=weights, epochs=epochs, settings=settings, verbose=verbose, checkpoints=checkpoints,
                state=state, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
-    with runtime.dtype_policy(mixed):
+    with runtime.dtype_policy(mixed), devices.data_parallel(settings.data_parallel) as replicas:
         model = run.fit_cached() if feature_cache else run.fit()
 
     model_path = out_dir / MODEL_FILE
@@ -140,7 +141,7 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
         train_images=int(len(y_train)), val_images=int(len(y_val)), input_size=input_size, image_size=image_size,
         batch_size=settings.batch_size, seed=settings.seed, early_stopping=v.early_stopping, train_limit=limit,
         mixed_precision=mixed, backend=keras.backend.backend(), device=runtime.device_description(),
-        head_warmup_epochs=run.warmup_epochs, monitor=v.monitor,
+        head_warmup_epochs=run.warmup_epochs, monitor=v.monitor, replicas=replicas,
         recipe={"variant": v.recipe(), "profile": settings.recipe(), "steps_per_epoch": run.steps_per_epoch},
     )
     write_json_atomic(out_dir / SUMMARY_FILE, result.summary())
