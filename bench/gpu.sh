@@ -12,11 +12,22 @@ export KERAS_BACKEND=jax
 export TF_CPP_MIN_LOG_LEVEL=2
 OUT=${1:-bench/out/gpu.json}
 
-if ! "$PY" -c "import keras, h5py, PIL" >/dev/null 2>&1; then
-  DEPS=${GPU_BENCH_DEPS:-/tmp/tl_gpu_deps}
-  ls bench/wheels/*.whl >/dev/null 2>&1 || { echo "bench/wheels/ is empty: run 'make gpu-wheels' where pip can reach a registry, and carry bench/wheels"; exit 1; }
-  "$PY" -m pip install -q --no-deps --no-index --target "$DEPS" bench/wheels/*.whl
-  export PYTHONPATH="$DEPS${PYTHONPATH:+:$PYTHONPATH}"
+# Install only the carried wheels whose module the machine lacks (its own numpy/JAX/Pillow/h5py stay in charge).
+DEPS=${GPU_BENCH_DEPS:-/tmp/tl_gpu_deps}
+export PYTHONPATH="$DEPS${PYTHONPATH:+:$PYTHONPATH}"
+missing=()
+for whl in bench/wheels/*.whl; do
+  [ -e "$whl" ] || continue
+  dist=$(basename "$whl" | cut -d- -f1 | tr 'A-Z' 'a-z')
+  case "$dist" in
+    absl_py) mod=absl ;; pillow) mod=PIL ;; markdown_it_py) mod=markdown_it ;; *) mod=$dist ;;
+  esac
+  "$PY" -c "import $mod" >/dev/null 2>&1 || missing+=("$whl")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing into $DEPS: ${missing[*]}"
+  "$PY" -m pip install -q --no-deps --no-index --no-compile --target "$DEPS" "${missing[@]}"
 fi
+"$PY" -c "import keras" || { echo "Keras is not importable: run 'make gpu-wheels' (GPU_PYVER = the machine's Python, e.g. 312) and carry bench/wheels"; exit 1; }
 "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"
 exec timeout "${GPU_BENCH_TIMEOUT_S:-470}" "$PY" bench/gpu_bench.py --out "$OUT" ${GPU_BENCH_SIZE:+--size "$GPU_BENCH_SIZE"}

@@ -43,7 +43,7 @@ if os.environ.get("GPU_BENCH_BLOCK_TF") == "1":
 
 SIZES = {
     # image px, batch, timed steps (at least), seconds per timed cell (at most), dataset, limit per class
-    "full": dict(image_size=224, batch=256, min_steps=10, budget_s=30.0, limit_per_class=None),
+    "full": dict(image_size=224, batch=256, min_steps=10, budget_s=15.0, limit_per_class=None),
     "tiny": dict(image_size=32, batch=8, min_steps=2, budget_s=0.0, limit_per_class=6),
 }
 GOAL_IMG_PER_S = 4000
@@ -157,17 +157,28 @@ def main(argv=None) -> int:
                           "keras": keras.__version__, "jax": _version("jax"), "python": platform.python_version(),
                           "tensorflow_loaded": "tensorflow" in sys.modules},
               "parameters": {**size, "mixed_precision": mixed, "goal_img_per_s": GOAL_IMG_PER_S}}
-    record["results"] = {"throughput": throughput(size, mixed)}
-    record["results"]["full_profile_epoch_v2"] = full_profile_epoch(size, dataset, work)
-    fine = record["results"]["throughput"]["finetune"]["img_per_s"]
-    record["results"]["goal_met"] = bool(gpu and fine >= GOAL_IMG_PER_S) if args.size == "full" else None
-    record["machine"]["tensorflow_loaded"] = "tensorflow" in sys.modules
-    record["seconds"] = round(time.perf_counter() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(json.dumps(record["results"], indent=1))
+    record["results"] = {}
+    failed = False
+    # Each part is written as soon as it is done: a timeout or a crash later keeps what was measured.
+    for key, measure in (("throughput", lambda: throughput(size, mixed)),
+                         ("full_profile_epoch_v2", lambda: full_profile_epoch(size, dataset, work))):
+        try:
+            record["results"][key] = measure()
+        except Exception as exc:  # recorded, and the exit status says so
+            import traceback
+
+            failed = True
+            record["results"][key] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+        fine = (record["results"].get("throughput") or {}).get("finetune", {}).get("img_per_s")
+        record["results"]["goal_met"] = (bool(gpu and fine and fine >= GOAL_IMG_PER_S)
+                                         if args.size == "full" else None)
+        record["machine"]["tensorflow_loaded"] = "tensorflow" in sys.modules
+        record["seconds"] = round(time.perf_counter() - started, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        print(json.dumps({key: record["results"][key]}, indent=1), flush=True)
     print(f"wrote {args.out} in {record['seconds']} s")
-    return 0
+    return 1 if failed else 0
 
 
 def _default_dataset() -> str:

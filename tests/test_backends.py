@@ -124,7 +124,7 @@ def test_mixed_precision_trains_on_both_backends_with_a_float32_output(tmp_path,
     data = write_prepared(tmp_path / "data", n_train=64, n_val=20, n_test=10)
     settings = json.dumps(small_settings(epochs={"cnn": 1, "resnet50": 1}, batch_size=32,
                                          mixed_precision="on").to_dict())
-    for variant in ("cnn", "resnet50_v2"):
+    for variant in ("cnn", "resnet50_v1"):  # v1: the ResNet50 base computes in float16, its head is trained
         out = json.loads(run_backend(backend, _MIXED, variant, data, tmp_path / f"{backend}-{variant}",
                                      settings).stdout.strip().splitlines()[-1])
         assert out["mixed"] is True and np.isfinite(out["loss"]), out
