@@ -14,7 +14,9 @@ Environment:
                         to simulate a multi-GPU worker.
     CUDA_VISIBLE_DEVICES  when set before a claim, the ids that may be claimed (e.g. the worker's "2,3").
     TL_TASKS_PER_GPU    tasks per device (default 1).
-    TL_GPU_LOCK_DIR     where the lock files live (default `$TL_HOME/locks`); one folder per machine.
+    TL_GPU_LOCK_DIR     where the lock files live (default `<tmp>/tl_gpu_locks`): local to the machine, because
+                        GPU ids are per machine (TL_HOME may be shared by several) and flock is unreliable
+                        on network file systems.
     TL_GPU_WAIT_S       how long a claim waits for a free device before failing (default 3600).
     TL_CPU_DEVICES      data-parallel mode without a GPU: split the CPU into this many devices (XLA host
                         devices on JAX, logical devices on TensorFlow); for tests.
@@ -102,9 +104,9 @@ def gpu_count() -> int:
 
 
 def lock_dir() -> Path:
-    from tl_tasks.config import tl_home
+    import tempfile
 
-    return Path(os.environ.get(LOCK_DIR_ENV) or tl_home() / "locks").expanduser()
+    return Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / "tl_gpu_locks").expanduser()
 
 
 def claim_device(*, wait_s: float | None = None, poll_s: float = 0.5) -> DeviceClaim | None:
