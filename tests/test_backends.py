@@ -57,9 +57,9 @@ def test_the_whole_pipeline_runs_every_variant_on_jax_without_tensorflow(tmp_pat
     assert (home / "runs" / "jax-smoke" / "report" / "index.html").is_file()
 
 
-@pytest.mark.parametrize("variant", ["cnn", "resnet50_v1"])
+@pytest.mark.parametrize("variant", ["resnet50_v1"])  # plain fit resumes are covered on TF (test_train.py)
 def test_a_killed_training_resumes_on_jax(tmp_path, variant):
-    """SIGKILL after epoch 1, rerun: the JAX checkpoint resumes (v1: from its cached-feature head)."""
+    """SIGKILL after epoch 1, rerun: the JAX checkpoint resumes from v1's cached-feature head."""
     data = write_prepared(tmp_path / "data", n_train=64, n_val=20, n_test=10)
     out = tmp_path / variant
     settings = json.dumps(small_settings(epochs={"cnn": 2, "resnet50": 2}, batch_size=32).to_dict())
@@ -78,8 +78,7 @@ import sys, keras, numpy as np
 model = keras.models.load_model(sys.argv[1])
 np.save(sys.argv[3], keras.ops.convert_to_numpy(model.predict(np.load(sys.argv[2]), verbose=0)))
 if len(sys.argv) > 4:  # also save a model of our own for the other backend
-    from tl_tasks.config import resolve_settings
-from tl_tasks.models import build_model
+    from tl_tasks.models import build_model
     build_model(sys.argv[5], 10, weights="none", seed=7).save(sys.argv[4])
 """
 
