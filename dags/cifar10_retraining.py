@@ -18,7 +18,8 @@ if importlib.util.find_spec("tl_tasks") is None:  # the project root, when only 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tl_tasks.config import PROFILE_NAMES  # noqa: E402  (light modules: no heavy imports)
-from tl_tasks.gate import DEFAULT_TOLERANCE  # noqa: E402
+from tl_tasks.assets import champion_alias, champion_asset  # noqa: E402
+from tl_tasks.gate import DEFAULT_ALPHA, DEFAULT_TOLERANCE  # noqa: E402
 from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS  # noqa: E402
 from tl_tasks.variants import VARIANT_NAMES, VARIANTS  # noqa: E402
 
@@ -80,11 +81,18 @@ PARAMS = {
         description="Seeds the data split, weight init and shuffling. Empty: 42.", section="Data and training"),
     "tolerance": Param(
         DEFAULT_TOLERANCE, type="number", minimum=0, exclusiveMaximum=1, title="Regression tolerance",
-        description="Largest accepted drop in test accuracy below a variant's champion (absolute: 0.02 = "
-                    "2 points); a bigger drop is a regression.", section="Gate"),
+        description=f"Practical margin (absolute: {DEFAULT_TOLERANCE} = {DEFAULT_TOLERANCE * 100:g} points): a "
+                    "variant regressed only when the whole confidence interval of its paired accuracy change "
+                    "against its champion lies below -tolerance.", section="Gate"),
+    "alpha": Param(
+        DEFAULT_ALPHA, type="number", exclusiveMinimum=0, exclusiveMaximum=0.5, title="Significance level",
+        description="Alpha of the exact McNemar test on the images where the new model and the champion "
+                    "disagree: promoted only when significantly better (p < alpha). Intervals are 1 - alpha.",
+        section="Gate"),
     "fail_on_regression": Param(
         False, type="boolean", title="Fail on regression",
-        description="Fail the gate task (and the run) when a variant regressed, so Airflow alerts.",
+        description="Fail the run (its last task, finalize) when a variant regressed, so Airflow alerts; "
+                    "promotions of the other variants are still published and announced.",
         section="Gate"),
     "force_promote": Param(
         False, type="boolean", title="Force promote",
@@ -103,9 +111,13 @@ DOC_MD = f"""
   `{GPU_POOL}` and on Celery queue `{GPU_QUEUE}`: on a GPU worker several variants train at once, on a laptop
   the pool's slots (`TL_GPU_POOL_SLOTS`, default 2, set by `make airflow` / `make run`) keep the cores from
   thrashing. A variant whose training fails is not evaluated; the others are.
-* **gate** compares each variant's test accuracy with its *champion* (its best promoted model): the first run
-  promotes (bootstrap); a drop beyond *tolerance* is a regression (stored and shown; `fail_on_regression`
-  fails this task so Airflow alerts); `force_promote` promotes regardless.
+* **gate** compares each variant with its *champion* (its latest promotion on the same test images: the
+  lineage) image by image: *promoted* when significantly better (exact McNemar test, p < *alpha*),
+  *regressed* when the paired 95% interval lies wholly below -*tolerance*, else *kept*; the first run of a
+  lineage promotes (bootstrap). Promoted models are published under `$TL_HOME/champions/<variant>/` and get an
+  event on asset `tl_champion_<variant>` (see the `deploy_champion` example DAG). `fail_on_regression` fails
+  the run (in `finalize`, after the gate emitted its events) so Airflow alerts; `force_promote` promotes
+  regardless.
 * **build_report** always runs and writes `$TL_HOME/runs/<run>/report/index.html` (failed variants included);
   see *Browse → Retraining reports*.
 * **finalize** fails the run when a variant failed (or regressed with `fail_on_regression`).
@@ -158,11 +170,19 @@ def cifar10_retraining():
 
         return evaluate_stage(run_id, trained["variant"])
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def gate(params=None, run_id=None) -> dict:
+    @task(trigger_rule=TriggerRule.ALL_DONE, inlets=[champion_asset(v) for v in VARIANT_NAMES],
+          outlets=[champion_alias()])
+    def gate(params=None, run_id=None, outlet_events=None) -> dict:
+        # The champion assets are declared (inlets register them); events go out only for promoted variants.
+        from tl_tasks.assets import emit_promotions
         from tl_tasks.pipeline import gate_stage
 
-        return gate_stage(run_id, None, params["tolerance"], params["fail_on_regression"], params["force_promote"])
+        # A regression with fail_on_regression fails the run in `finalize`, not here: a failed task would
+        # emit no asset events, and the promotions of the other variants must still reach deployment.
+        result = gate_stage(run_id, None, params["tolerance"], params["fail_on_regression"],
+                            params["force_promote"], params["alpha"], raise_on_regression=False)
+        emit_promotions(outlet_events, result)
+        return result
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def build_report(run_id=None) -> str:

@@ -19,7 +19,8 @@ from pathlib import Path
 from tl_tasks import config
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
-TREND_LIMIT = 100_000          # "all runs": the trend chart and the index cover the whole history
+TREND_LIMIT = 200              # trend points per variant of this run's lineage
+OTHER_LINEAGES_LIMIT = 50      # the last runs of other lineages, drawn apart as faint lines
 INDEX_LIMIT = 100_000
 MISCLASSIFIED_SHOWN = 24       # thumbnails per variant
 THUMB_MAX = 64                 # thumbnails larger than this (px) are downscaled
@@ -68,10 +69,11 @@ def _report_context(run: dict, store) -> dict:
     run_id = run["run_id"]
     results = _results(run)
     class_names = list(run.get("class_names") or [])
-    previous = store.previous_run(run_id)
+    lineage = _lineage(run, store)
+    previous = store.previous_run(run_id, same_lineage=True)
     prev_results = {r["variant"]: r for r in _results(previous)} if previous else {}
-    champions = {r["variant"]: store.champion(r["variant"], before_run_id=run_id) for r in results}
-    rows = [_summary_row(r, prev_results.get(r["variant"]), champions.get(r["variant"])) for r in results]
+    y_test = _test_labels(run_id)
+    rows = [_summary_row(r, prev_results.get(r["variant"]), y_test, _test_images(r, run)) for r in results]
     scored = [r for r in rows if r["acc_value"] is not None and not r["failed"]]
     best = max(scored, key=lambda r: r["acc_value"]) if scored else None
     if best is not None:
@@ -83,16 +85,43 @@ def _report_context(run: dict, store) -> dict:
     current_date = _as_datetime(run.get("logical_date") or run.get("started_at"))
     return {
         "run": {**run, "date_text": _date_text(current_date)},
+        "lineage": lineage,
         "previous": _previous_link(previous, run_id),
         "index_href": "../../../reports/index.html",
         "headline": _headline(rows, best, failed, previous, run.get("error")),
         "rows": rows,
-        "trend": _trend(store, run_id, [r["variant"] for r in results], current_date),
+        "trend": _trend(store, run_id, [r["variant"] for r in results], current_date, run.get("lineage")),
         "variants": [v for v in (_variant_section(r, class_names, run_id) for r in results) if v],
         "failed": failed,
         "metadata": _metadata(run, results),
         "generated_at": _date_text(datetime.now(timezone.utc)),
     }
+
+
+def _lineage(run: dict, store) -> dict | None:
+    """Which lineage (test set) the run belongs to, and how many runs up to it share it."""
+    key = run.get("lineage")
+    if not key:
+        return None
+    size = store.lineage_size(key, until_run_id=run["run_id"]) if hasattr(store, "lineage_size") else None
+    tests = ((run.get("data_summary") or {}).get("counts") or {}).get("test")
+    legacy = key.startswith("legacy-")
+    return {"key": key, "short": key[:12], "runs": size, "earlier": (size - 1) if size else None,
+            "test_images": tests, "legacy": legacy}
+
+
+def _test_labels(run_id: str):
+    """The run's test labels (for paired comparisons in the report), None when its data is gone."""
+    path = config.data_dir(run_id) / "y_test.npy"
+    if not path.is_file():
+        return None
+    import numpy as np
+
+    return np.load(path)
+
+
+def _test_images(r: dict, run: dict) -> int | None:
+    return (r.get("eval_info") or {}).get("test_images") or ((run.get("data_summary") or {}).get("counts") or {}).get("test")
 
 
 def _results(run: dict | None) -> list[dict]:
@@ -115,11 +144,12 @@ def _is_failed(result: dict) -> bool:
     return (result.get("state") or "").lower() == "failed"
 
 
-def _summary_row(r: dict, prev: dict | None, champ: dict | None) -> dict:
+def _summary_row(r: dict, prev: dict | None, y_test, test_images: int | None) -> dict:
     acc = r.get("accuracy")
     gate = r.get("gate") or None
     prev = prev or {}
-    champ_acc = champ.get("accuracy") if champ else None
+    champ_acc = (gate or {}).get("champion_accuracy")
+    paired_prev = _paired_with(r, prev, y_test)
     return {
         "variant": r["variant"],
         "failed": _is_failed(r),
@@ -127,6 +157,7 @@ def _summary_row(r: dict, prev: dict | None, champ: dict | None) -> dict:
         "is_best": False,
         "acc_value": acc,
         "accuracy": _pct(acc),
+        "accuracy_ci": _interval(_wilson(acc, test_images)),
         "loss": _fixed(r.get("loss"), 3),
         "top3": _pct(r.get("top3_accuracy")),
         "macro_f1": _fixed(r.get("macro_f1"), 3),
@@ -142,26 +173,59 @@ def _summary_row(r: dict, prev: dict | None, champ: dict | None) -> dict:
             "top3": _delta(r.get("top3_accuracy"), prev.get("top3_accuracy")),
             "macro_f1": _delta(r.get("macro_f1"), prev.get("macro_f1"), scale=1, digits=3, unit=""),
         },
-        "d_champ": _delta(acc, champ_acc),
-        "champion_text": f"champion {_pct(champ_acc)}" if champ_acc is not None else "",
+        "prev_words": _uncertainty(paired_prev) if paired_prev else "",
+        "prev_significant": bool(paired_prev and paired_prev["p_value"] < 0.05),
+        "d_champ": _delta(acc, champ_acc) if gate and gate.get("delta") is not None else None,
+        "champ_words": _uncertainty(gate) if gate and gate.get("delta") is not None else "",
+        "champion_text": (f"champion {_pct(champ_acc)} ({gate.get('champion_run_id')})"
+                          if gate and champ_acc is not None else ""),
         "gate": _gate(gate),
     }
+
+
+def _paired_with(r: dict, other: dict, y_test) -> dict | None:
+    """Paired comparison of two results of one lineage from their stored per-image predictions, if both exist."""
+    if y_test is None or not other or r.get("accuracy") is None or other.get("accuracy") is None:
+        return None
+    from tl_tasks.gate import compare_paired
+    from tl_tasks.predictions import PredictionsUnavailable, load_predictions
+
+    try:
+        new = load_predictions(r.get("predictions_path"), r.get("predictions_sha256"), expected_len=len(y_test))
+        old = load_predictions(other.get("predictions_path"), other.get("predictions_sha256"), expected_len=len(y_test))
+    except PredictionsUnavailable:
+        return None
+    return compare_paired(y_test, new, old)
+
+
+def _uncertainty(d: dict) -> str:
+    """"95% CI −2.9 to −0.4 pts; p = 0.012" for a paired comparison (a gate decision or compare_paired)."""
+    if d.get("delta_ci") is None or d.get("p_value") is None:
+        return ""
+    low, high = (x * 100 for x in d["delta_ci"])
+    confidence = round((1 - (d.get("alpha") or 0.05)) * 100)
+    p = d["p_value"]
+    p_text = "p < 0.0001" if p < 1e-4 else f"p = {p:.4f}" if p < 0.01 else f"p = {p:.2f}"
+    return f"{confidence}% CI {low:+.1f} to {high:+.1f} pts; {p_text}".replace("-", "−")
+
+
+def _wilson(acc, n) -> tuple[float, float] | None:
+    if acc is None or not n:
+        return None
+    from tl_tasks.gate import wilson_interval
+
+    return wilson_interval(round(float(acc) * n), int(n))
+
+
+def _interval(ci) -> str:
+    return "" if ci is None else f"95% CI {ci[0] * 100:.1f}–{ci[1] * 100:.1f}%"
 
 
 def _gate(gate: dict | None) -> dict | None:
     if not gate:
         return None
     decision = gate.get("decision") or ""
-    bits = []
-    if gate.get("champion_accuracy") is not None:
-        bits.append(f"champion {_pct(gate['champion_accuracy'])}")
-    if gate.get("delta") is not None:
-        bits.append(f"{gate['delta'] * 100:+.1f} pts")
-    if gate.get("tolerance") is not None:
-        bits.append(f"tolerance {gate['tolerance'] * 100:.1f} pts")
-    if gate.get("forced"):
-        bits.append("forced")
-    return {"decision": decision, "note": ", ".join(bits)}
+    return {"decision": decision, "note": gate.get("reason") or "", "forced": bool(gate.get("forced"))}
 
 
 def _headline(rows: list[dict], best: dict | None, failed: list[dict], previous: dict | None,
@@ -171,7 +235,9 @@ def _headline(rows: list[dict], best: dict | None, failed: list[dict], previous:
     if best is not None:
         text = f"Best variant: {best['variant']} with {best['accuracy']} test accuracy"
         d = best["d_prev"]["accuracy"]
-        lines.append({"text": text + (f" ({d.text} vs the previous run)." if d is not None else "."), "css": "lead"})
+        words = f"; {best['prev_words']}" if best["prev_words"] else ""
+        lines.append({"text": text + (f" ({d.text} vs the previous run on this test set{words})." if d is not None
+                                      else "."), "css": "lead"})
     elif rows:
         lines.append({"text": "No variant has a test accuracy in this run.", "css": "lead"})
     else:
@@ -179,25 +245,35 @@ def _headline(rows: list[dict], best: dict | None, failed: list[dict], previous:
     regressed = [r for r in rows if r["gate"] and r["gate"]["decision"] == "regressed"]
     promoted = [r["variant"] for r in rows if r["gate"] and r["gate"]["decision"] == "promoted"]
     if regressed:
-        lines.append({"css": "bad", "text": "Regressed against the champion: " + ", ".join(
-            f"{r['variant']} ({r['d_champ'].text})" if r["d_champ"] else r["variant"] for r in regressed) + "."})
+        lines.append({"css": "bad", "text": "Regressed against the champion (confidently worse beyond the tolerance): "
+                      + ", ".join(_with_uncertainty(r["variant"], r["d_champ"], r["champ_words"]) for r in regressed) + "."})
     elif any(r["gate"] and r["gate"]["decision"] != "failed" for r in rows):
         lines.append({"css": "ok", "text": "Nothing regressed against the champions."})
-    dropped = [f"{r['variant']} ({r['d_prev']['accuracy'].text})" for r in rows
-               if r["d_prev"]["accuracy"] is not None and r["d_prev"]["accuracy"].value < -0.005 and r not in regressed]
+    dropped = [_with_uncertainty(r["variant"], r["d_prev"]["accuracy"], r["prev_words"]) for r in rows
+               if r["prev_significant"] and r["d_prev"]["accuracy"].value < 0 and r not in regressed]
     if dropped:
-        lines.append({"css": "bad", "text": "Lower than the previous run: " + ", ".join(dropped) + "."})
+        lines.append({"css": "bad", "text": "Significantly lower than the previous run on the same test set: "
+                      + ", ".join(dropped) + "."})
     if promoted:
-        lines.append({"css": "good", "text": "Promoted to champion: " + ", ".join(promoted) + "."})
+        lines.append({"css": "good", "text": "Promoted to champion: " + ", ".join(
+            _with_uncertainty(r["variant"], r["d_champ"], r["champ_words"]) if r["d_champ"] else f"{r['variant']} (forced)"
+            if r["gate"]["forced"] else r["variant"] for r in rows if r["variant"] in promoted) + "."})
     if failed:
         lines.append({"css": "fail", "text": f"{len(failed)} variant{'s' if len(failed) > 1 else ''} failed: " + ", ".join(
             f"{f['variant']} (in {f['stage']})" if f["stage"] else f["variant"] for f in failed) + "."})
     if run_error:
         lines.append({"css": "fail", "text": f"The run failed: {run_error}"})
     if previous is None:
-        lines.append({"css": "muted", "text": "First run: there is no earlier run to compare with yet."})
+        lines.append({"css": "muted", "text": "First run on this test set (lineage): there is no earlier run to "
+                                              "compare with yet."})
     tone = "bad" if regressed or failed or run_error else "good" if best is not None else ""
     return {"lines": lines, "tone": tone}
+
+
+def _with_uncertainty(variant: str, delta, words: str) -> str:
+    if delta is None:
+        return variant
+    return f"{variant} ({delta.text}" + (f", {words}" if words else "") + ")"
 
 
 def _previous_link(previous: dict | None, run_id: str) -> dict | None:
@@ -212,32 +288,45 @@ def _previous_link(previous: dict | None, run_id: str) -> dict | None:
     }
 
 
-def _trend(store, run_id: str, variants: list[str], current: datetime | None) -> dict:
+def _trend(store, run_id: str, variants: list[str], current: datetime | None, lineage: str | None) -> dict:
+    """The trend chart: per variant, this lineage's runs as one line with 95% Wilson bands; runs on other test
+    sets (other lineages) as separate faint lines, never joined with this one."""
     from reports import plots
 
-    series, runs, dates = {}, set(), []
-    bounded = "until_run_id" in inspect.signature(store.trend).parameters
+    series, others, runs, dates = {}, {}, set(), []
     for variant in variants:
-        points = []
-        history = (store.trend(variant, limit=TREND_LIMIT, until_run_id=run_id) if bounded
-                   else store.trend(variant, limit=TREND_LIMIT))
-        for p in history:
+        mine, theirs = [], {}
+        points = store.trend(variant, limit=TREND_LIMIT, until_run_id=run_id, lineage=lineage) if lineage else []
+        points += [p for p in store.trend(variant, limit=OTHER_LINEAGES_LIMIT, until_run_id=run_id)
+                   if p.get("lineage") != lineage]
+        for p in points:
             when = _as_datetime(p.get("logical_date") or p.get("started_at"))
-            if when is None or (not bounded and current is not None and when > current):
+            if when is None:
                 continue
-            points.append({"logical_date": when, "accuracy": p.get("accuracy")})
-            if p.get("accuracy") is not None:
-                runs.add(p.get("run_id"))
-                dates.append(when)
-        series[variant] = points
+            point = {"logical_date": when, "accuracy": p.get("accuracy"),
+                     "ci": _wilson(p.get("accuracy"), p.get("test_images"))}
+            if lineage is not None and p.get("lineage") == lineage:
+                mine.append(point)
+                if p.get("accuracy") is not None:
+                    runs.add(p.get("run_id"))
+                    dates.append(when)
+            elif p.get("lineage"):
+                theirs.setdefault(p["lineage"], []).append(point)
+        series[variant] = mine
+        others[variant] = list(theirs.values())
+    n_other = sum(len(others[v]) for v in variants)
     if not dates:
-        return {"img": None, "caption": "No test accuracy is recorded yet, so there is no trend to draw."}
-    fig = plots.accuracy_trend(series, current)
+        return {"img": None, "caption": "No test accuracy is recorded yet on this test set, so there is no trend "
+                                        "to draw."}
+    fig = plots.accuracy_trend(series, current, others=others)
     img, width, height = _figure_img(fig)
-    caption = (f"{len(runs)} run{'s' if len(runs) != 1 else ''} from {_date_text(min(dates))} to {_date_text(max(dates))}; "
-               "the dotted line marks this run.")
+    caption = (f"{len(runs)} run{'s' if len(runs) != 1 else ''} on this test set from {_date_text(min(dates))} to "
+               f"{_date_text(max(dates))}; shaded bands are 95% intervals (Wilson); the dotted line marks this run.")
     if len(runs) == 1:
-        caption = "Only this run so far; the chart grows with every scheduled rerun."
+        caption = "Only this run on this test set so far; the chart grows with every scheduled rerun."
+    if n_other:
+        caption += (" Faint dashed lines are runs on other test sets (other lineages): shown apart, not comparable "
+                    "with this line.")
     return {"img": img, "width": width, "height": height, "runs": len(runs), "caption": caption}
 
 
@@ -253,7 +342,8 @@ def _variant_section(r: dict, run_class_names: list[str], run_id: str) -> dict |
     name = r["variant"]
     gate = r.get("gate") or {}
     out = {"variant": name, "description": _description(name), "curves": None, "notes": [],
-           "gate": gate.get("decision"), "facts": _facts(r, gate),
+           "gate": gate.get("decision"), "facts": _facts(r, gate), "gate_reason": gate.get("reason"),
+           "published": gate.get("published"),
            "failed_stage": (r.get("stage") or "an unknown stage") if _is_failed(r) else None}
     if history:
         out["curves"] = _plot(plots.training_curves(history, name, r.get("best_epoch")),
@@ -505,7 +595,11 @@ def _index_context(runs: list[dict]) -> dict:
             delta = res.get("delta")
             if delta is None and res.get("previous_accuracy") is not None and acc is not None:
                 delta = acc - res["previous_accuracy"]
-            cells.append({"text": _pct(acc) if res else "", "failed": failed,
+            p = res.get("p_value")
+            gate = res.get("decision") or ""
+            if gate and p is not None:
+                gate += " · " + ("p < 0.0001" if p < 1e-4 else f"p = {p:.2g}")
+            cells.append({"text": _pct(acc) if res else "", "failed": failed, "gate": gate,
                           "delta": _delta(delta, 0.0) if delta is not None and acc is not None else None})
             if acc is not None and not failed and (best is None or acc > best[1]):
                 best = (v, acc)
@@ -516,6 +610,7 @@ def _index_context(runs: list[dict]) -> dict:
             "date_text": _date_text(run.get("logical_date") or run.get("started_at")),
             "state": run.get("state"),
             "profile": run.get("profile"),
+            "lineage": (run.get("lineage") or "")[:8],
             "cells": cells,
             "best": f"{best[0]} ({_pct(best[1])})" if best else "",
         })

@@ -91,28 +91,48 @@ def _epoch_ticks(epochs: Sequence[int]) -> list[int]:
     return list(range(lo, hi + 1, step))
 
 
-def accuracy_trend(series: Mapping[str, Sequence[Mapping]], current: datetime | None = None):
-    """Test accuracy of each variant across runs (x = run date); the run of this report is marked.
+def accuracy_trend(series: Mapping[str, Sequence[Mapping]], current: datetime | None = None,
+                   others: Mapping[str, Sequence[Sequence[Mapping]]] | None = None):
+    """Test accuracy of each variant across runs of one lineage (x = run date), with 95% bands; the run of this
+    report is marked. Runs on other test sets are drawn apart: one faint dashed line per (variant, lineage).
 
     Args:
-        series: variant -> points `{logical_date: datetime, accuracy: float | None}`, oldest first.
+        series: variant -> points `{logical_date: datetime, accuracy: float | None, ci: (low, high) | None}`,
+            oldest first, all of this run's lineage.
         current: date of the run this report is about (a vertical line), if any.
+        others: variant -> list of point lists, one per other lineage (never joined with `series`).
     """
     from matplotlib import dates as mdates
 
     with _styled():
         fig = _figure(10.5, 2.8)
         ax = fig.subplots()
-        fig.subplots_adjust(left=0.06, right=0.86, bottom=0.14, top=0.9)
-        plotted = 0
+        fig.subplots_adjust(left=0.06, right=0.84, bottom=0.14, top=0.9)
+        plotted, other_labelled = 0, False
         for i, (variant, points) in enumerate(series.items()):
-            pts = [(p["logical_date"], p["accuracy"]) for p in points
-                   if p.get("logical_date") is not None and p.get("accuracy") is not None]
+            color = VARIANT_COLORS[i % len(VARIANT_COLORS)]
+            for other in (others or {}).get(variant, []):
+                opts = [(p["logical_date"], p["accuracy"]) for p in other
+                        if p.get("logical_date") is not None and p.get("accuracy") is not None]
+                if opts:
+                    xs, ys = zip(*opts)
+                    ax.plot(xs, ys, color=color, alpha=0.35, linewidth=1, linestyle="--", marker="x", markersize=3,
+                            label=None if other_labelled else "other test sets")
+                    other_labelled = True
+            pts = [p for p in points if p.get("logical_date") is not None and p.get("accuracy") is not None]
             if not pts:
                 continue
-            xs, ys = zip(*pts)
+            xs, ys = [p["logical_date"] for p in pts], [p["accuracy"] for p in pts]
+            banded = [p for p in pts if p.get("ci")]
+            if banded:
+                ax.fill_between([p["logical_date"] for p in banded], [p["ci"][0] for p in banded],
+                                [p["ci"][1] for p in banded], color=color, alpha=0.15, linewidth=0)
+                if len(banded) == 1:
+                    ax.errorbar([banded[0]["logical_date"]], [banded[0]["accuracy"]], color=color, capsize=3,
+                                yerr=[[banded[0]["accuracy"] - banded[0]["ci"][0]],
+                                      [banded[0]["ci"][1] - banded[0]["accuracy"]]])
             many = len(pts) > 60
-            ax.plot(xs, ys, color=VARIANT_COLORS[i % len(VARIANT_COLORS)], linewidth=1.2 if many else 1.6,
+            ax.plot(xs, ys, color=color, linewidth=1.2 if many else 1.6,
                     marker=None if many else "o", markersize=3, label=_plain(variant))
             plotted += 1
         if current is not None:
@@ -120,9 +140,12 @@ def accuracy_trend(series: Mapping[str, Sequence[Mapping]], current: datetime | 
         if not plotted:
             ax.text(0.5, 0.5, "no accuracy recorded yet", ha="center", va="center", transform=ax.transAxes,
                     color="#6b7280")
-        dates = sorted({p["logical_date"] for points in series.values() for p in points if p.get("logical_date")})
+        dates = sorted({p["logical_date"] for points in series.values() for p in points if p.get("logical_date")}
+                       | {p["logical_date"] for lines in (others or {}).values() for points in lines for p in points
+                          if p.get("logical_date")})
         if len(dates) <= 6:  # few runs: one tick per run date reads better than an automatic scale
-            ax.set_xticks(dates, labels=[d.strftime("%Y-%m-%d") for d in dates])
+            same_days = dates[-1] - dates[0] < timedelta(days=3)
+            ax.set_xticks(dates, labels=[d.strftime("%m-%d\n%H:%M" if same_days else "%Y-%m-%d") for d in dates])
             if len(dates) == 1:
                 ax.set_xlim(dates[0] - timedelta(days=3), dates[0] + timedelta(days=3))
         else:
@@ -130,7 +153,7 @@ def accuracy_trend(series: Mapping[str, Sequence[Mapping]], current: datetime | 
             ax.xaxis.set_major_locator(locator)
             ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
         ax.set_ylabel("test accuracy")
-        ax.set_title("Test accuracy across runs")
+        ax.set_title("Test accuracy across runs on this test set (lineage)")
         if plotted:
             ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig

@@ -41,8 +41,9 @@ def fake_history(epochs: int, final_accuracy: float, rng: np.random.Generator) -
 
 
 def fake_evaluation(variant: str, accuracy: float, class_names=CLASS_NAMES, *, n_test: int = TEST_IMAGES,
-                    rng: np.random.Generator | None = None) -> dict:
-    """An evaluation dict as `evaluate_variant(...).to_dict()` returns it, consistent with `accuracy`."""
+                    rng: np.random.Generator | None = None, predictions_path=None) -> dict:
+    """An evaluation dict as `evaluate_variant(...).to_dict()` returns it, consistent with `accuracy`; with
+    `predictions_path`, the per-image predictions are stored there too (as evaluate does)."""
     rng = rng or np.random.default_rng(0)
     k = len(class_names)
     y_true = np.arange(n_test) % k
@@ -61,7 +62,15 @@ def fake_evaluation(variant: str, accuracy: float, class_names=CLASS_NAMES, *, n
     acc = float(np.trace(matrix) / n_test)
     misclassified = [{"index": int(i), "true": int(y_true[i]), "predicted": int(y_pred[i])}
                      for i in np.flatnonzero(y_true != y_pred)[:50]]
+    stored = {}
+    if predictions_path is not None:
+        from tl_tasks.predictions import write_predictions
+
+        predictions_path.parent.mkdir(parents=True, exist_ok=True)
+        stored = {"predictions_path": str(predictions_path),
+                  "predictions_sha256": write_predictions(predictions_path, y_pred)}
     return {
+        **stored, "test_images": n_test,
         "variant": variant, "accuracy": acc, "loss": float(2.3 * (1 - acc) + 0.1),
         "top3_accuracy": float(min(1.0, acc + 0.5 * (1 - acc))),
         "macro_f1": float(np.mean([p["f1"] for p in per_class])), "per_class": per_class,
@@ -95,7 +104,7 @@ def write_test_images(run_id: str, class_names=CLASS_NAMES, n_test: int = TEST_I
 def seed_run(store, run_id: str, when: datetime, *, variants=VARIANT_NAMES, shift: float = 0.0,
              accuracies: dict | None = None, failed: dict | None = None, class_names=CLASS_NAMES,
              epochs: int = 5, write_data: bool = True, detail: bool = True, seed: int = 0,
-             params: dict | None = None) -> dict:
+             params: dict | None = None, lineage: str = "ab" * 32) -> dict:
     """Record one complete fake run through the store API and return `store.get_run(run_id)` (if detail).
 
     Args:
@@ -112,6 +121,7 @@ def seed_run(store, run_id: str, when: datetime, *, variants=VARIANT_NAMES, shif
         params=params if params is not None else {"profile": "quick", "epochs": epochs, "batch_size": 64,
                                                   "tolerance": TOLERANCE, "variants": list(variants)},
         data_source="folder:/data/cifar-10-images-jpg.tar.gz", data_fingerprint=f"{seed:08x}" + "ab" * 28,
+        lineage=lineage,
         data_summary={"counts": {"train": 45_000, "val": 5_000, "test": TEST_IMAGES},
                       "class_names": list(class_names), "skipped": []},
         class_names=list(class_names), seed=42, versions=VERSIONS, device="CPU (2 cores)",
@@ -130,12 +140,13 @@ def seed_run(store, run_id: str, when: datetime, *, variants=VARIANT_NAMES, shif
         target = float(np.clip(target, 0.05, 0.995))
         if detail:
             store.record_training(run_id, v, _train_summary(v, run_id, epochs, target, rng))
-            evaluation = fake_evaluation(v, target, class_names, rng=rng)
+            evaluation = fake_evaluation(v, target, class_names, rng=rng,
+                                         predictions_path=config.model_dir(run_id, v) / "predictions.npy")
         else:
             evaluation = {"accuracy": target, "loss": 2.3 * (1 - target) + 0.1, "top3_accuracy": min(1, target + 0.1),
                           "macro_f1": target - 0.01, "inference_img_per_s": 1000.0}
         store.record_evaluation(run_id, v, evaluation)
-        store.record_gate(run_id, v, _gate(store, run_id, v, evaluation["accuracy"]))
+        store.record_gate(run_id, v, _gate(store, run_id, v, evaluation, len(class_names)))
     return store.get_run(run_id) if detail else {}
 
 
@@ -149,14 +160,18 @@ def _train_summary(variant: str, run_id: str, epochs: int, accuracy: float, rng)
             "params_trainable": 23_800_000 if variant != "cnn" else 545_098}
 
 
-def _gate(store, run_id: str, variant: str, accuracy: float) -> dict:
+def _gate(store, run_id: str, variant: str, evaluation: dict, k: int) -> dict:
+    """The gate's decision as the pipeline makes it: paired when both runs stored per-image predictions."""
+    from tl_tasks.gate import compare_paired, decide
+
     champ = store.champion(variant, before_run_id=run_id)
-    if champ is None or champ.get("accuracy") is None:
-        return {"decision": "bootstrap", "accuracy": accuracy, "tolerance": TOLERANCE}
-    delta = accuracy - champ["accuracy"]
-    decision = "promoted" if delta > 0 else "regressed" if delta < -TOLERANCE else "kept"
-    return {"decision": decision, "champion_run_id": champ["run_id"], "champion_accuracy": champ["accuracy"],
-            "accuracy": accuracy, "delta": delta, "tolerance": TOLERANCE}
+    paired = None
+    if champ is not None and champ.get("predictions_path") and evaluation.get("predictions_path"):
+        new, old = np.load(evaluation["predictions_path"]), np.load(champ["predictions_path"])
+        if len(new) == len(old):
+            paired = compare_paired(np.arange(len(new)) % k, new, old)
+    return decide(evaluation["accuracy"], champ, paired=paired, tolerance=TOLERANCE,
+                  test_images=evaluation.get("test_images"), unpaired_reason="a light fixture run")
 
 
 def seed_history(store, n_runs: int, *, detail: bool = False, prefix: str = "scheduled__") -> list[str]:

@@ -143,7 +143,7 @@ def test_run_local_prints_report_and_exit_status(capsys, monkeypatch):
 
 def test_parser_defaults():
     args = build_parser().parse_args(["run"])
-    assert args.engine == "airflow" and args.tolerance == 0.02 and not args.fail_on_regression
+    assert args.engine == "airflow" and args.tolerance == 0.005 and args.alpha == 0.05 and not args.fail_on_regression
     args = build_parser().parse_args(["prepare", "--run-id", "r", "--limit-per-class", "all"])
     assert args.limit_per_class == 0  # = every image
 

@@ -27,6 +27,7 @@ RUN_DAG = PROJECT_ROOT / "scripts" / "run_dag.py"
 # Importing Airflow in this process must not touch ~/airflow.
 os.environ.setdefault("AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / "tl-test-airflow-home"))
 
+from tl_tasks.assets import champion_alias  # noqa: E402
 from tl_tasks.store import connect  # noqa: E402
 from tl_tasks.variants import VARIANT_NAMES  # noqa: E402
 
@@ -86,7 +87,7 @@ def test_dag_parses_without_errors_or_heavy_imports(tmp_path):
     # Run from a foreign folder with no PYTHONPATH: the DAG file must find tl_tasks by itself.
     parsed = _parse(tmp_path)
     assert parsed["errors"] == {}
-    assert parsed["dag_ids"] == ["cifar10_retraining"]
+    assert parsed["dag_ids"] == ["cifar10_retraining", "deploy_champion"]
     assert parsed["heavy"] == [], f"parsing the DAG imported {parsed['heavy']}"
     assert parsed["schedule"] == "@weekly"
 
@@ -129,12 +130,13 @@ def test_retries_trigger_rules_pools_and_map_labels(dag):
 def test_params_defaults(dag, run_dag_module):
     params = run_dag_module.validate_conf(dag, {})
     assert params["variants"] == list(VARIANT_NAMES)
-    assert params["tolerance"] == 0.02 and params["fail_on_regression"] is False and params["force_promote"] is False
+    assert params["tolerance"] == 0.005 and params["alpha"] == 0.05
+    assert params["fail_on_regression"] is False and params["force_promote"] is False
     for name in ("profile", "dataset", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed"):
         assert params[name] is None, name  # = the profile's / the environment's, resolved at run time
     good = {"profile": "smoke", "dataset": "synthetic", "variants": ["cnn", "resnet50_v4"], "epochs": 2,
             "image_size": 64, "batch_size": 16, "limit_per_class": 50, "weights": "none", "seed": 1,
-            "tolerance": 0.05, "fail_on_regression": True, "force_promote": False}
+            "tolerance": 0.05, "alpha": 0.01, "fail_on_regression": True, "force_promote": False}
     assert run_dag_module.validate_conf(dag, good) == good
 
 
@@ -155,6 +157,8 @@ def test_params_defaults(dag, run_dag_module):
     ({"seed": -1}, "seed"),
     ({"tolerance": 1.5}, "tolerance"),
     ({"tolerance": -0.1}, "tolerance"),
+    ({"alpha": 0}, "alpha"),
+    ({"alpha": 0.5}, "alpha"),
     ({"fail_on_regression": "yes"}, "fail_on_regression"),
     ({"force_promote": 1}, "force_promote"),
     ({"epoch": 3}, "unknown run parameter"),
@@ -186,8 +190,12 @@ def test_each_task_callable_runs_on_its_own(dag, run_dag_module, tl_home):
     assert trained["variant"] == "cnn" and Path(trained["model_path"]).is_file()
     evaluated = dag.get_task("evaluate").python_callable(trained=trained, run_id=run_id)
     assert 0 <= evaluated["accuracy"] <= 1
-    gate = dag.get_task("gate").python_callable(params=params, run_id=run_id)
+    emitted = []
+    outlet_events = {champion_alias(): SimpleNamespace(add=lambda asset, extra: emitted.append((asset.name, extra)))}
+    gate = dag.get_task("gate").python_callable(params=params, run_id=run_id, outlet_events=outlet_events)
     assert gate["decisions"]["cnn"]["decision"] == "bootstrap"
+    assert [name for name, _ in emitted] == ["tl_champion_cnn"]  # one asset event, for the promoted variant
+    assert emitted[0][1]["run_id"] == run_id and Path(emitted[0][1]["published"]).is_dir()
     report = dag.get_task("build_report").python_callable(run_id=run_id)
     assert Path(report).is_file() and report.startswith(str(tl_home))
     assert dag.get_task("finalize").python_callable(run_id=run_id)["state"] == "success"
@@ -242,6 +250,11 @@ def test_dag_test_end_to_end_smoke(airflow_home, tl_home):
         assert result["gate"]["decision"] in ("bootstrap", "promoted", "kept", "regressed"), variant
     for variant in VARIANT_NAMES:
         assert f"train[{variant}]: success" in proc.stdout and f"evaluate[{variant}]: success" in proc.stdout
+    # every variant bootstrapped, so each champion asset got exactly one event, with the published folder
+    events = _asset_events(airflow_home)
+    assert sorted(name for name, _ in events) == sorted(f"tl_champion_{v}" for v in VARIANT_NAMES)
+    for name, extra in events:
+        assert extra["run_id"] == run_id and Path(extra["published"]).is_relative_to(tl_home / "champions"), extra
     # task logs: one line per epoch, no progress bars, no TensorFlow start-up chatter
     log = proc.stdout + proc.stderr
     assert len(re.findall(r"^\d+/\d+ - \d+s - .*val_accuracy", log, re.M)) == len(VARIANT_NAMES)
@@ -249,7 +262,22 @@ def test_dag_test_end_to_end_smoke(airflow_home, tl_home):
         assert noise not in log, noise
 
 
+def _asset_events(airflow_home: Path) -> list[tuple[str, dict]]:
+    """(asset name, extra) of every asset event in the dag.test() runs' Airflow database."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{airflow_home / 'airflow.db'}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT a.name, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+                                        "ORDER BY e.id")).all()
+    finally:
+        engine.dispose()
+    return [(name, json.loads(extra) if isinstance(extra, str) else extra) for name, extra in rows]
+
+
 def test_dag_test_with_a_failing_variant(airflow_home, tl_home):
+    before = len(_asset_events(airflow_home))
     conf = {"profile": "smoke", "variants": ["cnn", "resnet50_v2"]}
     proc, run_id = _dag_test(airflow_home, conf, TL_FAIL_VARIANTS="resnet50_v2")
     assert proc.returncode == 1, proc.stdout[-8000:]
@@ -266,3 +294,5 @@ def test_dag_test_with_a_failing_variant(airflow_home, tl_home):
     cnn, v2 = run["results"]["cnn"], run["results"]["resnet50_v2"]
     assert cnn["state"] == "success" and cnn["accuracy"] is not None and cnn["gate"]["decision"] == "bootstrap"
     assert v2["state"] == "failed" and v2["stage"] == "train" and v2["gate"]["decision"] == "failed"
+    new_events = _asset_events(airflow_home)[before:]  # a failed variant is not promoted: no event for it
+    assert [name for name, _ in new_events] == ["tl_champion_cnn"]

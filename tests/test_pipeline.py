@@ -23,23 +23,53 @@ def _run(run_id):
         return store.get_run(run_id)
 
 
+TEST_IMAGES = 1000
+
+
+@pytest.fixture(autouse=True)
+def _no_serving_export(monkeypatch):
+    # The fake runs' models are placeholder bytes: publishing copies them, the SavedModel export needs a real
+    # model (tests/test_champions.py covers it).
+    monkeypatch.setenv("TL_SERVING_EXPORT", "0")
+
+
 def _fake_run(run_id: str, accuracies: dict, *, when: datetime, errors: dict | None = None,
-              source: str = "synthetic") -> dict:
-    """A prepared run whose variants were evaluated with `accuracies` (None = failed in train) - no training."""
+              source: str = "synthetic", lineage: str = "L" * 64) -> dict:
+    """A prepared run whose variants were evaluated with `accuracies` (None = failed in train) - no training.
+
+    The test set has TEST_IMAGES images of class 0; a model of accuracy a gets the first a * TEST_IMAGES right,
+    so two models' per-image predictions are nested (the better one fixes images, never breaks any).
+    """
+    import numpy as np
+
+    from tl_tasks.predictions import write_predictions
+
     settings = pipeline.settings_from_params({"profile": "smoke", "variants": list(accuracies)})
     write_json_atomic(config.run_dir(run_id) / pipeline.SETTINGS_FILE, settings.to_dict())
+    data = config.data_dir(run_id)
+    data.mkdir(parents=True, exist_ok=True)
+    np.save(data / "y_test.npy", np.zeros(TEST_IMAGES, dtype=np.int64))
     with connect() as store:
         store.upsert_run(run_id, logical_date=when, started_at=when, state="running", profile="smoke",
                          params=settings.to_dict(), data_fingerprint="f" * 64, class_names=["a", "b"],
-                         data_summary={"source": source, "class_names": ["a", "b"], "counts": {"test": 20}})
+                         lineage=lineage, data_source=source,
+                         data_summary={"source": source, "class_names": ["a", "b"], "counts": {"test": TEST_IMAGES}})
         for variant, accuracy in accuracies.items():
             if accuracy is None:
                 store.record_failure(run_id, variant, "train", (errors or {}).get(variant, "RuntimeError: boom"))
             else:
+                model_dir = config.model_dir(run_id, variant)
+                model_dir.mkdir(parents=True, exist_ok=True)
+                (model_dir / "model.keras").write_bytes(f"model {run_id} {variant}".encode())
+                predicted = (np.arange(TEST_IMAGES) >= round(accuracy * TEST_IMAGES)).astype(np.int64)
+                sha = write_predictions(model_dir / "predictions.npy", predicted)
                 store.record_training(run_id, variant, {"variant": variant, "state": "success", "epochs_run": 1,
+                                                        "model_path": str(model_dir / "model.keras"),
                                                         "history": [{"epoch": 1, "loss": 1.0, "accuracy": accuracy}]})
                 store.record_evaluation(run_id, variant, {"variant": variant, "accuracy": accuracy, "loss": 1.0,
-                                                          "class_names": ["a", "b"],
+                                                          "class_names": ["a", "b"], "test_images": TEST_IMAGES,
+                                                          "predictions_path": str(model_dir / "predictions.npy"),
+                                                          "predictions_sha256": sha,
                                                           "confusion_matrix": [[1, 0], [0, 1]]})
     return settings.to_dict()
 
@@ -178,7 +208,11 @@ def test_gate_bootstrap_then_promote_keep_regress():
     assert d["champion_run_id"] == "g1" and d["champion_accuracy"] == 0.30 and d["delta"] == pytest.approx(-0.10)
     stored = _run("g2")["results"]["resnet50_v2"]["gate"]
     assert stored["decision"] == "regressed" and stored["tolerance"] == 0.02 and stored["reason"]
-    assert _run("g2")["params"]["gate"] == {"tolerance": 0.02, "fail_on_regression": False, "force_promote": False}
+    assert _run("g2")["params"]["gate"] == {"tolerance": 0.02, "alpha": 0.05, "fail_on_regression": False,
+                                            "force_promote": False}
+    assert d["p_value"] < 1e-6 and d["delta_ci"][1] < -0.02 and "worse than the champion" in d["reason"]
+    kept = out["decisions"]["resnet50_v1"]  # 10 images broken, none fixed: significant, within 2 points
+    assert kept["broken"] == 10 and kept["fixed"] == 0 and kept["p_value"] < 0.05 and "tolerance" in kept["reason"]
 
     # champions: cnn -> g2 (promoted), v1 stays g1 (kept is not a promotion)
     _fake_run("g3", {"cnn": 0.50, "resnet50_v1": 0.41, "resnet50_v2": 0.31}, when=T0 + timedelta(days=14))
@@ -203,15 +237,46 @@ def test_gate_fail_on_regression_records_then_raises_and_force_promote_overrides
         assert store.champion("cnn")["run_id"] == "h2"
 
 
-def test_gate_does_not_compare_accuracies_on_different_test_sets():
-    _fake_run("k1", {"cnn": 0.90}, when=T0, source="synthetic")
-    pipeline.gate_stage("k1")
-    _fake_run("k2", {"cnn": 0.40}, when=T0 + timedelta(days=1), source="folder:/data/cifar")
-    d = pipeline.gate_stage("k2", fail_on_regression=True)["decisions"]["cnn"]
-    assert d["decision"] == "bootstrap" and "not comparable" in d["reason"] and d["champion_run_id"] == "k1"
-    _fake_run("k3", {"cnn": 0.30}, when=T0 + timedelta(days=2), source="folder:/data/cifar")
+def test_gate_compares_only_within_a_lineage():
+    """The issue's scenario: a 15% model on other data must not become the champion of the good lineage."""
+    _fake_run("k1", {"cnn": 0.67}, when=T0, source="folder:shared/cifar.tar.gz", lineage="A" * 64)
+    assert pipeline.gate_stage("k1")["decisions"]["cnn"]["decision"] == "bootstrap"
+    # the same archive spelled with another path: the same test images, so the same lineage
+    _fake_run("k2", {"cnn": 0.15}, when=T0 + timedelta(days=1), source="folder:/abs/cifar.tar.gz", lineage="A" * 64)
+    d = pipeline.gate_stage("k2")["decisions"]["cnn"]
+    assert d["decision"] == "regressed" and d["champion_run_id"] == "k1" and d["p_value"] < 1e-6
+    # other data: a lineage of its own, which bootstraps without touching lineage A
+    _fake_run("k3", {"cnn": 0.90}, when=T0 + timedelta(days=2), source="synthetic", lineage="B" * 64)
     d = pipeline.gate_stage("k3")["decisions"]["cnn"]
-    assert d["decision"] == "regressed" and d["champion_run_id"] == "k2"
+    assert d["decision"] == "bootstrap" and d["champion_run_id"] is None and d["lineage"] == "B" * 64
+    _fake_run("k4", {"cnn": 0.66}, when=T0 + timedelta(days=3), lineage="A" * 64)
+    d = pipeline.gate_stage("k4")["decisions"]["cnn"]
+    assert d["champion_run_id"] == "k1" and d["decision"] == "kept" and d["p_value"] < 0.05
+    with connect() as store:
+        assert store.champion("cnn", lineage="A" * 64)["run_id"] == "k1"
+        assert store.champion("cnn", lineage="B" * 64)["run_id"] == "k3"
+
+
+def test_gate_without_the_champions_predictions_keeps_it_and_says_why():
+    _fake_run("p1", {"cnn": 0.60}, when=T0)
+    pipeline.gate_stage("p1")
+    (config.model_dir("p1", "cnn") / "predictions.npy").write_bytes(b"altered")
+    published = next((config.tl_home() / "champions" / "cnn").glob("*/versions/*/predictions.npy"))
+    published.unlink()  # and no published copy either
+    _fake_run("p2", {"cnn": 0.90}, when=T0 + timedelta(days=1))
+    d = pipeline.gate_stage("p2")["decisions"]["cnn"]
+    assert d["decision"] == "kept" and "sha256" in d["reason"] and "p1" in d["reason"]
+
+
+def test_gate_uses_the_published_copy_when_the_run_folder_is_gone():
+    import shutil
+
+    _fake_run("q1", {"cnn": 0.60}, when=T0)
+    pipeline.gate_stage("q1")
+    shutil.rmtree(config.model_dir("q1", "cnn"))  # e.g. removed by gc; the champion folder keeps a copy
+    _fake_run("q2", {"cnn": 0.70}, when=T0 + timedelta(days=1))
+    d = pipeline.gate_stage("q2")["decisions"]["cnn"]
+    assert d["decision"] == "promoted" and d["fixed"] == 100 and d["broken"] == 0
 
 
 def test_gate_records_failed_and_missing_variants():
@@ -290,3 +355,25 @@ def test_run_all_without_airflow_keeps_going_when_a_variant_fails(monkeypatch):
     run = _run("cli-1")
     assert run["state"] == "failed" and run["results"]["cnn"]["accuracy"] is not None
     assert run["report_path"] == result["report_path"]
+
+
+def test_dag_gate_leaves_a_fatal_regression_to_finalize_so_promotions_are_still_announced():
+    _fake_run("z1", {"cnn": 0.60, "resnet50_v1": 0.60}, when=T0)
+    pipeline.gate_stage("z1")
+    _fake_run("z2", {"cnn": 0.90, "resnet50_v1": 0.10}, when=T0 + timedelta(days=1))
+    out = pipeline.gate_stage("z2", fail_on_regression=True, raise_on_regression=False)
+    assert out["summary"] == {"promoted": ["cnn"], "regressed": ["resnet50_v1"]}
+    assert list(out["promoted"]) == ["cnn"]  # what the DAG's gate task announces as asset events
+    pipeline.report_stage("z2")
+    with pytest.raises(pipeline.RunFailed, match="resnet50_v1 regressed"):
+        pipeline.finish_stage("z2")
+
+
+def test_a_model_that_cannot_be_published_is_kept_and_the_others_still_gated():
+    _fake_run("u1", {"cnn": 0.60, "resnet50_v1": 0.50}, when=T0)
+    (config.model_dir("u1", "cnn") / "model.keras").unlink()  # e.g. a lost volume
+    with pytest.raises(Exception, match="could not publish: cnn"):
+        pipeline.gate_stage("u1")
+    decisions = {v: r["gate"] for v, r in _run("u1")["results"].items()}
+    assert decisions["cnn"]["decision"] == "kept" and "not published" in decisions["cnn"]["reason"]
+    assert decisions["resnet50_v1"]["decision"] == "bootstrap" and decisions["resnet50_v1"]["published"]

@@ -80,7 +80,7 @@ def _link_target(page_path: Path, href: str) -> Path:
 def test_two_runs_show_deltas_trend_and_index(store, tl_home):
     first, second = "scheduled__2026-01-05T02:00:00+00:00", "scheduled__2026-01-12T02:00:00+00:00"
     rf.seed_run(store, first, rf.run_date(0), seed=1)
-    rf.seed_run(store, second, rf.run_date(1), seed=2, accuracies={"cnn": 0.50, "resnet50_v4": 0.97})
+    rf.seed_run(store, second, rf.run_date(1), seed=2, accuracies={"cnn": 0.40, "resnet50_v4": 0.995})
     _build(store, first)
     text, page = _build(store, second)
     _assert_self_contained(text, page)
@@ -88,7 +88,11 @@ def test_two_runs_show_deltas_trend_and_index(store, tl_home):
 
     # Headline names the best variant and the regression.
     assert "Best variant: resnet50_v4" in plain
-    assert "Regressed against the champion: cnn" in plain
+    assert "Regressed against the champion (confidently worse beyond the tolerance): cnn (−" in plain
+    assert re.search(r"cnn \(−\d+\.\d pts, 95% CI −\d+\.\d to −\d+\.\d pts; p < 0.0001\)", plain), plain[:3000]
+    # every accuracy carries its interval; the lineage and its size are stated
+    assert plain.count("95% CI") >= 10
+    assert "Lineage abababababab" in plain and "1 earlier run shares it" in plain
     # Summary table: every variant, metrics, and up/down marks against the previous run and the champion.
     summary = text[text.index('id="summary"'):text.index('id="trend"')]
     for v in rf.VARIANT_NAMES:
@@ -106,6 +110,7 @@ def test_two_runs_show_deltas_trend_and_index(store, tl_home):
     # Trend over both runs, per-variant sections with curves, confusion matrix, per-class table, thumbnails.
     trend = [i for i in page.all("img") if i["alt"].startswith("Line chart: test accuracy")]
     assert len(trend) == 1 and "across 2 runs" in trend[0]["alt"]
+    assert "shaded bands are 95% intervals" in plain
     assert len([i for i in page.all("img") if i["alt"].startswith("Accuracy and loss per epoch")]) == 5
     assert text.count('<table class="confusion') == 5 and text.count('<table class="perclass">') == 5
     thumbs = [i for i in page.all("img") if i["alt"].startswith("test image")]
@@ -135,9 +140,9 @@ def test_first_run_renders_without_history(store):
     rf.seed_run(store, run_id, rf.run_date(0))
     text, page = _build(store, run_id)
     _assert_self_contained(text, page)
-    assert "First run: there is no earlier run to compare with yet." in page.plain
+    assert "First run on this test set (lineage): there is no earlier run to compare with yet." in page.plain
     assert 'class="delta' not in text, "nothing to compare with on a first run"
-    assert "Only this run so far" in page.plain
+    assert "Only this run on this test set so far" in page.plain
     assert text.count('<span class="badge bootstrap">bootstrap</span>') >= 5
 
 

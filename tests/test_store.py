@@ -62,9 +62,10 @@ def _evaluation(variant: str, acc: float, classes=("cat", "dog", "ship")) -> dic
     }
 
 
-def _record_run(store, run_id: str, when: datetime, accs: dict, gate: dict | None = None) -> None:
+def _record_run(store, run_id: str, when: datetime, accs: dict, gate: dict | None = None,
+                lineage: str = "L1") -> None:
     store.upsert_run(run_id, dag_id="cifar10_retraining", logical_date=when, started_at=when, state="success",
-                     profile="smoke")
+                     profile="smoke", lineage=lineage)
     for variant, acc in accs.items():
         if acc is None:
             store.record_failure(run_id, variant, "train", "RuntimeError: out of memory")
@@ -90,7 +91,7 @@ def test_migrations_from_empty_reach_head_and_match_the_orm(db_url):
     from tl_tasks.store.models import Base
 
     with connect(db_url) as store:
-        assert store.schema_revision() == head_revision() == SCHEMA_REVISION == "0001"
+        assert store.schema_revision() == head_revision() == SCHEMA_REVISION == "0002_lineage"
         with store.engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
             assert {"runs", "results", "epoch_metrics", "class_metrics", "confusion_matrices",
@@ -123,17 +124,17 @@ def test_db_upgrade_command_and_second_connect_is_a_no_op(db_url, monkeypatch):
     from tl_tasks.store.cli import db_upgrade_command
 
     monkeypatch.setenv("TL_METRICS_DB_URL", db_url)
-    assert "upgraded from empty to schema revision 0001" in db_upgrade_command()
-    assert "up to date (schema revision 0001)" in db_upgrade_command()
+    assert "upgraded from empty to schema revision 0002_lineage" in db_upgrade_command()
+    assert "up to date (schema revision 0002_lineage)" in db_upgrade_command()
     with connect() as store:
-        assert store.schema_revision() == "0001"
+        assert store.schema_revision() == "0002_lineage"
 
 
 def test_database_newer_than_the_code_is_a_clear_error(db_url):
     with connect(db_url) as store:
         with store.engine.begin() as conn:
             conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_future'"))
-    with pytest.raises(SchemaVersionError, match=r"'9999_future'.*does not know.*newest is '0001'") as err:
+    with pytest.raises(SchemaVersionError, match=r"'9999_future'.*does not know.*newest is '0002_lineage'") as err:
         connect(db_url)
     assert mask_url(db_url) in str(err.value)
 
@@ -425,7 +426,8 @@ def test_recent_runs_give_accuracy_and_change_from_the_previous_run(store):
     assert r3["cnn"]["accuracy"] == pytest.approx(0.52) and r3["cnn"]["delta"] == pytest.approx(-0.03)
     assert r2["cnn"]["previous_accuracy"] == pytest.approx(0.50)  # from r1, outside the window
     assert r2["resnet50_v1"] == {"state": "failed", "accuracy": None, "previous_accuracy": pytest.approx(0.70),
-                                 "delta": None, "decision": None}
+                                 "previous_run_id": "r1", "delta": None, "decision": None, "champion_delta": None,
+                                 "p_value": None}
     assert r3["resnet50_v1"]["delta"] == pytest.approx(0.05)  # compared with r1: r2's run failed
     assert store.recent_runs(limit=10)[-1]["results"]["cnn"]["delta"] is None
 
@@ -440,7 +442,7 @@ def test_runs_command_table_and_json(db_url, monkeypatch):
         _record_run(store, "run-b", T0 + timedelta(days=1), {"cnn": 0.55, "resnet50_v1": None})
     table = runs_command(limit=5, as_json=False)
     lines = table.splitlines()
-    assert lines[0].split() == ["run", "date", "profile", "state", "cnn", "resnet50_v1"]
+    assert lines[0].split() == ["run", "date", "profile", "state", "lineage", "cnn", "resnet50_v1"]
     assert lines[2].startswith("run-b") and "0.5500 (+0.0500)" in lines[2] and "failed" in lines[2]
     assert lines[3].startswith("run-a") and "2026-01-01 12:00" in lines[3] and "0.7000" in lines[3]
     data = json.loads(runs_command(limit=1, as_json=True))
@@ -448,6 +450,70 @@ def test_runs_command_table_and_json(db_url, monkeypatch):
     assert data["runs"][0]["results"]["cnn"]["delta"] == pytest.approx(0.05)
     with pytest.raises(ValueError, match="--limit"):
         runs_command(limit=0, as_json=False)
+
+
+def test_migration_0002_keeps_every_row_and_gives_old_runs_a_legacy_lineage(db_url):
+    """A database written before lineages (schema 0001) upgrades with all its rows; runs with a data
+    fingerprint get a lineage of their own ("legacy-..."), so they are never compared with new runs."""
+    from alembic import command
+
+    from tl_tasks.store.db import _alembic_config, create_store_engine
+
+    engine = create_store_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(_alembic_config(engine, conn), "0001")
+        now = "2026-01-01 12:00:00"
+        with engine.begin() as conn:
+            for i, fp in enumerate(("f" * 64, None)):
+                conn.execute(sa.text("INSERT INTO runs (run_id, data_fingerprint, created_at, updated_at, sort_time) "
+                                     "VALUES (:r, :fp, :t, :t, :t)"), {"r": f"old{i}", "fp": fp, "t": now})
+            pk = conn.execute(sa.text("SELECT id FROM runs WHERE run_id = 'old0'")).scalar_one()
+            conn.execute(sa.text("INSERT INTO results (run_pk, variant, state, accuracy, created_at, updated_at) "
+                                 "VALUES (:pk, 'cnn', 'success', 0.61, :t, :t)"), {"pk": pk, "t": now})
+            rid = conn.execute(sa.text("SELECT id FROM results")).scalar_one()
+            conn.execute(sa.text("INSERT INTO gate_decisions (result_id, decision, forced, decided_at) "
+                                 "VALUES (:rid, 'bootstrap', false, :t)"), {"rid": rid, "t": now})
+    finally:
+        engine.dispose()
+    with connect(db_url) as store:  # migrates to head on first use
+        assert store.schema_revision() == SCHEMA_REVISION
+        old = store.get_run("old0")
+        assert old["lineage"] == "legacy-" + "f" * 16 and old["results"]["cnn"]["accuracy"] == pytest.approx(0.61)
+        assert old["results"]["cnn"]["gate"]["decision"] == "bootstrap"
+        assert store.get_run("old1")["lineage"] is None
+        assert store.champion("cnn", lineage="legacy-" + "f" * 16)["run_id"] == "old0"
+        _record_run(store, "new", T0 + timedelta(days=400), {"cnn": 0.7}, lineage="n" * 64)
+        assert store.champion("cnn", before_run_id="new") is None  # the legacy champion is another lineage
+
+
+def test_lineages_are_never_compared(store):
+    """Runs on another test set (lineage) neither change a lineage's champion nor its deltas."""
+    _record_run(store, "a1", T0, {"cnn": 0.67}, {"cnn": "bootstrap"}, lineage="A")
+    _record_run(store, "b1", T0 + timedelta(days=1), {"cnn": 0.15}, {"cnn": "bootstrap"}, lineage="B")
+    _record_run(store, "a2", T0 + timedelta(days=2), {"cnn": 0.60}, {"cnn": "kept"}, lineage="A")
+    assert store.champion("cnn", before_run_id="a2")["run_id"] == "a1"
+    assert store.champion("cnn", lineage="B")["run_id"] == "b1"
+    assert store.champion("cnn", before_run_id="b1") is None  # nothing earlier in lineage B
+    runs = {r["run_id"]: r for r in store.recent_runs(limit=10)}
+    assert runs["a2"]["results"]["cnn"]["previous_run_id"] == "a1"
+    assert runs["a2"]["results"]["cnn"]["delta"] == pytest.approx(-0.07)
+    assert runs["b1"]["results"]["cnn"]["delta"] is None and runs["b1"]["lineage"] == "B"
+    assert [p["run_id"] for p in store.trend("cnn", lineage="A")] == ["a1", "a2"]
+    assert store.previous_run("a2", same_lineage=True)["run_id"] == "a1"
+    assert store.previous_run("a2")["run_id"] == "b1"
+    assert store.lineage_size("A") == 2 and store.lineage_size("A", until_run_id="a1") == 1
+    # a run of unknown lineage (prepare failed) has no champion to compare with
+    store.upsert_run("x", logical_date=T0 + timedelta(days=3))
+    assert store.champion("cnn", before_run_id="x") is None
+
+
+def test_champion_is_only_a_successful_result(store):
+    _record_run(store, "r1", T0, {"cnn": 0.60}, {"cnn": "bootstrap"})
+    _record_run(store, "r2", T0 + timedelta(days=1), {"cnn": 0.70}, {"cnn": "promoted"})
+    store.record_failure("r2", "cnn", "evaluate", "retried later and failed")  # promoted, then failed
+    assert store.champion("cnn")["run_id"] == "r1"
+    assert [h["run_id"] for h in store.champion_history("cnn")] == ["r1"]
 
 
 def test_delete_run_removes_its_rows(store):

@@ -1,4 +1,4 @@
-"""Command line: `python -m tl_tasks {prepare,train,evaluate,gate,report,runs,db,run} ...` (see --help).
+"""Command line: `python -m tl_tasks {prepare,train,evaluate,gate,report,runs,champion,db,run} ...` (see --help).
 
 Stage commands print their result as JSON on stdout and log to stderr. Exit status: 0 ok, 1 the run (or the
 gate) failed, 2 bad input or an error (one line on stderr; --traceback shows the whole story).
@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tl_tasks.config import PROFILE_NAMES
-from tl_tasks.gate import DEFAULT_TOLERANCE
+from tl_tasks.gate import DEFAULT_ALPHA, DEFAULT_TOLERANCE
 from tl_tasks.variants import VARIANT_NAMES
 
 log = logging.getLogger("tl_tasks")
@@ -26,9 +26,10 @@ examples:
   python -m tl_tasks prepare --run-id r1 --profile smoke
   python -m tl_tasks train --run-id r1 --variant cnn
   python -m tl_tasks evaluate --run-id r1 --variant cnn
-  python -m tl_tasks gate --run-id r1 --tolerance 0.02
+  python -m tl_tasks gate --run-id r1 --tolerance 0.005 --alpha 0.05
   python -m tl_tasks report --run-id r1
   python -m tl_tasks runs --limit 5
+  python -m tl_tasks champion show --variant cnn
 
 Settings resolve as: profile < TL_* environment variables < options. Stage commands after `prepare`
 reuse the settings the run was prepared with unless --profile is given; options still override them.
@@ -86,6 +87,15 @@ def _tolerance(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _alpha(text: str) -> float:
+    from tl_tasks.gate import validate_alpha
+
+    try:
+        return validate_alpha(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_settings(p: argparse.ArgumentParser, *, variants: bool = False) -> None:
     g = p.add_argument_group("settings (default: the profile's, or what the run was prepared with)")
     g.add_argument("--profile", choices=PROFILE_NAMES,
@@ -109,7 +119,10 @@ def _add_settings(p: argparse.ArgumentParser, *, variants: bool = False) -> None
 def _add_gate_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("gate")
     g.add_argument("--tolerance", type=_tolerance, default=DEFAULT_TOLERANCE, metavar="T",
-                   help=f"largest accepted absolute drop in test accuracy below the champion (default {DEFAULT_TOLERANCE})")
+                   help="practical margin: a regression is a drop we are confident exceeds T, absolute "
+                        f"(default {DEFAULT_TOLERANCE} = {DEFAULT_TOLERANCE * 100:g} points)")
+    g.add_argument("--alpha", type=_alpha, default=DEFAULT_ALPHA, metavar="A",
+                   help=f"significance level of the paired McNemar test; intervals are 1-A (default {DEFAULT_ALPHA})")
     g.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a variant regressed")
     g.add_argument("--force-promote", action="store_true", help="promote every evaluated model regardless")
 
@@ -137,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_settings(p)
 
     p = command("gate", "compare each variant of a run with its champion and record promoted/kept/regressed",
-                "Compare each variant's test accuracy with its champion (its best promoted earlier model) "
-                "and record the decision: bootstrap, promoted, kept, regressed or failed.")
+                "Compare each variant with its champion (its latest promotion on the same test set) image by "
+                "image (McNemar test, paired interval) and record the decision: bootstrap, promoted, kept, "
+                "regressed or failed. Promoted models are published under $TL_HOME/champions/.")
     p.add_argument("--run-id", required=True, help="the run, as given to prepare")
     _add_settings(p, variants=True)
     _add_gate_options(p)
@@ -148,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("runs", "list recent runs with each variant's accuracy and change")
     p.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="how many runs (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = command("champion", "list published champions (show: the current one per lineage; history: every promotion)",
+                "Champions per variant and lineage (test set), with the model's sha256 and where it is published; "
+                "each is checked against the metrics database (missing or altered files are reported, exit 1).")
+    p.add_argument("action", choices=("show", "history"), help="show: current champions; history: all promotions")
+    p.add_argument("--variant", choices=VARIANT_NAMES, help="one variant only")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = command("db", "metrics database maintenance")
@@ -227,7 +248,7 @@ def cmd_gate(args) -> int:
     from tl_tasks import pipeline
 
     result = pipeline.gate_stage(args.run_id, _stage_settings(args).to_dict(), args.tolerance,
-                                 args.fail_on_regression, args.force_promote)
+                                 args.fail_on_regression, args.force_promote, args.alpha)
     _print_json(result)
     return 0
 
@@ -244,6 +265,14 @@ def cmd_runs(args) -> int:
 
     _out(runs_command(limit=args.limit, as_json=args.json))
     return 0
+
+
+def cmd_champion(args) -> int:
+    from tl_tasks.store.cli import champion_command
+
+    text, ok = champion_command(args.action, variant=args.variant, as_json=args.json)
+    _out(text)
+    return 0 if ok else EXIT_FAILED
 
 
 def cmd_db(args) -> int:
@@ -266,7 +295,7 @@ def cmd_run(args) -> int:
     run_id = args.run_id or "cli__" + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
     settings = pipeline.settings_from_params({"profile": args.profile, **_overrides(args)})
     log.info("run %s: profile %s, variants %s", run_id, settings.profile, ", ".join(settings.variants))
-    result = pipeline.run_all(run_id, settings, tolerance=args.tolerance,
+    result = pipeline.run_all(run_id, settings, tolerance=args.tolerance, alpha=args.alpha,
                               fail_on_regression=args.fail_on_regression, force_promote=args.force_promote)
     for variant, d in result["decisions"].items():
         acc = "-" if d["accuracy"] is None else f"{d['accuracy']:.4f}"
@@ -288,13 +317,13 @@ def _run_dag(args) -> int:
     spec = importlib.util.spec_from_file_location("tl_run_dag", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    conf = {"profile": args.profile, **_overrides(args), "tolerance": args.tolerance,
+    conf = {"profile": args.profile, **_overrides(args), "tolerance": args.tolerance, "alpha": args.alpha,
             "fail_on_regression": args.fail_on_regression, "force_promote": args.force_promote}
     return module.run_dag({k: v for k, v in conf.items() if v is not None}, out=_out)
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "gate": cmd_gate,
-            "report": cmd_report, "runs": cmd_runs, "db": cmd_db, "run": cmd_run}
+            "report": cmd_report, "runs": cmd_runs, "champion": cmd_champion, "db": cmd_db, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

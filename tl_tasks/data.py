@@ -49,6 +49,7 @@ class PreparedData:
     counts: dict
     class_counts: dict
     fingerprint: str
+    test_fingerprint: str = ""
     skipped: tuple[str, ...] = ()
     image_size: int = 32
     seed: int = 42
@@ -65,6 +66,7 @@ class PreparedData:
             "counts": dict(self.counts),
             "class_counts": {split: dict(c) for split, c in self.class_counts.items()},
             "fingerprint": self.fingerprint,
+            "test_fingerprint": self.test_fingerprint,
             "skipped_count": len(self.skipped),
             "skipped": list(self.skipped[:SKIPPED_IN_SUMMARY]),
             "image_size": self.image_size,
@@ -148,7 +150,8 @@ def prepare_data(source: str, out_dir: Path, *, limit_per_class: int | None = No
         counts={s: int(len(arrays[f"y_{s}"])) for s in SPLITS},
         class_counts={s: {n: int(c) for n, c in zip(names, np.bincount(arrays[f"y_{s}"], minlength=len(names)))}
                       for s in SPLITS},
-        fingerprint=fingerprint, skipped=raw.skipped, image_size=image_size, seed=seed,
+        fingerprint=fingerprint, test_fingerprint=fingerprint_test_set(arrays["x_test"], arrays["y_test"], names),
+        skipped=raw.skipped, image_size=image_size, seed=seed,
         val_fraction=val_fraction, limit_per_class=limit_per_class,
     )
     _write_transaction(prepared.path, arrays, prepared.summary())
@@ -639,6 +642,19 @@ def _limit(y: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
 
 def _sorted_concat(parts: list[np.ndarray]) -> np.ndarray:
     return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+
+def fingerprint_test_set(x_test: np.ndarray, y_test: np.ndarray, class_names) -> str:
+    """The lineage key of a test set: sha256 over its images, labels and class names, in order.
+
+    Where the data came from (source string, path, profile) does not count: the same test images compare.
+    """
+    h = hashlib.sha256(b"tl-test-set/v1\n")
+    h.update(json.dumps([str(c) for c in class_names]).encode())
+    for name, a in (("x_test", np.asarray(x_test, dtype=np.uint8)), ("y_test", np.asarray(y_test, dtype=np.int64))):
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    return h.hexdigest()
 
 
 def _fingerprint(arrays: dict[str, np.ndarray], class_names: tuple[str, ...]) -> str:

@@ -13,7 +13,8 @@ import keras
 import numpy as np
 
 from tl_tasks.config import Settings
-from tl_tasks.files import write_json_atomic
+from tl_tasks.files import sha256_file, write_json_atomic
+from tl_tasks.predictions import PREDICTIONS_FILE, write_predictions
 from tl_tasks.train import MODEL_FILE, _count, _load_class_names, _load_split
 from tl_tasks.variants import Variant, get_variant
 
@@ -41,6 +42,9 @@ class EvalResult:
     model_size_bytes: int
     class_names: list[str]
     test_images: int
+    predictions_path: str           # PREDICTIONS_FILE beside evaluation.json
+    predictions_sha256: str
+    model_sha256: str
     batch_size: int
     backend: str
     device: str
@@ -74,12 +78,16 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
     seconds = time.perf_counter() - t0
 
     metrics = _metrics(y_test, probs, class_names, seed=settings.seed)
+    predictions_path = model_dir / PREDICTIONS_FILE
+    predictions_sha256 = write_predictions(predictions_path, probs.argmax(axis=1))
     result = EvalResult(
         variant=v.name, **metrics,
         inference_img_per_s=round(len(y_test) / seconds, 1) if seconds > 0 else float("nan"),
         inference_timing=devices.inference_timing(),
         params_total=int(model.count_params()), params_trainable=_count(model.trainable_weights),
         model_size_bytes=model_path.stat().st_size, class_names=list(class_names), test_images=int(len(y_test)),
+        predictions_path=str(predictions_path), predictions_sha256=predictions_sha256,
+        model_sha256=sha256_file(model_path),
         batch_size=batch, backend=keras.backend.backend(), device=runtime.device_description(),
     )
     write_json_atomic(model_dir / EVALUATION_FILE, result.to_dict())

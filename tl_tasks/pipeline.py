@@ -18,7 +18,9 @@ from pathlib import Path
 from tl_tasks import config, devices
 from tl_tasks.config import Settings
 from tl_tasks.files import write_json_atomic
-from tl_tasks.gate import DEFAULT_TOLERANCE, RegressionError, decide, summarize, incomparable_test_sets, validate_tolerance
+from tl_tasks.gate import (
+    DEFAULT_ALPHA, DEFAULT_TOLERANCE, RegressionError, compare_paired, decide, summarize, validate_alpha, validate_tolerance,
+)
 from tl_tasks.variants import VARIANT_NAMES, get_variant
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ FAIL_VARIANTS_ENV = "TL_FAIL_VARIANTS"
 SETTINGS_FILE = "settings.json"
 # Trigger-form / command-line names of the Settings fields a run may override (None = profile default).
 SETTING_PARAMS = ("dataset", "variants", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed")
-GATE_PARAMS = ("tolerance", "fail_on_regression", "force_promote")
+GATE_PARAMS = ("tolerance", "alpha", "fail_on_regression", "force_promote")
 
 
 class ForcedFailure(RuntimeError):
@@ -107,7 +109,7 @@ def prepare_stage(run_id: str, settings_dict: dict, *, dag_id: str | None = None
         store.upsert_run(
             run_id, dag_id=dag_id, logical_date=logical_date or started, started_at=started, ended_at=None,
             state="running", profile=settings.profile, params=settings.to_dict(), seed=settings.seed,
-            data_source=settings.dataset, data_fingerprint=None, data_summary=None, class_names=None,
+            data_source=settings.dataset, data_fingerprint=None, lineage=None, data_summary=None, class_names=None,
             versions=versions(), error=None, report_path=None,
         )
         out = config.data_dir(run_id)
@@ -119,8 +121,8 @@ def prepare_stage(run_id: str, settings_dict: dict, *, dag_id: str | None = None
             store.upsert_run(run_id, state="failed", ended_at=_now(), error=f"prepare_data failed: {_one_line(exc)}")
             raise
         summary = prepared.summary()
-        store.upsert_run(run_id, data_fingerprint=summary["fingerprint"], data_summary=summary,
-                         class_names=summary["class_names"])
+        store.upsert_run(run_id, data_fingerprint=summary["fingerprint"], lineage=summary["test_fingerprint"],
+                         data_summary=summary, class_names=summary["class_names"])
     log.info("prepared %s for run %s: %s images (fingerprint %s)", settings.dataset, run_id,
              summary["counts"], summary["fingerprint"][:12])
     return {**summary, "data_dir": str(out), "run_id": run_id}
@@ -206,35 +208,50 @@ def evaluate_stage(run_id: str, variant: str, settings_dict: dict | None = None)
 
 
 def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float = DEFAULT_TOLERANCE,
-               fail_on_regression: bool = False, force_promote: bool = False) -> dict:
-    """Compare each variant of the run with its champion (best earlier promoted model) and record the decision.
+               fail_on_regression: bool = False, force_promote: bool = False, alpha: float = DEFAULT_ALPHA,
+               *, raise_on_regression: bool = True) -> dict:
+    """Compare each variant of the run with its champion, image by image, record the decision, and publish
+    promoted models under `$TL_HOME/champions/` (see `tl_tasks.gate` and `tl_tasks.champions`).
 
-    A variant without a result (its task was killed) or without an evaluation is recorded as failed first.
-    A champion measured on another test set (data source, classes, test-set size) is not compared with: the
-    model starts a new lineage (bootstrap).
+    The champion is the variant's latest promotion among earlier runs of the same lineage (the same test images);
+    a run on other data never touches it. A variant without a result (its task was killed) or without an
+    evaluation is recorded as failed first.
+
+    A promoted model is published, then made the lineage's `current` champion only if the metrics database
+    agrees it is the latest promotion (an older run's gate, rerun later, never rolls `current` back). A model
+    that cannot be published is recorded as "kept" with the reason; the others are still gated.
 
     Returns:
-        `{"decisions": {variant: decision}, "summary": {decision: [variants]}, "tolerance": t}`.
+        `{"run_id", "decisions": {variant: decision}, "summary": {decision: [variants]}, "tolerance": t,
+        "alpha": a, "lineage": fingerprint, "promoted": {variant: published folder now current}}`.
 
     Raises:
-        RegressionError: a variant regressed and `fail_on_regression` is set (after recording everything).
+        RegressionError: a variant regressed, `fail_on_regression` and `raise_on_regression` are set (after
+            recording everything). The DAG passes `raise_on_regression=False` so that the gate task succeeds
+            and emits its asset events; its `finalize` task fails the run instead.
+        ChampionError: a promoted model could not be published (after recording every decision); a retry
+            publishes it.
         RunFailed: the run's data was never prepared, so there is nothing to gate.
     """
-    tolerance = validate_tolerance(tolerance)
+    from tl_tasks import champions
+
+    tolerance, alpha = validate_tolerance(tolerance), validate_alpha(alpha)
     settings = _settings(run_id, settings_dict)
-    options = {"tolerance": tolerance, "fail_on_regression": bool(fail_on_regression),
+    options = {"tolerance": tolerance, "alpha": alpha, "fail_on_regression": bool(fail_on_regression),
                "force_promote": bool(force_promote)}
     decisions: dict[str, dict] = {}
+    published: dict[str, str] = {}
+    publish_errors: list[str] = []
     with _store() as store:
         run = store.get_run(run_id)
         if run is None:
             raise ValueError(f"run id {run_id!r} is not in the metrics database {store.url}; prepare it first "
                              f"(python -m tl_tasks prepare --run-id {run_id})")
-        if not run.get("data_fingerprint"):
+        if not run.get("data_fingerprint") or not run.get("lineage"):
             why = run.get("error") or "prepare_data did not complete"
             raise RunFailed(f"run {run_id!r} has no prepared data ({why}); there is nothing to gate")
         store.upsert_run(run_id, params={**(run.get("params") or settings.to_dict()), "gate": options})
-        champion_runs: dict[str, dict] = {}
+        y_test = None
         for variant in settings.variants:
             result = run["results"].get(variant)
             if result is None:
@@ -245,24 +262,82 @@ def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float 
                                               "no evaluation was recorded: the evaluate task was killed or never ran")
             failed = result["state"] == "failed"
             error = f"{result.get('stage') or 'a stage'} failed: {_first_line(result.get('error'))}" if failed else None
-            champion = store.champion(variant, before_run_id=run_id)
-            incomparable = None
-            if champion is not None:
-                champion_run = champion_runs.get(champion["run_id"]) or store.get_run(champion["run_id"]) or {}
-                champion_runs[champion["run_id"]] = champion_run
-                incomparable = incomparable_test_sets(run.get("data_summary"), champion_run.get("data_summary"))
-            decision = decide(result.get("accuracy"), champion, tolerance=tolerance, force_promote=force_promote,
-                              failed=failed, error=error, incomparable=incomparable)
+            champion = store.champion(variant, before_run_id=run_id, lineage=run["lineage"])
+            paired, unpaired = None, None
+            if champion is not None and not failed:
+                if y_test is None:
+                    y_test = _test_labels(run_id)
+                paired, unpaired = _paired(result, champion, y_test, alpha)
+            decision = decide(result.get("accuracy"), champion, paired=paired, tolerance=tolerance, alpha=alpha,
+                              force_promote=force_promote, failed=failed, error=error,
+                              test_images=(result.get("eval_info") or {}).get("test_images"),
+                              unpaired_reason=unpaired)
+            decision["lineage"] = run["lineage"]
+            folder = None
+            if decision["promoted"]:
+                try:
+                    folder = champions.publish(run, result, decision)
+                    decision["published"] = str(folder)
+                except (champions.ChampionError, OSError) as exc:
+                    publish_errors.append(f"{variant}: {exc}")
+                    decision.update(decision="kept", promoted=False,
+                                    reason=f"promotion not published ({exc}); was: {decision['reason']}")
             store.record_gate(run_id, variant, decision)
+            newest = store.champion(variant, lineage=run["lineage"]) if folder else None
+            if newest is not None and newest["run_id"] == run_id:
+                champions.make_current(folder)
+                published[variant] = str(folder)
+            elif folder is not None:
+                log.warning("%s of run %s was promoted, but a later run's promotion is the current champion; "
+                            "`current` stays on run %s", variant, run_id, newest and newest["run_id"])
             decisions[variant] = decision
             log.info("gate %s: %s (%s)", variant, decision["decision"], decision["reason"])
-    out = {"decisions": decisions, "summary": summarize(decisions), "tolerance": tolerance}
+    out = {"run_id": run_id, "decisions": decisions, "summary": summarize(decisions), "tolerance": tolerance, "alpha": alpha,
+           "lineage": run["lineage"], "promoted": published}
+    if publish_errors:
+        raise champions.ChampionError("could not publish: " + "; ".join(publish_errors)
+                                      + " (the decisions are stored; a retry publishes again)")
     regressed = [v for v, d in decisions.items() if d["decision"] == "regressed"]
-    if regressed and fail_on_regression:
+    if regressed and fail_on_regression and raise_on_regression:
         details = "; ".join(f"{v}: {decisions[v]['reason']}" for v in regressed)
         raise RegressionError(f"regression beyond tolerance {tolerance:g} in {', '.join(regressed)} ({details}); "
                               "the decisions are stored and shown in the report")
     return out
+
+
+def _test_labels(run_id: str):
+    import numpy as np
+
+    return np.load(config.data_dir(run_id) / "y_test.npy")
+
+
+def _paired(result: dict, champion: dict, y_test, alpha: float) -> tuple[dict | None, str | None]:
+    """The paired comparison of a result with its champion, or (None, why not)."""
+    from tl_tasks.predictions import PredictionsUnavailable, load_predictions
+
+    try:
+        new = load_predictions(result.get("predictions_path"), result.get("predictions_sha256"),
+                               expected_len=len(y_test))
+        old = _champion_predictions(champion, len(y_test))
+    except PredictionsUnavailable as exc:
+        log.warning("no paired comparison for %s: %s", result["variant"], exc)
+        return None, str(exc)
+    return compare_paired(y_test, new, old, alpha=alpha), None
+
+
+def _champion_predictions(champion: dict, n: int):
+    """The champion's per-image predictions: from its run folder, else from its published copy."""
+    from tl_tasks.predictions import PredictionsUnavailable, load_predictions
+
+    try:
+        return load_predictions(champion.get("predictions_path"), champion.get("predictions_sha256"), expected_len=n)
+    except PredictionsUnavailable as first:
+        published = (champion.get("gate") or {}).get("published")
+        if published and champion.get("predictions_path"):
+            copy = Path(published) / Path(champion["predictions_path"]).name
+            if copy.is_file():
+                return load_predictions(copy, champion.get("predictions_sha256"), expected_len=n)
+        raise PredictionsUnavailable(f"the champion (run {champion.get('run_id')}): {first}") from None
 
 
 def report_stage(run_id: str) -> str:
@@ -325,7 +400,7 @@ def conclude(run: dict) -> tuple[str, list[str]]:
 # ------------------------------------------------------------------------------------ whole runs
 
 def run_all(run_id: str, settings: Settings, *, tolerance: float = DEFAULT_TOLERANCE, fail_on_regression: bool = False,
-            force_promote: bool = False, dag_id: str | None = None) -> dict:
+            force_promote: bool = False, dag_id: str | None = None, alpha: float = DEFAULT_ALPHA) -> dict:
     """Every stage in order in this process, without Airflow: prepare, train and evaluate each variant (a
     failing variant does not stop the others), gate, report, finish.
 
@@ -334,6 +409,7 @@ def run_all(run_id: str, settings: Settings, *, tolerance: float = DEFAULT_TOLER
         also in the metrics database.
     """
     validate_tolerance(tolerance)
+    validate_alpha(alpha)
     try:
         prepare_stage(run_id, settings.to_dict(), dag_id=dag_id)
     except Exception:
@@ -349,7 +425,8 @@ def run_all(run_id: str, settings: Settings, *, tolerance: float = DEFAULT_TOLER
             failed.append(variant)
     decisions, error = {}, None
     try:
-        decisions = gate_stage(run_id, settings.to_dict(), tolerance, fail_on_regression, force_promote)["decisions"]
+        decisions = gate_stage(run_id, settings.to_dict(), tolerance, fail_on_regression, force_promote,
+                               alpha)["decisions"]
     except (RegressionError, RunFailed) as exc:
         error = str(exc)
     report = report_stage(run_id)

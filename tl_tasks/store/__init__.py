@@ -39,11 +39,12 @@ __all__ = [
 ]
 
 RUN_WRITABLE_FIELDS = ("dag_id", "logical_date", "started_at", "ended_at", "state", "profile", "params",
-                       "data_source", "data_fingerprint", "data_summary", "class_names", "seed", "versions",
+                       "data_source", "data_fingerprint", "lineage", "data_summary", "class_names", "seed", "versions",
                        "device", "report_path", "error")
 _JSON_RUN_FIELDS = {"params", "data_summary", "class_names", "versions"}
 _TRAIN_FIELDS = ("weights", "model_path", "epochs_run", "best_epoch", "resumed_from_epoch", "train_seconds")
-_EVAL_FIELDS = ("accuracy", "loss", "top3_accuracy", "macro_f1", "inference_img_per_s", "model_size_bytes")
+_EVAL_FIELDS = ("accuracy", "loss", "top3_accuracy", "macro_f1", "inference_img_per_s", "model_size_bytes",
+                "predictions_path", "predictions_sha256", "model_sha256")
 _SHARED_FIELDS = ("params_total", "params_trainable")
 _INT_FIELDS = {"epochs_run", "best_epoch", "resumed_from_epoch", "model_size_bytes", "params_total",
                "params_trainable", "seed", "epoch", "support"}
@@ -252,17 +253,26 @@ class MetricsStore:
         with read_connection(self.engine) as conn:
             return queries.get_result(conn, run_id, variant)
 
-    def previous_run(self, run_id: str) -> dict | None:
+    def previous_run(self, run_id: str, *, same_lineage: bool = False) -> dict | None:
         with read_connection(self.engine) as conn:
-            return queries.previous_run(conn, run_id)
+            return queries.previous_run(conn, run_id, same_lineage=same_lineage)
 
-    def champion(self, variant: str, before_run_id: str | None = None) -> dict | None:
+    def champion(self, variant: str, before_run_id: str | None = None, *, lineage: str | None = None) -> dict | None:
         with read_connection(self.engine) as conn:
-            return queries.champion(conn, variant, before_run_id)
+            return queries.champion(conn, variant, before_run_id, lineage=lineage)
 
-    def trend(self, variant: str, limit: int = 50, until_run_id: str | None = None) -> list[dict]:
+    def champion_history(self, variant: str | None = None, limit: int = 50) -> list[dict]:
         with read_connection(self.engine) as conn:
-            return queries.trend(conn, variant, limit, until_run_id)
+            return queries.champion_history(conn, variant, limit)
+
+    def lineage_size(self, lineage: str, until_run_id: str | None = None) -> int:
+        with read_connection(self.engine) as conn:
+            return queries.lineage_size(conn, lineage, until_run_id)
+
+    def trend(self, variant: str, limit: int = 50, until_run_id: str | None = None, *,
+              lineage: str | None = None) -> list[dict]:
+        with read_connection(self.engine) as conn:
+            return queries.trend(conn, variant, limit, until_run_id, lineage=lineage)
 
     def recent_runs(self, limit: int = 20) -> list[dict]:
         with read_connection(self.engine) as conn:

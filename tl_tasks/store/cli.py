@@ -36,22 +36,74 @@ def db_upgrade_command() -> str:
     return f"metrics database {where} upgraded from {before or 'empty'} to schema revision {after}"
 
 
+def champion_command(action: str, variant: str | None = None, as_json: bool = False) -> tuple[str, bool]:
+    """`champion show` (the current champion of each variant and lineage) or `champion history` (every
+    promotion, newest first), each checked against its published files. Returns (text, all intact)."""
+    from tl_tasks.champions import verify
+
+    if action not in ("show", "history"):
+        raise ValueError(f"action={action!r}; use show or history")
+    with connect() as store:
+        rows = store.champion_history(variant, limit=1000)
+        where = store.url
+    if action == "show":
+        seen, current = set(), []
+        for r in rows:  # newest first: the first promotion of each (variant, lineage) is its champion
+            if (r["variant"], r["lineage"]) not in seen:
+                seen.add((r["variant"], r["lineage"]))
+                current.append(r)
+        rows = current
+    for r in rows:
+        r["problems"] = verify(r, current=action == "show") if r.get("published") else []
+        r["note"] = None if r.get("published") else "not published (promoted before champions were published)"
+    ok = not any(r["problems"] for r in rows)
+    if as_json:
+        return json.dumps({"database": where, "champions": rows}, indent=2), ok
+    if not rows:
+        return f"no champions yet in {where}" + (f" for {variant}" if variant else ""), True
+    from tl_tasks.store.queries import _variant_order
+
+    order = {v: i for i, v in enumerate(_variant_order({r["variant"] for r in rows}))}
+    if action == "show":
+        rows.sort(key=lambda r: (order[r["variant"]], r["lineage"] or ""))
+    table = [["variant", "lineage", "run", "accuracy", "decision", "model sha256", "published", "check"]]
+    for r in rows:
+        decision = r["decision"] + (" (forced)" if r["forced"] else "")
+        table.append([r["variant"], (r["lineage"] or "-")[:12], r["run_id"], _acc(r["accuracy"]), decision,
+                      (r["model_sha256"] or "-")[:12], r.get("published") or "-",
+                      "PROBLEM: " + "; ".join(r["problems"]) if r["problems"] else r["note"] or "ok"])
+    return _format(table, "lineage = the test set's sha256 (first 12 hex digits); champions are compared and "
+                          "replaced only within a lineage"), ok
+
+
+def _acc(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _format(rows: list[list[str]], footer: str) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([*lines, "", footer])
+
+
 def _table(runs: list[dict]) -> str:
     from tl_tasks.store.queries import _variant_order
 
     variants = _variant_order({v for run in runs for v in run["results"]})
-    header = ["run", "date", "profile", "state", *variants]
-    rows = [header]
+    newest_lineage = next((run["lineage"] for run in runs if run.get("lineage")), None)
+    rows = [["run", "date", "profile", "state", "lineage", *variants]]
     for run in runs:
         date = run["logical_date"] or run["started_at"] or run["created_at"] or ""
-        rows.append([run["run_id"], date[:16].replace("T", " "), run["profile"] or "-", run["state"] or "-",
+        lineage = (run.get("lineage") or "-")[:8]
+        if run.get("lineage") and run.get("lineage") != newest_lineage:
+            lineage = "≠ " + lineage
+        rows.append([run["run_id"], date[:16].replace("T", " "), run["profile"] or "-", run["state"] or "-", lineage,
                      *(_cell(run["results"].get(v)) for v in variants)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("")
-    lines.append("test accuracy (change from the variant's previous run); failed = the variant failed in that run")
-    return "\n".join(lines)
+    return _format(rows, "test accuracy (change from the variant's previous run on the same test set; the gate's "
+                         "paired change vs its champion, exact McNemar p-value: decision); lineage = the test set's "
+                         "fingerprint, ≠ = another lineage than the newest run that has one, never compared with it; "
+                         "failed = the variant failed in that run")
 
 
 def _cell(result: dict | None) -> str:
@@ -62,6 +114,14 @@ def _cell(result: dict | None) -> str:
     if result["accuracy"] is None:
         return result["state"] or "-"
     text = f"{result['accuracy']:.4f}"
+    extra = []
     if result["delta"] is not None:
-        text += f" ({result['delta']:+.4f})"
-    return text
+        extra.append(f"{result['delta']:+.4f}")
+    gate = result.get("decision") or ""
+    if result.get("champion_delta") is not None and result.get("p_value") is not None:
+        p = result["p_value"]
+        gate = (f"vs champion {result['champion_delta']:+.4f}, " + ("p<0.0001" if p < 1e-4 else f"p={p:.2g}")
+                + f": {gate}")
+    if gate:
+        extra.append(gate)
+    return text + (f" ({'; '.join(extra)})" if extra else "")

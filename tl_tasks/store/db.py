@@ -22,7 +22,7 @@ SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 _PG_MIGRATION_LOCK = 0x746C5F7461736B73
 # The newest migration in migrations/versions (a test checks it equals the Alembic head); comparing with it
 # first lets an up-to-date database be opened without importing Alembic.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002_lineage"
 URL_EXAMPLES = "sqlite:////abs/path/metrics.db or postgresql://user:password@host:5432/metrics"
 
 

@@ -86,6 +86,8 @@ class Run(Base):
     params: Mapped[dict | None]
     data_source: Mapped[str | None] = mapped_column(sa.Text)
     data_fingerprint: Mapped[str | None] = mapped_column(sa.String(128))
+    # The test set's sha256 (data.fingerprint_test_set): runs compare only within one lineage.
+    lineage: Mapped[str | None] = mapped_column(sa.String(80))
     data_summary: Mapped[dict | None]
     class_names: Mapped[list | None]
     seed: Mapped[int | None]
@@ -101,7 +103,7 @@ class Run(Base):
     results: Mapped[list["Result"]] = relationship(back_populates="run", cascade="all, delete-orphan",
                                                    passive_deletes=True)
 
-    __table_args__ = (sa.Index("ix_runs_sort_time_id", "sort_time", "id"),)
+    __table_args__ = (sa.Index("ix_runs_sort_time_id", "sort_time", "id"), sa.Index("ix_runs_lineage", "lineage"))
 
 
 class Result(Base):
@@ -134,6 +136,9 @@ class Result(Base):
     class_names: Mapped[list | None]
     misclassified: Mapped[list | None]
     eval_info: Mapped[dict | None]                                    # other keys of the evaluation
+    predictions_path: Mapped[str | None] = mapped_column(sa.Text)     # per-image predicted classes (.npy)
+    predictions_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    model_sha256: Mapped[str | None] = mapped_column(sa.String(64))   # of model.keras, set when evaluated
     evaluated_at: Mapped[datetime | None]
     # both
     params_total: Mapped[int | None] = mapped_column(sa.BigInteger)

@@ -31,18 +31,18 @@ confusion_t = ConfusionMatrix.__table__
 gates_t = GateDecision.__table__
 
 RUN_FIELDS = ("run_id", "dag_id", "logical_date", "started_at", "ended_at", "state", "profile", "params",
-              "data_source", "data_fingerprint", "data_summary", "class_names", "seed", "versions", "device",
+              "data_source", "data_fingerprint", "lineage", "data_summary", "class_names", "seed", "versions", "device",
               "report_path", "error", "created_at", "updated_at")
 RESULT_FIELDS = ("variant", "state", "stage", "error", "weights", "model_path", "epochs_run", "best_epoch",
                  "resumed_from_epoch", "train_seconds", "train_info", "trained_at", "accuracy", "loss",
                  "top3_accuracy", "macro_f1", "inference_img_per_s", "model_size_bytes", "class_names",
-                 "misclassified", "eval_info", "evaluated_at", "params_total", "params_trainable", "failed_at",
+                 "misclassified", "eval_info", "predictions_path", "predictions_sha256", "model_sha256", "evaluated_at", "params_total", "params_trainable", "failed_at",
                  "created_at", "updated_at")
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 CLASS_FIELDS = ("class_name", "precision", "recall", "f1", "support")
 GATE_FIELDS = ("decision", "champion_run_id", "champion_accuracy", "accuracy", "delta", "tolerance", "forced",
                "decided_at")
-TREND_FIELDS = ("run_id", "logical_date", "started_at", "state", "accuracy", "loss", "top3_accuracy", "macro_f1",
+TREND_FIELDS = ("run_id", "logical_date", "started_at", "lineage", "state", "accuracy", "loss", "top3_accuracy", "macro_f1",
                 "train_seconds", "inference_img_per_s", "epochs_run", "decision")
 
 
@@ -154,30 +154,63 @@ def get_result(conn: Connection, run_id: str, variant: str) -> dict | None:
     return found[0][1] if found else None
 
 
-def previous_run(conn: Connection, run_id: str) -> dict | None:
+def previous_run(conn: Connection, run_id: str, *, same_lineage: bool = False) -> dict | None:
     """The latest run ordered before `run_id` that has at least one result, with its results; None if none
-    (or if `run_id` is not stored)."""
+    (or if `run_id` is not stored). `same_lineage`: only runs on the same test set (same `lineage`)."""
     key = _order_key(conn, run_id)
     if key is None:
         return None
     has_results = sa.exists().where(results_t.c.run_pk == runs_t.c.id)
-    row = conn.execute(sa.select(runs_t).where(_before(key), has_results).order_by(*_newest_first()).limit(1)).first()
+    query = sa.select(runs_t).where(_before(key), has_results)
+    if same_lineage:
+        lineage = conn.execute(sa.select(runs_t.c.lineage).where(runs_t.c.run_id == run_id)).scalar()
+        if lineage is None:
+            return None
+        query = query.where(runs_t.c.lineage == lineage)
+    row = conn.execute(query.order_by(*_newest_first()).limit(1)).first()
     return None if row is None else _run_dict(conn, row)
 
 
-def champion(conn: Connection, variant: str, before_run_id: str | None = None) -> dict | None:
-    """The variant's current champion: its latest result whose gate decision was promoted or bootstrap
-    (a forced promotion counts), among runs ordered before `before_run_id` when given.
+def lineage_of(conn: Connection, run_id: str) -> str | None:
+    """The run's lineage (its test set's fingerprint), None if unknown."""
+    return conn.execute(sa.select(runs_t.c.lineage).where(runs_t.c.run_id == run_id)).scalar()
 
-    Returns the result dict (as in get_run) plus run_id, dag_id, logical_date, started_at; None if none.
+
+def lineage_size(conn: Connection, lineage: str, until_run_id: str | None = None) -> int:
+    """How many runs belong to `lineage` (up to and including `until_run_id` when given)."""
+    query = sa.select(sa.func.count()).select_from(runs_t).where(runs_t.c.lineage == lineage)
+    if until_run_id is not None:
+        key = _order_key(conn, until_run_id)
+        if key is not None:
+            query = query.where(_at_or_before(key))
+    return int(conn.execute(query).scalar() or 0)
+
+
+def champion(conn: Connection, variant: str, before_run_id: str | None = None, *,
+             lineage: str | None = None) -> dict | None:
+    """The variant's current champion in a lineage: its latest *successful* result whose gate decision was
+    promoted or bootstrap (a forced promotion counts), among runs ordered before `before_run_id` when given.
+
+    The lineage is `lineage`, else that of `before_run_id`; a run of unknown lineage has no champion.
+    Without either, the latest champion of any lineage.
+
+    Returns the result dict (as in get_run) plus run_id, dag_id, logical_date, started_at, lineage; None if none.
     """
+    if lineage is None and before_run_id is not None:
+        lineage = lineage_of(conn, before_run_id)
+        if lineage is None:
+            return None
     query = (
-        sa.select(results_t.c.id, runs_t.c.run_id, runs_t.c.dag_id, runs_t.c.logical_date, runs_t.c.started_at)
+        sa.select(results_t.c.id, runs_t.c.run_id, runs_t.c.dag_id, runs_t.c.logical_date, runs_t.c.started_at,
+                  runs_t.c.lineage)
         .join(runs_t, runs_t.c.id == results_t.c.run_pk)
         .join(gates_t, gates_t.c.result_id == results_t.c.id)
-        .where(_newest_of_variant(conn, variant), gates_t.c.decision.in_(CHAMPION_DECISIONS))
+        .where(_newest_of_variant(conn, variant), gates_t.c.decision.in_(CHAMPION_DECISIONS),
+               results_t.c.state == "success", results_t.c.accuracy.is_not(None))
         .order_by(*_newest_first()).limit(1)
     )
+    if lineage is not None:
+        query = query.where(runs_t.c.lineage == lineage)
     if before_run_id is not None:
         key = _order_key(conn, before_run_id)
         if key is not None:
@@ -186,76 +219,120 @@ def champion(conn: Connection, variant: str, before_run_id: str | None = None) -
     if row is None:
         return None
     (_, result), = _load_results(conn, results_t.c.id == row.id)
-    return {**_pick(row, ("run_id", "dag_id", "logical_date", "started_at")), **result}
+    return {**_pick(row, ("run_id", "dag_id", "logical_date", "started_at", "lineage")), **result}
 
 
-def trend(conn: Connection, variant: str, limit: int = 50, until_run_id: str | None = None) -> list[dict]:
-    """The variant's last `limit` results (up to and including `until_run_id` when given), oldest first:
-    {run_id, logical_date, started_at, state, accuracy, loss, top3_accuracy, macro_f1, train_seconds,
-    inference_img_per_s, epochs_run, decision}."""
+def champion_history(conn: Connection, variant: str | None = None, limit: int = 50) -> list[dict]:
+    """Promotions (promoted or bootstrap, forced included) of successful results, newest first, at most `limit`:
+    {variant, run_id, lineage, logical_date, decision, forced, accuracy, model_path, model_sha256, decided_at}."""
     query = (
-        sa.select(runs_t.c.run_id, runs_t.c.logical_date, runs_t.c.started_at, results_t.c.state,
+        sa.select(results_t.c.variant, runs_t.c.run_id, runs_t.c.lineage, runs_t.c.logical_date, runs_t.c.data_source,
+                  gates_t.c.decision, gates_t.c.forced, results_t.c.accuracy, results_t.c.model_path,
+                  results_t.c.model_sha256, gates_t.c.decided_at, gates_t.c.details)
+        .join(runs_t, runs_t.c.id == results_t.c.run_pk)
+        .join(gates_t, gates_t.c.result_id == results_t.c.id)
+        .where(gates_t.c.decision.in_(CHAMPION_DECISIONS), results_t.c.state == "success")
+        .order_by(*_newest_first(), results_t.c.variant).limit(max(int(limit), 0))
+    )
+    if variant is not None:
+        query = query.where(results_t.c.variant == variant)
+    out = []
+    for r in conn.execute(query):
+        d = _pick(r, ("variant", "run_id", "lineage", "logical_date", "data_source", "decision", "forced", "accuracy",
+                      "model_path", "model_sha256", "decided_at"))
+        d["forced"] = bool(d["forced"])
+        d["published"] = (r.details or {}).get("published")
+        out.append(d)
+    return out
+
+
+def trend(conn: Connection, variant: str, limit: int = 50, until_run_id: str | None = None, *,
+          lineage: str | None = None) -> list[dict]:
+    """The variant's last `limit` results (up to and including `until_run_id` when given; only runs of `lineage`
+    when given), oldest first: {run_id, logical_date, started_at, lineage, state, accuracy, test_images, loss,
+    top3_accuracy, macro_f1, train_seconds, inference_img_per_s, epochs_run, decision}."""
+    query = (
+        sa.select(runs_t.c.run_id, runs_t.c.logical_date, runs_t.c.started_at, runs_t.c.lineage, results_t.c.state,
                   results_t.c.accuracy, results_t.c.loss, results_t.c.top3_accuracy, results_t.c.macro_f1,
                   results_t.c.train_seconds, results_t.c.inference_img_per_s, results_t.c.epochs_run,
-                  gates_t.c.decision)
+                  results_t.c.eval_info, gates_t.c.decision)
         .select_from(runs_t)
         .join(results_t, sa.and_(results_t.c.run_pk == runs_t.c.id, _newest_of_variant(conn, variant)))
         .outerjoin(gates_t, gates_t.c.result_id == results_t.c.id)
         .order_by(*_newest_first()).limit(max(int(limit), 0))
     )
+    if lineage is not None:
+        query = query.where(runs_t.c.lineage == lineage)
     if until_run_id is not None:
         key = _order_key(conn, until_run_id)
         if key is None:
             return []
         query = query.where(_at_or_before(key))
-    rows = conn.execute(query).all()
-    return [_pick(r, TREND_FIELDS) for r in reversed(rows)]
+    out = []
+    for r in reversed(conn.execute(query).all()):
+        d = _pick(r, TREND_FIELDS)
+        d["test_images"] = (r.eval_info or {}).get("test_images")
+        out.append(d)
+    return out
 
 
 def recent_runs(conn: Connection, limit: int = 20) -> list[dict]:
     """The last `limit` runs, newest first: {run_id, dag_id, logical_date, started_at, ended_at, state, profile,
-    data_source, created_at, results: {variant: {state, accuracy, previous_accuracy, delta, decision}}}.
+    data_source, lineage, created_at, results: {variant: {state, accuracy, previous_accuracy, previous_run_id,
+    delta, decision, champion_delta, p_value}}} (champion_delta and p_value: the gate's paired comparison).
 
-    `previous_accuracy` is the variant's accuracy in the latest earlier run that has one (failed or missing
-    results are skipped); `delta` = accuracy - previous_accuracy, None when either is missing.
+    `previous_accuracy` is the variant's accuracy in the latest earlier run *of the same lineage* (the same test
+    images) that has one (failed or missing results are skipped); `delta` = accuracy - previous_accuracy, None
+    when either is missing or the run's lineage is unknown. Runs of different lineages are never compared.
     """
     runs = conn.execute(sa.select(runs_t).order_by(*_newest_first()).limit(max(int(limit), 0))).all()
     if not runs:
         return []
     by_run: dict[int, dict] = defaultdict(dict)
     rows = conn.execute(
-        sa.select(results_t.c.run_pk, results_t.c.variant, results_t.c.state, results_t.c.accuracy, gates_t.c.decision)
+        sa.select(results_t.c.run_pk, results_t.c.variant, results_t.c.state, results_t.c.accuracy,
+                  gates_t.c.decision, gates_t.c.delta, gates_t.c.details)
         .outerjoin(gates_t, gates_t.c.result_id == results_t.c.id)
         .where(results_t.c.run_pk.in_([r.id for r in runs]))
     ).all()
     for r in rows:
-        by_run[r.run_pk][r.variant] = {"state": r.state, "accuracy": r.accuracy, "decision": r.decision}
+        by_run[r.run_pk][r.variant] = {"state": r.state, "accuracy": r.accuracy, "decision": r.decision,
+                                       "champion_delta": r.delta, "p_value": (r.details or {}).get("p_value")}
     variants = _variant_order({r.variant for r in rows})
     oldest = (runs[-1].sort_time, runs[-1].id)
-    last_accuracy = {v: _accuracy_before(conn, v, oldest) for v in variants}
+    last: dict[tuple[str, str], tuple] = {}  # (variant, lineage) -> (accuracy, run_id) of the last one seen
     out = []
-    for run in reversed(runs):  # oldest first, carrying each variant's last known accuracy forward
+    for run in reversed(runs):  # oldest first, carrying each variant's last accuracy per lineage forward
         results = {}
         for v in variants:
             if v not in by_run[run.id]:
                 continue
             res = by_run[run.id][v]
-            prev, acc = last_accuracy[v], res["accuracy"]
-            res.update(previous_accuracy=prev, delta=None if acc is None or prev is None else acc - prev)
-            results[v] = {k: res[k] for k in ("state", "accuracy", "previous_accuracy", "delta", "decision")}
-            if acc is not None:
-                last_accuracy[v] = acc
+            prev = (None, None)
+            if run.lineage is not None:
+                if (v, run.lineage) not in last:
+                    last[(v, run.lineage)] = _accuracy_before(conn, v, oldest, run.lineage)
+                prev = last[(v, run.lineage)]
+            acc = res["accuracy"]
+            res.update(previous_accuracy=prev[0], previous_run_id=prev[1],
+                       delta=None if acc is None or prev[0] is None else acc - prev[0])
+            results[v] = {k: res[k] for k in ("state", "accuracy", "previous_accuracy", "previous_run_id", "delta",
+                                              "decision", "champion_delta", "p_value")}
+            if acc is not None and run.lineage is not None:
+                last[(v, run.lineage)] = (acc, run.run_id)
         d = _pick(run, ("run_id", "dag_id", "logical_date", "started_at", "ended_at", "state", "profile",
-                        "data_source", "created_at"))
+                        "data_source", "lineage", "created_at"))
         d["results"] = results
         out.append(d)
     return out[::-1]
 
 
-def _accuracy_before(conn: Connection, variant: str, key) -> float | None:
-    return conn.execute(
-        sa.select(results_t.c.accuracy)
+def _accuracy_before(conn: Connection, variant: str, key, lineage: str) -> tuple:
+    row = conn.execute(
+        sa.select(results_t.c.accuracy, runs_t.c.run_id)
         .join(runs_t, runs_t.c.id == results_t.c.run_pk)
-        .where(_newest_of_variant(conn, variant), results_t.c.accuracy.is_not(None), _before(key))
+        .where(_newest_of_variant(conn, variant), results_t.c.accuracy.is_not(None), _before(key),
+               runs_t.c.lineage == lineage)
         .order_by(*_newest_first()).limit(1)
-    ).scalar()
+    ).first()
+    return (None, None) if row is None else (row.accuracy, row.run_id)

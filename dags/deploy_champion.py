@@ -1,0 +1,45 @@
+"""Example deployment DAG: runs whenever a variant gets a new champion (an event on its champion asset).
+
+It verifies the published champion (sha256 against champion.json) and points `$TL_HOME/deployed/<variant>`
+at it, for one lineage (test set) only: `TL_DEPLOY_LINEAGE` (a fingerprint prefix), else the lineage already
+deployed; champions of other test sets are skipped. Replace the task body with your own rollout.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import AssetAny, dag, task
+
+if importlib.util.find_spec("tl_tasks") is None:  # the project root, when only dags/ is on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tl_tasks.assets import champion_asset  # noqa: E402
+from tl_tasks.variants import VARIANT_NAMES  # noqa: E402
+
+CHAMPION_ASSETS = [champion_asset(v) for v in VARIANT_NAMES]
+
+
+@dag(
+    dag_id=Path(__file__).stem,
+    description="Deploy each new champion of cifar10_retraining (example)",
+    schedule=AssetAny(*CHAMPION_ASSETS),
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["ml", "cifar10", "deployment", "example"],
+)
+def deploy_champion():
+    @task
+    def deploy(triggering_asset_events=None) -> list[dict]:
+        import os
+
+        from tl_tasks.champions import deploy_events
+
+        return deploy_events(triggering_asset_events, lineage=os.environ.get("TL_DEPLOY_LINEAGE") or None)
+
+    deploy()
+
+
+deploy_champion_dag = deploy_champion()

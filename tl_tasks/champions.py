@@ -1,0 +1,300 @@
+"""Champions you can deploy: each promotion is published under `$TL_HOME/champions/<variant>/<lineage>/`.
+
+    champions/<variant>/<lineage[:16]>/
+        current -> versions/<run_key>          (a symlink, swapped atomically on each promotion)
+        versions/<run_key>/model.keras         (the evaluated model, byte for byte)
+                           predictions.npy     (its per-image predictions on the lineage's test set)
+                           serving/            (TF SavedModel from `model.export`, loads with plain TensorFlow)
+                           champion.json       (run id, lineage, accuracy + interval, sha256s, versions, date)
+
+Earlier champions stay in `versions/` as history. A lineage is one test set, so a run on other data never
+replaces another lineage's champion. Keras loads lazily (only to write the serving export).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tl_tasks import config
+from tl_tasks.files import sha256_file, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+CHAMPION_FILE = "champion.json"
+MODEL_FILE = "model.keras"
+SERVING_DIR = "serving"
+CURRENT = "current"
+VERSIONS = "versions"
+# Deployment fact, not a hyperparameter: `0` skips the TF SavedModel export (e.g. a Keras-on-JAX worker
+# without TensorFlow); champion.json then says why there is no serving export.
+SERVING_EXPORT_ENV = "TL_SERVING_EXPORT"
+
+
+class ChampionError(RuntimeError):
+    """A champion could not be published or does not match what the metrics database recorded."""
+
+
+def champions_root() -> Path:
+    return config.tl_home() / "champions"
+
+
+def lineage_dir(variant: str, lineage: str) -> Path:
+    return champions_root() / variant / lineage[:16]
+
+
+def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | None = None) -> Path:
+    """Write an evaluated, promoted model's version folder (atomically); returns it. `make_current` then points
+    the lineage's `current` at it, once the metrics database confirms it is the champion.
+
+    Args:
+        run: the run dict (run_id, lineage, data_source, profile, ...).
+        result: the variant's result dict (model_path, model_sha256, predictions_path, accuracy, ...).
+        decision: the gate decision that promoted it (accuracy_ci, forced, reason, ...).
+        serving_export: write the TF SavedModel; None = on unless `$TL_SERVING_EXPORT` is 0.
+
+    Raises:
+        ChampionError: the model file is missing or differs from the one that was evaluated.
+    """
+    variant, lineage = result["variant"], run.get("lineage")
+    if not lineage:
+        raise ChampionError(f"run {run['run_id']!r} has no lineage (test-set fingerprint): prepare it again")
+    model = Path(result.get("model_path") or "")
+    if not model.is_file():
+        raise ChampionError(f"cannot publish {variant} of run {run['run_id']}: model file {model} is missing; "
+                            "re-run its train and evaluate tasks")
+    model_sha = sha256_file(model)
+    if result.get("model_sha256") and model_sha != result["model_sha256"]:
+        raise ChampionError(f"cannot publish {variant} of run {run['run_id']}: {model} changed since it was "
+                            f"evaluated (sha256 {model_sha[:12]}..., evaluated {result['model_sha256'][:12]}...); "
+                            "re-run its evaluate task")
+    versions = lineage_dir(variant, lineage) / VERSIONS
+    versions.mkdir(parents=True, exist_ok=True)
+    final = versions / config.run_key(run["run_id"])
+    if _intact(final, model_sha):  # the gate ran again for this run: the same model is already published
+        return final
+    tmp = versions / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        shutil.copy2(model, tmp / MODEL_FILE)
+        if result.get("predictions_path") and Path(result["predictions_path"]).is_file():
+            shutil.copy2(result["predictions_path"], tmp / Path(result["predictions_path"]).name)
+        serving = _export_serving(tmp / MODEL_FILE, tmp / SERVING_DIR, serving_export)
+        write_json_atomic(tmp / CHAMPION_FILE, {
+            "variant": variant, "run_id": run["run_id"], "lineage": lineage, "data_source": run.get("data_source"),
+            "profile": run.get("profile"), "class_names": run.get("class_names"),
+            "accuracy": result.get("accuracy"), "accuracy_ci": decision.get("accuracy_ci"),
+            "test_images": (result.get("eval_info") or {}).get("test_images"),
+            "decision": decision.get("decision"), "forced": bool(decision.get("forced")),
+            "reason": decision.get("reason"), "model_file": MODEL_FILE, "model_sha256": model_sha,
+            "predictions_sha256": result.get("predictions_sha256"), "serving": serving,
+            "versions": _versions(), "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+        old = None
+        if final.exists():  # a different model for the same run (it was retrained): set the old one aside
+            old = versions / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("published %s of run %s (lineage %s): %s", variant, run["run_id"], lineage[:12], final)
+    return final
+
+
+def make_current(folder: Path) -> Path:
+    """Point the lineage's `current` at a published version folder (one rename); returns the link."""
+    folder = Path(folder)
+    home = folder.parent.parent
+    _point_current(home, folder)
+    return home / CURRENT
+
+
+def _intact(folder: Path, model_sha: str) -> bool:
+    try:
+        return read_champion(folder).get("model_sha256") == model_sha == sha256_file(folder / MODEL_FILE)
+    except (OSError, ValueError):
+        return False
+
+
+def read_champion(path: Path) -> dict:
+    """champion.json of a published version folder (or of a lineage's `current`)."""
+    return json.loads((Path(path) / CHAMPION_FILE).read_text())
+
+
+def verify(entry: dict, *, current: bool = False) -> list[str]:
+    """Problems with a published champion, compared with what the database recorded; [] when it is intact.
+
+    `entry`: a row of `champion_history` (variant, run_id, lineage, model_sha256, published). `current`: it is
+    the database's current champion, so the lineage's `current` link must point at it too.
+    """
+    where = entry.get("published")
+    if not where:
+        return ["never published (promoted before champions were published; a new promotion publishes it)"]
+    folder = Path(where)
+    model = folder / MODEL_FILE
+    if not model.is_file():
+        return [f"model file {model} is missing"]
+    problems = []
+    actual = sha256_file(model)
+    expected = entry.get("model_sha256")
+    if expected and actual != expected:
+        problems.append(f"{model} has sha256 {actual[:12]}... but the evaluated model had {expected[:12]}...")
+    try:
+        meta = read_champion(folder)
+    except (OSError, ValueError) as exc:
+        problems.append(f"{folder / CHAMPION_FILE} is unreadable: {exc}")
+    else:
+        if meta.get("model_sha256") != actual:
+            problems.append(f"{model} does not match the sha256 in {CHAMPION_FILE}")
+        if meta.get("run_id") != entry.get("run_id"):
+            problems.append(f"{folder} holds run {meta.get('run_id')!r}, expected {entry.get('run_id')!r}")
+    link = folder.parent.parent / CURRENT
+    if current and (not link.exists() or link.resolve() != folder.resolve()):
+        problems.append(f"{link} does not point at this champion; rerun the gate of run {entry.get('run_id')} "
+                        "to publish it again")
+    return problems
+
+
+def current_dir(variant: str, lineage: str) -> Path:
+    return lineage_dir(variant, lineage) / CURRENT
+
+
+def _point_current(home: Path, target: Path) -> None:
+    """Swap the `current` symlink to `target` in one rename (readers see the old or the new, never none)."""
+    link = home / CURRENT
+    tmp = home / f".{CURRENT}.{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(os.path.relpath(target, home), tmp)
+    os.replace(tmp, link)
+
+
+def _export_serving(model_path: Path, out: Path, enabled: bool | None) -> dict:
+    if enabled is None:
+        enabled = os.environ.get(SERVING_EXPORT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    if not enabled:
+        return {"format": None, "reason": f"{SERVING_EXPORT_ENV}=0: no serving export"}
+    from tl_tasks.pipeline import _quiet_keras_import
+
+    _quiet_keras_import()
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        try:
+            import tensorflow  # noqa: F401  (jax2tf needs it)
+        except ImportError:
+            return {"format": None, "reason": f"Keras runs on {keras.backend.backend()} without TensorFlow installed: "
+                                              "no SavedModel export (model.keras is published)"}
+    model = keras.models.load_model(model_path, compile=False, safe_mode=True)
+    model.export(str(out), format="tf_saved_model", verbose=False)
+    return {"format": "tf_saved_model", "path": SERVING_DIR, "endpoint": "serve",
+            "input": {"dtype": "uint8", "shape": [None, *model.input_shape[1:]]},
+            "output": "class probabilities (softmax), in champion.json's order of the lineage's class names"}
+
+
+def _versions() -> dict:
+    from tl_tasks.pipeline import versions
+
+    return versions()
+
+
+def deploy(published: str | Path, variant: str, *, target_root: Path | None = None,
+           lineage: str | None = None) -> dict:
+    """The example deployment: verify a published champion and point `$TL_HOME/deployed/<variant>` at it.
+
+    A serving system reads `deployed/<variant>/serving/` (or `model.keras`); the swap is one rename. The folder
+    must be a champion of `variant` under `$TL_HOME/champions/`, intact, and recorded as a promotion in the
+    metrics database. Only one lineage is deployed: `lineage` (a prefix of the test-set fingerprint), else the
+    lineage already deployed, else the first non-smoke one; champions of other test sets are skipped.
+
+    Returns:
+        `{"variant", "deployed": path or None, "lineage", "skipped": reason or None}`.
+
+    Raises:
+        ChampionError: the folder is not a published champion of `variant`, or does not match the database.
+    """
+    from tl_tasks.variants import get_variant
+
+    variant = get_variant(variant).name
+    folder = Path(published).resolve()
+    root_of_variant = (champions_root() / variant).resolve()
+    if not folder.is_relative_to(root_of_variant) or not (folder / CHAMPION_FILE).is_file():
+        raise ChampionError(f"{published} is not a published champion of {variant} (under {root_of_variant}); "
+                            "check the asset event")
+    meta = read_champion(folder)
+    if meta.get("variant") != variant:
+        raise ChampionError(f"{folder} holds a champion of {meta.get('variant')!r}, not of {variant!r}")
+    recorded = _recorded_promotion(variant, meta.get("run_id"))
+    problems = verify({"published": str(folder), "run_id": meta.get("run_id"),
+                       "model_sha256": (recorded or {}).get("model_sha256") or meta.get("model_sha256")})
+    if recorded is None:
+        problems.append(f"run {meta.get('run_id')!r} has no promotion of {variant} in the metrics database")
+    if problems:
+        raise ChampionError(f"refusing to deploy {folder}: " + "; ".join(problems))
+    root = Path(target_root) if target_root else config.tl_home() / "deployed"
+    link = root / variant
+    wanted = lineage or (_deployed_lineage(link) if link.exists() else None)
+    out = {"variant": variant, "lineage": meta["lineage"], "deployed": None, "skipped": None}
+    if wanted is None and meta.get("profile") == "smoke":
+        out["skipped"] = (f"champion of run {meta['run_id']} comes from a smoke run; set TL_DEPLOY_LINEAGE="
+                          f"{meta['lineage'][:12]} to deploy its lineage")
+    elif wanted is not None and not meta["lineage"].startswith(wanted):
+        out["skipped"] = (f"champion of run {meta['run_id']} is on another test set (lineage {meta['lineage'][:12]}) "
+                          f"than the deployed one ({wanted[:12]}); set TL_DEPLOY_LINEAGE to switch lineages")
+    if out["skipped"]:
+        log.warning("not deploying %s: %s", variant, out["skipped"])
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    _point_current_named(root, variant, folder)
+    out["deployed"] = str(link)
+    return out
+
+
+def deploy_events(triggering_asset_events, *, lineage: str | None = None) -> list[dict]:
+    """The deploy DAG's task: `deploy` each champion announced by the triggering asset events (newest last).
+
+    Every event is tried; a refused one does not stop the others, and the task fails at the end naming them.
+    """
+    out, refused = [], []
+    for events in (triggering_asset_events or {}).values():
+        for event in events:
+            extra = dict(getattr(event, "extra", None) or {})
+            try:
+                out.append(deploy(extra.get("published") or "", extra.get("variant") or "", lineage=lineage))
+            except (ChampionError, ValueError) as exc:
+                refused.append(f"{extra.get('variant')!r} of run {extra.get('run_id')!r}: {exc}")
+    if refused:
+        raise ChampionError("refused to deploy " + "; ".join(refused))
+    return out
+
+
+def _recorded_promotion(variant: str, run_id: str | None) -> dict | None:
+    from tl_tasks.store import connect
+
+    with connect() as store:
+        result = store.get_result(run_id, variant) if run_id else None
+    gate = (result or {}).get("gate") or {}
+    return result if result and result.get("state") == "success" and gate.get("decision") in ("promoted", "bootstrap") \
+        else None
+
+
+def _deployed_lineage(link: Path) -> str | None:
+    try:
+        return read_champion(link).get("lineage")
+    except (OSError, ValueError):
+        return None
+
+
+def _point_current_named(home: Path, name: str, target: Path) -> None:
+    tmp = home / f".{name}.{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(Path(target).resolve(), tmp)
+    os.replace(tmp, home / name)
