@@ -15,7 +15,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tl_tasks import config, timeouts
+from tl_tasks import config, devices, timeouts
 from tl_tasks.config import Settings
 from tl_tasks.errors import BadInput, MissingInput
 from tl_tasks.files import write_json_atomic
@@ -163,6 +163,7 @@ def train_stage(run_id: str, variant: str, settings_dict: dict | None = None, *,
         if variant in forced:
             raise ForcedFailure(f"{FAIL_VARIANTS_ENV}={os.environ[FAIL_VARIANTS_ENV]!r} forces variant {variant!r} "
                                 f"to fail (a test hook); unset {FAIL_VARIANTS_ENV} to train it")
+        devices.claim_for(settings.data_parallel)  # before Keras loads: CUDA_VISIBLE_DEVICES = the claimed GPU
         _quiet_keras_import()
         from tl_tasks.train import train_variant
 
@@ -194,6 +195,7 @@ def evaluate_stage(run_id: str, variant: str, settings_dict: dict | None = None)
     _require_prepared(run_id)
     model_dir = config.model_dir(run_id, variant)
     try:
+        devices.claim_for(settings.data_parallel)
         _quiet_keras_import()
         from tl_tasks.evaluate import evaluate_variant
 
@@ -489,6 +491,7 @@ def _quiet_keras_import() -> None:
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
+            devices.configure_tensorflow_cpus(tf)  # TL_CPU_DEVICES: before TF initialises its devices
             tf.config.list_physical_devices()
     finally:
         sys.stderr.flush()

@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -14,14 +15,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_tasks import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
+from tl_tasks import devices, runtime  # noqa: F401  (runtime sets TF/XLA environment variables before Keras loads)
 
 import keras
 import numpy as np
 
 from tl_tasks.config import Settings
 from tl_tasks.files import replace_durably, unique_tmp, write_json_atomic
-from tl_tasks.models import build_head, build_model, resolve_weights
+from tl_tasks.models import build_head, build_model, compile_recipe, one_hot, resolve_weights, set_base_frozen
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ SUMMARY_FILE = "train_summary.json"
 CHECKPOINT_DIR = "checkpoints"
 FINISHED_FILE = "finished.json"   # signature, epochs and model sha256 of a finished training (reuse on retry)
 STALE_OUTPUTS = (MODEL_FILE, SUMMARY_FILE, FINISHED_FILE, "evaluation.json")
-EARLY_STOPPING_MONITOR = "val_loss"
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
@@ -46,7 +46,7 @@ class TrainResult:
     weights_requested: str
     epochs_planned: int
     epochs_run: int                 # completed epochs in total, resumed attempts included
-    best_epoch: int | None          # 1-based epoch with the lowest val_loss
+    best_epoch: int | None          # 1-based epoch with the best monitored metric (variant.monitor), main phase
     stopped_early: bool
     train_seconds: float            # wall time of this attempt (data loading to saved model)
     history: list[dict]
@@ -67,6 +67,10 @@ class TrainResult:
     mixed_precision: bool
     backend: str
     device: str
+    head_warmup_epochs: int = 0     # of epochs_planned, how many trained the head alone (base frozen)
+    monitor: str = "val_accuracy"   # the metric best_epoch and early stopping follow
+    replicas: int = 1               # devices the model trained on at once (data-parallel mode)
+    recipe: dict = field(default_factory=dict)  # every hyperparameter with its reason: variant and profile
 
     def summary(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -105,7 +109,7 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     image_size = input_size if v.family == "cnn" else settings.image_size
     epochs = settings.epochs[v.family]
     feature_cache = v.frozen_base and not v.augment
-    mixed = runtime.gpu_available()
+    mixed = mixed_precision_enabled(settings)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = _Checkpoints(out_dir / CHECKPOINT_DIR, _signature(v, settings, data_dir, y_train, y_val))
@@ -127,19 +131,18 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     run = _Run(v=v, num_classes=len(class_names), input_size=input_size, image_size=image_size,
                weights=weights, epochs=epochs, settings=settings, verbose=verbose, checkpoints=checkpoints,
                state=state, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
-    with runtime.dtype_policy(mixed):
+    with runtime.dtype_policy(mixed), devices.data_parallel(settings.data_parallel) as replicas:
         model = run.fit_cached() if feature_cache else run.fit()
 
     model_path = out_dir / MODEL_FILE
     _save_model_atomic(model, model_path)
     history = run.history
-    val_losses = [h["val_loss"] for h in history if h.get("val_loss") is not None and np.isfinite(h["val_loss"])]
     attempt_seconds = sum(h["seconds"] for h in history[run.start_epoch:])
     attempt_epochs = len(history) - run.start_epoch
     result = TrainResult(
         variant=v.name, state="success", model_path=str(model_path.resolve()), weights=weights,
         weights_requested=str(settings.weights), epochs_planned=epochs, epochs_run=len(history),
-        best_epoch=(int(np.argmin(val_losses)) + 1) if val_losses else None,
+        best_epoch=_best_epoch(history, v, run.warmup_epochs),
         stopped_early=len(history) < epochs, train_seconds=round(time.perf_counter() - started, 3),
         history=history, resumed_from_epoch=run.start_epoch,
         params_total=int(model.count_params()), params_trainable=_count(model.trainable_weights),
@@ -148,6 +151,8 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
         train_images=int(len(y_train)), val_images=int(len(y_val)), input_size=input_size, image_size=image_size,
         batch_size=settings.batch_size, seed=settings.seed, early_stopping=v.early_stopping, train_limit=limit,
         mixed_precision=mixed, backend=keras.backend.backend(), device=runtime.device_description(),
+        head_warmup_epochs=run.warmup_epochs, monitor=v.monitor, replicas=replicas,
+        recipe={"variant": v.recipe(), "profile": settings.recipe(), "steps_per_epoch": run.steps_per_epoch},
     )
     write_json_atomic(out_dir / SUMMARY_FILE, result.summary())
     write_json_atomic(out_dir / FINISHED_FILE, {"signature": checkpoints.signature, "epochs": epochs,
@@ -216,10 +221,20 @@ class _Run:
     feature_seconds: float | None = None
     also_needs: list[str] = field(default_factory=list)  # checkpoint files besides the epoch model
 
+    phase: str = "main"                # "head" (warm-up, base frozen) or "main"; saved with each checkpoint
+
     def __post_init__(self):
         if self.state is not None:
             self.history = list(self.state["history"])
             self.start_epoch = int(self.state["completed_epochs"])
+        self.warmup_epochs = self.settings.head_warmup_epochs_for(self.v.name)
+        self.steps_per_epoch = max(1, math.ceil(len(self.y_train) / self.settings.batch_size))
+        self.t_train = one_hot(self.y_train, self.num_classes)
+        self.t_val = one_hot(self.y_val, self.num_classes)
+
+    def compile(self, model: keras.Model, phase: str) -> None:
+        epochs = self.warmup_epochs if phase == "head" else self.epochs - self.warmup_epochs
+        compile_recipe(model, self.v, self.num_classes, steps=self.steps_per_epoch * epochs, phase=phase)
 
     def build(self) -> keras.Model:
         runtime.seed_everything(self.settings.seed)
@@ -227,11 +242,26 @@ class _Run:
                            weights=None if self.weights == "none" else self.weights, seed=self.settings.seed)
 
     def fit(self) -> keras.Model:
-        """Train the whole model end to end."""
+        """Train the whole model end to end: first the head alone (base frozen) for the profile's head warm-up
+        epochs when the variant has that phase, then the variant's main phase. A checkpoint records its phase;
+        its saved optimizer carries the step counter, so the LR schedule resumes where it was. A checkpoint that
+        cannot be loaded falls back one epoch, then to a fresh start (`restore`)."""
         model = self.restore(self.checkpoints.load_model) if self.state else None
-        if model is None:
+        if model is not None:
+            loaded_phase = self.state.get("phase", "main")
+        else:
             model = self.build()
-        self._fit(model, self.x_train, self.x_val)
+            loaded_phase = "head" if self.warmup_epochs else "main"
+            if loaded_phase == "head":
+                set_base_frozen(model, self.v, True)
+            self.compile(model, loaded_phase)
+        if loaded_phase == "head":
+            self.phase = "head"
+            self._fit(model, self.x_train, self.x_val, until=self.warmup_epochs, early_stopping=False)
+            set_base_frozen(model, self.v, False)
+            self.compile(model, "main")  # a fresh optimizer: the warm-up's Adam moments are the head's only
+        self.phase = "main"
+        self._fit(model, self.x_train, self.x_val, until=self.epochs, early_stopping=self.v.early_stopping)
         return model
 
     def restore(self, load):
@@ -276,39 +306,44 @@ class _Run:
             head = build_head(self.v, self.num_classes, model.get_layer("head_pool").output.shape[-1],
                               seed=self.settings.seed)
             _copy_weights(model, head)  # start from the assembled model's own head initialisation
+            self.compile(head, "main")
         t0 = time.perf_counter()
         features = keras.Model(model.inputs, model.get_layer("head_pool").output, name="features")
         batch = self.settings.batch_size
         f_train = np.asarray(features.predict(self.x_train, batch_size=batch, verbose=0), dtype="float32")
         f_val = np.asarray(features.predict(self.x_val, batch_size=batch, verbose=0), dtype="float32")
         self.feature_seconds = round(time.perf_counter() - t0, 3)
-        self._fit(head, f_train, f_val)
+        self._fit(head, f_train, f_val, until=self.epochs, early_stopping=self.v.early_stopping)
         _copy_weights(head, model)
         model.optimizer.build(model.trainable_variables)  # a complete .keras file: no optimizer warning on load
         return model
 
-    def _fit(self, model: keras.Model, x_train, x_val) -> None:
+    def _fit(self, model: keras.Model, x_train, x_val, *, until: int, early_stopping: bool) -> None:
+        """Fit from the first epoch not yet in the history up to epoch `until` (exclusive, 0-based)."""
         early = None
-        if self.v.early_stopping:
-            early = _ResumableEarlyStopping(monitor=EARLY_STOPPING_MONITOR, patience=self.settings.patience,
-                                            restore_best_weights=True)
-            early.resume_from(self.state, self.checkpoints)
-        epoch_log = _EpochLog(self.history)
+        if early_stopping:
+            early = _ResumableEarlyStopping(monitor=self.v.monitor, mode=self.v.monitor_mode,
+                                            patience=self.v.patience, restore_best_weights=True)
+            early.resume_from(self.state if self.state and self.state.get("phase", "main") == self.phase else None,
+                              self.checkpoints)
+        epoch_log = _EpochLog(self.history, self.phase)
         callbacks = [epoch_log] + ([early] if early else []) + [_CheckpointEachEpoch(self, early)]
         already_stopped = bool(self.state and self.state.get("stopped"))
-        if self.start_epoch < self.epochs and not already_stopped:
-            runtime.seed_everything(self.settings.seed + self.start_epoch)
-            model.fit(x_train, self.y_train, validation_data=(x_val, self.y_val), epochs=self.epochs,
-                      initial_epoch=self.start_epoch, batch_size=self.settings.batch_size, shuffle=True,
+        done = len(self.history)
+        if done < until and not already_stopped:
+            runtime.seed_everything(self.settings.seed + done)
+            model.fit(x_train, self.t_train, validation_data=(x_val, self.t_val), epochs=until,
+                      initial_epoch=done, batch_size=self.settings.batch_size, shuffle=True,
                       verbose=self.verbose, callbacks=callbacks)
         elif early is not None and early.best_weights is not None:
             model.set_weights(early.best_weights)  # crashed after the last epoch: finish what fit would have done
 
 
 class _EpochLog(keras.callbacks.Callback):
-    def __init__(self, history: list[dict]):
+    def __init__(self, history: list[dict], phase: str):
         super().__init__()
         self.history = history
+        self.phase = phase
         self._t0 = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -319,6 +354,8 @@ class _EpochLog(keras.callbacks.Callback):
         entry = {"epoch": epoch + 1}
         entry.update({k: (float(logs[k]) if k in logs else None) for k in HISTORY_KEYS})
         entry["seconds"] = round(time.perf_counter() - self._t0, 3)
+        entry["phase"] = self.phase
+        entry["learning_rate"] = _current_lr(self.model)
         self.history.append(entry)
 
 
@@ -351,7 +388,8 @@ class _CheckpointEachEpoch(keras.callbacks.Callback):
         self.run, self.early = run, early
 
     def on_epoch_end(self, epoch, logs=None):
-        extra = {"stopped": bool(self.model.stop_training), "also_needs": self.run.also_needs}
+        extra = {"stopped": bool(self.model.stop_training), "also_needs": self.run.also_needs,
+                 "phase": self.run.phase}
         best_weights = None
         if self.early is not None:
             extra["early_stopping"] = self.early.snapshot()
@@ -528,6 +566,28 @@ def _load_split(data_dir: Path, split: str, num_classes: int) -> tuple[np.ndarra
         raise ValueError(f"{y_path} has labels {int(y.min())}..{int(y.max())}; expected 0..{num_classes - 1} "
                          f"(meta.json lists {num_classes} classes)")
     return x, y.astype("int64", copy=False)
+
+
+def mixed_precision_enabled(settings: Settings) -> bool:
+    """Mixed precision per `settings.mixed_precision`: "on", "off", or "auto" (on exactly when a GPU is visible)."""
+    if settings.mixed_precision == "auto":
+        return runtime.gpu_available()
+    return settings.mixed_precision == "on"
+
+
+def _best_epoch(history: list[dict], v: Variant, warmup_epochs: int) -> int | None:
+    """1-based epoch with the best `v.monitor` among the main phase's epochs (the first one on ties)."""
+    sign = 1.0 if v.monitor_mode == "max" else -1.0
+    scored = [(sign * float(h[v.monitor]), -i) for i, h in enumerate(history)
+              if i >= warmup_epochs and h.get(v.monitor) is not None and np.isfinite(h[v.monitor])]
+    return -max(scored)[1] + 1 if scored else None
+
+
+def _current_lr(model: keras.Model) -> float | None:
+    try:
+        return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    except Exception:  # an optimizer without a readable LR must not fail the training
+        return None
 
 
 def _weights_label(resolved: str | None) -> str:
