@@ -208,7 +208,7 @@ def _parse_env(key: str, env: str, raw: str):
             return True
         if raw.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{env}={raw!r}: use 1 (train one variant on all devices) or 0 (one device per task)")
+        raise BadInput(f"{env}={raw!r}: use 1 (train one variant on all devices) or 0 (one device per task)")
     if key == "limit_per_class" and raw.lower() in ("none", "all", "0"):
         return None
     try:
