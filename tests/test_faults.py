@@ -92,7 +92,8 @@ def test_a_finished_model_is_rerecorded_not_retrained_when_recording_failed(tmp_
     pipeline.prepare_stage("r1", settings.to_dict())
     calls = []
     original_fit = train_module._Run._fit
-    monkeypatch.setattr(train_module._Run, "_fit", lambda self, *a: calls.append(1) or original_fit(self, *a))
+    monkeypatch.setattr(train_module._Run, "_fit",
+                        lambda self, *a, **k: calls.append(1) or original_fit(self, *a, **k))
     record = Store.record_training
 
     def database_down(self, *args, **kwargs):
