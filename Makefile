@@ -46,6 +46,22 @@ airflow: venv
 bench: venv
 	$(PY) -m bench
 
+# Wheels bench/gpu.sh carries to a GPU machine without TensorFlow (bench/gpu-wheels.txt; CPython GPU_PYVER,
+# manylinux x86_64; the script installs only those whose module the machine lacks), checked to stay well under the 64 MiB a run can carry; plus the CIFAR-10 archive.
+.PHONY: gpu-wheels gpu-bench-tiny
+GPU_PYVER ?= 312  # the lent H200 machine's python3 is 3.12 (/work/.library/device/KINDS.md)
+gpu-wheels: venv
+	rm -rf bench/wheels && mkdir -p bench/wheels bench/data
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYVER) \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+	  -d bench/wheels -r bench/gpu-wheels.txt
+	test ! -f $(SHARED_CIFAR) || cp $(SHARED_CIFAR) bench/data/
+	@du -cb bench/wheels/*.whl bench/data/* | tail -1 | awk '{ printf "bench/wheels + bench/data: %.1f MiB\n", $$1/1048576; if ($$1 > 48*1048576) { print "too big to carry (limit 64 MiB, keep a margin)"; exit 1 } }'
+
+# The GPU benchmark at its tiny size on this CPU (Keras on JAX, synthetic data): checks it runs end to end.
+gpu-bench-tiny: venv
+	GPU_BENCH_SIZE=tiny GPU_BENCH_DATASET=synthetic PYTHON=$(PY) bench/gpu.sh bench/out/gpu_tiny.json
+
 clean:
 	rm -rf tl_home .pytest_cache
 

@@ -23,6 +23,7 @@ from tl_tasks.assets import champion_alias, champion_asset  # noqa: E402
 from tl_tasks.gate import DEFAULT_ALPHA, DEFAULT_TOLERANCE  # noqa: E402
 from tl_tasks.notifier import RetrainingNotifier  # noqa: E402
 from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS  # noqa: E402
+from tl_tasks.timeouts import DAGRUN_TIMEOUT, HARD  # noqa: E402
 from tl_tasks.variants import VARIANT_NAMES, VARIANTS  # noqa: E402
 from tl_tasks.watch import DATASET_ASSET  # noqa: E402
 
@@ -41,6 +42,7 @@ SCHEDULE = _schedule(os.environ.get("TL_SCHEDULE", "@weekly"))
 # On the clock OR when the data watcher (dags/tl_data_watcher.py) reports new, removed or changed images.
 TIMETABLE = (AssetOrTimeSchedule(timetable=CronTriggerTimetable(SCHEDULE, timezone="UTC"), assets=[Asset(DATASET_ASSET)])
              if SCHEDULE else [Asset(DATASET_ASSET)])
+RETRY_DELAY_S = int(os.environ.get("TL_RETRY_DELAY_S", "60"))   # wait before a retry (tests shorten it)
 
 PARAMS = {
     "profile": Param(
@@ -135,7 +137,9 @@ DOC_MD = f"""
 
 Every result is in the metrics database (`TL_METRICS_DB_URL`). Schedule: `TL_SCHEDULE`
 (now `{SCHEDULE}`; `none` = no clock) **or** an event on the `{DATASET_ASSET}` asset, emitted by the
-`tl_data_watcher` DAG when the watched images change. Tasks retry twice, except on bad input.
+`tl_data_watcher` DAG when the watched images change. Tasks retry twice, except on bad input (`BadInput`).
+Time limits: a hard `execution_timeout` per task and a `dagrun_timeout` of {DAGRUN_TIMEOUT.days} days; train and
+evaluate also stop at a deadline from the run's profile, variant and epochs (`tl_tasks/timeouts.py`).
 """
 
 # Bad input, a forced test failure or a fatal regression fail at once: retrying cannot change them.
@@ -151,6 +155,7 @@ RETRY_POLICY = ExceptionRetryPolicy(rules=[RetryRule(exception=list(NO_RETRY_EXC
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=DAGRUN_TIMEOUT,
     tags=["ml", "cifar10", "transfer-learning", "retraining"],
     params=PARAMS,
     # One message per run when a variant regressed or failed, or the run failed (off unless configured).
@@ -159,25 +164,26 @@ RETRY_POLICY = ExceptionRetryPolicy(rules=[RetryRule(exception=list(NO_RETRY_EXC
     default_args={
         "owner": "ml",
         "retries": 2,
-        "retry_delay": timedelta(minutes=1),
+        "retry_delay": timedelta(seconds=RETRY_DELAY_S),
         "retry_policy": RETRY_POLICY,
     },
 )
 def cifar10_retraining():
-    @task
+    @task(execution_timeout=HARD["prepare_data"])
     def prepare_data(params=None, run_id=None, dag_run=None) -> list[dict]:
         """Prepare the data; returns one {variant, settings} job per chosen variant."""
         from tl_tasks.pipeline import prepare_jobs
 
         return prepare_jobs(run_id, dict(params), dag_id=DAG_ID, logical_date=dag_run.logical_date or dag_run.run_after)
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE, map_index_template="{{ task.op_kwargs['variant'] }}")
+    @task(pool=GPU_POOL, queue=GPU_QUEUE, execution_timeout=HARD["train"],
+          map_index_template="{{ task.op_kwargs['variant'] }}")
     def train(variant: str, settings: dict, run_id=None) -> dict:
         from tl_tasks.pipeline import train_stage
 
         return train_stage(run_id, variant, settings, verbose=2)  # one log line per epoch
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE, trigger_rule=TriggerRule.ALL_DONE,
+    @task(pool=GPU_POOL, queue=GPU_QUEUE, trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["evaluate"],
           map_index_template="{{ task.op_kwargs['trained']['variant'] }}")
     def evaluate(trained: dict, run_id=None) -> dict:
         # Mapped over train's results: only variants whose training succeeded are evaluated.
@@ -185,8 +191,8 @@ def cifar10_retraining():
 
         return evaluate_stage(run_id, trained["variant"])
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, inlets=[champion_asset(v) for v in VARIANT_NAMES],
-          outlets=[champion_alias()])
+    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["gate"],
+          inlets=[champion_asset(v) for v in VARIANT_NAMES], outlets=[champion_alias()])
     def gate(params=None, run_id=None, outlet_events=None) -> dict:
         # The champion assets are declared (inlets register them); events go out only for promoted variants.
         from tl_tasks.assets import emit_promotions
@@ -199,13 +205,13 @@ def cifar10_retraining():
         emit_promotions(outlet_events, result)
         return result
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["build_report"])
     def build_report(run_id=None) -> str:
         from tl_tasks.pipeline import report_stage
 
         return report_stage(run_id)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["finalize"])
     def finalize(run_id=None) -> dict:
         # The run's only leaf: Airflow derives the run's state from it, so a failed variant fails the run
         # (its RunFailed is in NO_RETRY_EXCEPTIONS: no pointless retries).

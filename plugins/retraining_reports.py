@@ -1,7 +1,7 @@
 """Airflow 3 plugin: a "Retraining reports" entry in the UI that serves the HTML reports from $TL_HOME.
 
-Only logged-in Airflow users get the pages (Airflow's own `get_user`: the UI's `_token` cookie or a Bearer
-token), and only files under `$TL_HOME/reports/` and `$TL_HOME/runs/<key>/report/` are served. Nothing
+Only logged-in Airflow users who may read the `cifar10_retraining` DAG get the pages (Airflow's own `get_user`:
+the UI's `_token` cookie or a Bearer token; then the auth manager's `is_authorized_dag`, GET), and only files under `$TL_HOME/reports/` and `$TL_HOME/runs/<key>/report/` are served. Nothing
 heavy is imported here: the pages are static files written by `reports.builder`.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
 
 URL_PREFIX = "/retraining-reports"
+DAG_ID = "cifar10_retraining"   # reports show this DAG's runs: reading them needs read access to it
 INDEX = "reports/index.html"
 # Reports are self-contained pages: no scripts, inline styles, images as data: URIs. The policy makes a
 # page inert even if a string slipped past escaping; framing is allowed for the Airflow UI (same origin).
@@ -23,7 +24,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
                                "frame-ancestors 'self'; base-uri 'none'; form-action 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-cache",
+    "Cache-Control": "private, no-store",   # per-user authorised pages: no shared or on-disk caches
     "Referrer-Policy": "same-origin",
 }
 _EMPTY_INDEX = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Retraining reports</title></head>
@@ -35,15 +36,20 @@ _EMPTY_INDEX = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><ti
 async def require_user(request: Request):
     """Airflow's authentication for the api-server's own routes: a Bearer token or the UI's JWT cookie.
 
-    Raises 401 without credentials, 403 for an invalid token or a user who may not view the website.
+    Raises 401 without credentials, 403 for an invalid token, a user who may not view the website, or one
+    without DAG-level read permission on `cifar10_retraining` (the reports show its runs, errors and paths).
     """
     from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView, DagDetails
     from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
 
     user = await get_user(request, None, await bearer_scheme(request))
-    if not get_auth_manager().is_authorized_view(access_view=AccessView.WEBSITE, user=user):
+    manager = get_auth_manager()
+    if not manager.is_authorized_view(access_view=AccessView.WEBSITE, user=user):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "Forbidden")
+    if not manager.is_authorized_dag(method="GET", details=DagDetails(id=DAG_ID), user=user):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"Forbidden: reading the reports needs read access to "
+                                                       f"the DAG {DAG_ID!r}")
     return user
 
 

@@ -14,18 +14,30 @@ export AIRFLOW__CORE__EXECUTOR=LocalExecutor
 export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=False
 "$PY" scripts/airflow_env.py --setup
 
+# Each component runs in its own process group (setsid), so that stopping it reaches everything it started
+# (gunicorn/uvicorn workers, LocalExecutor task processes, the output filter), not just a wrapper shell.
+# SIGTERM first; whatever is still there after STOP_GRACE_S seconds gets SIGKILL: all is gone within 10 s.
+STOP_GRACE_S="${TL_AIRFLOW_STOP_GRACE_S:-7}"
 pids=()
 stop() {
   trap - INT TERM EXIT
   echo "[airflow] stopping..."
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait || true
+  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for _ in $(seq $((STOP_GRACE_S * 10))); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "[airflow] stopped"
 }
 trap stop INT TERM EXIT
 
-start() {  # start NAME ARGS...: run `airflow ARGS` with its output prefixed by [NAME]
+start() {  # start NAME ARGS...: run `airflow ARGS` in its own process group, output prefixed by [NAME]
   local name=$1; shift
-  ( exec airflow "$@" 2>&1 | sed -u "s/^/[$name] /" ) &
+  setsid bash -c 'name=$1; shift; airflow "$@" 2>&1 | sed -u "s/^/[$name] /"' _ "$name" "$@" &
   pids+=($!)
 }
 start api-server api-server --host 127.0.0.1 --port "$AIRFLOW__API__PORT"

@@ -16,7 +16,7 @@ PG_ADMIN_URL = os.environ.get("TL_TEST_PG_ADMIN_URL", "postgresql+psycopg://post
 
 
 @pytest.fixture(autouse=True)
-def tl_home(tmp_path, monkeypatch) -> Path:
+def tl_home(tmp_path, tmp_path_factory, monkeypatch) -> Path:
     """Every test writes under its own TL_HOME with a SQLite metrics database, and no stray TL_* settings."""
     for key in list(os.environ):
         if key.startswith("TL_") and not key.startswith("TL_TEST_"):
@@ -24,6 +24,9 @@ def tl_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "tl_home"
     home.mkdir()
     monkeypatch.setenv("TL_HOME", str(home))
+    # data sources and weights must lie under an allowed root: pytest's temporary folders and the shared data
+    monkeypatch.setenv("TL_DATA_ROOTS", os.pathsep.join([str(tmp_path_factory.getbasetemp()),
+                                                         str(SHARED_CIFAR_JPG.parent)]))
     return home
 
 

@@ -35,6 +35,8 @@ SECRETS = {
     "AIRFLOW_JWT_SECRET": "jwt-secret-from-env-4",
     "AIRFLOW_API_SECRET_KEY": "api-secret-from-env-5",
     "AIRFLOW_ADMIN_PASSWORD": "admin-secret-from-env-6",
+    "AIRFLOW_DB_PASSWORD": "airflow-db-secret-from-env-7",
+    "METRICS_DB_PASSWORD": "metrics-db-secret-from-env-8",
 }
 AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
                     "airflow-triggerer", "airflow-worker", "airflow-worker-gpu"}
@@ -162,6 +164,95 @@ def test_no_literal_secrets_in_the_repository():
     for name in SECRETS:
         assert example.get(name) == "", f".env.example must leave {name} empty"
     assert ".env" in (PROJECT_ROOT / ".gitignore").read_text().split()
+
+
+def test_least_privilege_database_roles(config):
+    services = config["services"]
+    for name in AIRFLOW_SERVICES:
+        env = services[name]["environment"]
+        text = json.dumps(env)
+        assert SECRETS["POSTGRES_PASSWORD"] not in text, f"{name} knows the PostgreSQL superuser password"
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith(
+            f"postgresql+psycopg://airflow:{SECRETS['AIRFLOW_DB_PASSWORD']}@")
+        assert env["TL_METRICS_DB_URL"].startswith(f"postgresql+psycopg://metrics:{SECRETS['METRICS_DB_PASSWORD']}@")
+    postgres = services["postgres"]
+    assert postgres["environment"]["POSTGRES_USER"] == "postgres"
+    init_dir = Path(next(v["source"] for v in postgres["volumes"] if v["target"] == "/docker-entrypoint-initdb.d"))
+    script = (init_dir / "02-roles.sh").read_text()
+    assert "ALTER DATABASE metrics OWNER TO metrics" in script and "REVOKE ALL ON DATABASE metrics FROM PUBLIC" in script
+    assert "NOSUPERUSER" in script and "PASSWORD" in script and "metrics_pw" in script
+
+
+def test_roles_script_really_confines_the_metrics_role(tmp_path, pg_url):
+    """Run 02-roles.sh's SQL against the test PostgreSQL (in a scratch database pair) and check that role
+    metrics can use its own database and cannot connect to Airflow's."""
+    import sqlalchemy as sa
+    import uuid
+
+    tag = uuid.uuid4().hex[:8]
+    script = (PROJECT_ROOT / "docker" / "postgres-init" / "02-roles.sh").read_text()
+    sql = script.split("<<'SQL'\n", 1)[1].rsplit("SQL\n", 1)[0]
+    names = {"airflow": f"tl_af_{tag}", "metrics": f"tl_me_{tag}"}
+    sql = re.sub(r"\bairflow\b", names["airflow"], sql)
+    sql = re.sub(r"\bmetrics\b", names["metrics"], sql)
+    sql = sql.replace(":'airflow_pw'", "'pw-a'").replace(":'metrics_pw'", "'pw-m'")
+    admin = sa.create_engine(pg_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    base = pg_url.rsplit("/", 1)[0].replace("postgres@", "{user}:{pw}@")
+    try:
+        with admin.connect() as conn:
+            for db in names.values():
+                conn.execute(sa.text(f'CREATE DATABASE "{db}"'))
+        first, second = sql.split("\\connect " + names["metrics"])
+        for db, part in ((names["airflow"], first), (names["metrics"], second)):
+            eng = sa.create_engine(pg_url.rsplit("/", 1)[0] + f"/{db}", isolation_level="AUTOCOMMIT")
+            with eng.connect() as conn:
+                for stmt in filter(str.strip, part.split(";")):
+                    conn.execute(sa.text(stmt))
+            eng.dispose()
+        metrics_url = base.format(user=names["metrics"], pw="pw-m").replace("127.0.0.1:5432", "127.0.0.1:5432")
+        own = sa.create_engine(metrics_url + f"/{names['metrics']}")
+        with own.connect() as conn:
+            conn.execute(sa.text("CREATE TABLE t (x int)"))
+            conn.commit()
+        own.dispose()
+        other = sa.create_engine(metrics_url + f"/{names['airflow']}")
+        with pytest.raises(sa.exc.OperationalError, match="permission denied"):
+            other.connect()
+        other.dispose()
+    finally:
+        with admin.connect() as conn:
+            for db in names.values():
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+            for role in names.values():
+                conn.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
+        admin.dispose()
+
+
+def test_secrets_volume_only_where_used(config):
+    services = config["services"]
+    with_secrets = {name for name, svc in services.items()
+                    if any(v.get("target") == "/opt/airflow/secrets" for v in svc.get("volumes", []))}
+    assert with_secrets == {"airflow-apiserver", "airflow-init"}, with_secrets
+    assert {"airflow-worker", "airflow-worker-gpu", "airflow-scheduler"}.isdisjoint(with_secrets)
+
+
+def test_images_are_pinned_by_version(config):
+    for name, service in config["services"].items():
+        image = service.get("image", "")
+        tag = image.rsplit(":", 1)[1] if ":" in image else ""
+        assert re.match(r"\d+\.\d+(\.\d+)?", tag), f"{name}: image {image!r} is not pinned to a version"
+    redis = config["services"]["redis"]["image"]
+    version = tuple(int(x) for x in re.match(r"redis:(\d+)\.(\d+)\.(\d+)", redis).groups())
+    assert version >= (7, 2, 11) and version < (7, 3, 0) or version >= (8, 2, 2), redis
+    assert re.search(r"^ARG AIRFLOW_IMAGE=apache/airflow:\d+\.\d+\.\d+-python3\.11$", DOCKERFILE.read_text(), re.M)
+
+
+def test_scale_out_doc_exists_and_is_referenced():
+    doc = PROJECT_ROOT / "docs" / "SCALE_OUT.md"
+    assert doc.is_file()
+    text = doc.read_text()
+    for topic in ("METRICS_DB_PASSWORD", "airflow-worker-gpu", "PUBLISH_HOST", "gpu", "Kubernetes"):
+        assert topic in text, topic
 
 
 def test_dockerfile_has_cpu_and_gpu_targets():

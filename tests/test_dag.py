@@ -28,7 +28,9 @@ RUN_DAG = PROJECT_ROOT / "scripts" / "run_dag.py"
 os.environ.setdefault("AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / "tl-test-airflow-home"))
 
 from tl_tasks.assets import champion_alias  # noqa: E402
+from tl_tasks.errors import BadInput, MissingInput  # noqa: E402
 from tl_tasks.store import connect  # noqa: E402
+from tl_tasks.timeouts import DAGRUN_TIMEOUT, HARD  # noqa: E402
 from tl_tasks.variants import VARIANT_NAMES  # noqa: E402
 
 TASK_IDS = {"prepare_data", "train", "evaluate", "gate", "build_report", "finalize"}
@@ -89,7 +91,7 @@ def test_dag_parses_without_errors_or_heavy_imports(tmp_path):
     # Run from a foreign folder with no PYTHONPATH: the DAG file must find tl_tasks by itself.
     parsed = _parse(tmp_path)
     assert parsed["errors"] == {}
-    assert parsed["dag_ids"] == ["cifar10_retraining", "deploy_champion", "tl_data_watcher"]
+    assert parsed["dag_ids"] == ["cifar10_retraining", "deploy_champion", "tl_data_watcher", "tl_maintenance"]
     assert parsed["heavy"] == [], f"parsing the DAG imported {parsed['heavy']}"
     assert parsed["schedule"] == "0 0 * * 0" and parsed["on_data_asset"]  # @weekly or new data
 
@@ -120,8 +122,14 @@ def test_retries_trigger_rules_pools_and_map_labels(dag):
     for task in dag.tasks:
         assert task.retries >= 2 and task.retry_delay >= timedelta(seconds=30), task.task_id
         policy = task.retry_policy
-        assert policy.evaluate(ValueError("bad input"), 1, 3).action == RetryAction.FAIL
+        assert policy.evaluate(BadInput("bad input"), 1, 3).action == RetryAction.FAIL
+        assert policy.evaluate(MissingInput("no such dataset"), 1, 3).action == RetryAction.FAIL
         assert policy.evaluate(RuntimeError("transient"), 1, 3).action == RetryAction.DEFAULT
+        # not every ValueError / FileNotFoundError is bad input: a truncated file or a vanished NFS file retries
+        assert policy.evaluate(ValueError("truncated checkpoint"), 1, 3).action == RetryAction.DEFAULT
+        assert policy.evaluate(FileNotFoundError("model.keras"), 1, 3).action == RetryAction.DEFAULT
+        assert task.execution_timeout is not None and task.execution_timeout <= HARD["train"], task.task_id
+    assert dag.dagrun_timeout == DAGRUN_TIMEOUT
     train, evaluate = dag.get_task("train"), dag.get_task("evaluate")
     assert (train.pool, train.queue, evaluate.pool, evaluate.queue) == ("gpu", "gpu", "gpu", "gpu")
     assert "variant" in train.map_index_template and "variant" in evaluate.map_index_template

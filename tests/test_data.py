@@ -418,10 +418,22 @@ def test_rerun_hits_the_cache_and_a_changed_source_does_not(tmp_path, decode_cal
     assert list((data_cache := Path(os.environ["TL_HOME"]) / "cache").iterdir())   # the default cache_dir
     second = prepare_data(f"folder:{archive}", tmp_path / "out")
     assert len(decode_calls) == 12 and second.fingerprint == first.fingerprint
-    os.utime(archive, ns=(1, 1))                                                  # the source changed
+    os.utime(archive, ns=(1, 1))                              # touched, same content: still a hit
     prepare_data(f"folder:{archive}", tmp_path / "out")
-    assert len(decode_calls) == 24
-    assert len(list(data_cache.iterdir())) == 2
+    assert len(decode_calls) == 12
+    assert len(list(data_cache.iterdir())) == 1
+
+
+def test_cache_notices_a_file_replaced_with_the_same_size_and_mtime(tmp_path, decode_calls):
+    src = write_image_folder(tmp_path / "imgs", {"train": {"a": 6, "b": 6}}, ext=".bmp")
+    first = prepare_data(f"folder:{src}", tmp_path / "out", cache_dir=tmp_path / "cache")
+    victim = src / "train" / "a" / "0000.bmp"
+    st = victim.stat()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(victim)          # BMP: same dimensions, same byte size
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert victim.stat().st_size == st.st_size and victim.stat().st_mtime_ns == st.st_mtime_ns
+    second = prepare_data(f"folder:{src}", tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert len(decode_calls) == 24 and second.fingerprint != first.fingerprint   # decoded again, not stale
 
 
 def test_folder_dir_cache_notices_new_files(tmp_path, decode_calls):

@@ -102,8 +102,9 @@ def _notify(run_id: str, run_failed: bool = False, reason: str | None = None) ->
 
 def test_message_names_regressions_with_their_statistics_and_failures(store, regressed_run):
     url = notify.report_url("http://airflow.example:8080/", RUN)
-    assert url == ("http://airflow.example:8080/retraining-reports/runs/scheduled__2026-12-01T00_00_00_00_00"
-                   "/report/index.html")
+    from tl_tasks import config
+
+    assert url == f"http://airflow.example:8080/retraining-reports/runs/{config.run_key(RUN)}/report/index.html"
     message = notify.build_message(store.get_run(RUN), report_url=url)
     text = message["text"]
     assert message["subject"] == f"[retraining] {RUN}: 1 regressed, 1 failed"

@@ -25,7 +25,7 @@ def probe(tmp_path_factory) -> dict:
     """Run `_probe` in a fresh interpreter configured like an api-server with the project's plugins folder."""
     root = tmp_path_factory.mktemp("plugin")
     password = "pw-" + os.urandom(8).hex()
-    (root / "passwords.json").write_text(json.dumps({"admin": password}))
+    (root / "passwords.json").write_text(json.dumps({"admin": password, "outsider": password}))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TL_"))}
     env.update({
         "AIRFLOW_HOME": str(root / "airflow"),
@@ -34,8 +34,9 @@ def probe(tmp_path_factory) -> dict:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{root / 'airflow.db'}",
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        # Airflow's simple auth manager, except that user "outsider" may not read the cifar10_retraining DAG
+        "AIRFLOW__CORE__AUTH_MANAGER": "tests.restricted_auth_manager.RestrictedDagAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,outsider:viewer",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(root / "passwords.json"),
         "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
         "TL_HOME": str(root / "tl_home"),
@@ -86,6 +87,17 @@ def test_reports_are_served_with_a_token_or_the_ui_cookie(probe):
     assert "Retraining report" in probe["report_title"] and "&lt;script&gt;" in probe["report_title"]
     assert "default-src 'none'" in probe["csp"] and probe["content_type"].startswith("text/html")
     assert probe["empty_index_status"] == 200 and "No report has been built yet" in probe["empty_index_text"]
+
+
+def test_a_user_without_read_access_to_the_dag_gets_no_report_page(probe):
+    outsider = probe["outsider"]
+    assert outsider["other_dag_readable"] is True, "the outsider is a real, logged-in user with other DAG access"
+    assert outsider["index"] == 403 and outsider["report"] == 403 and outsider["root"] == 403
+    assert outsider["cookie_report"] == 403 and "read access to the DAG 'cifar10_retraining'" in outsider["detail"]
+
+
+def test_reports_are_not_cached(probe):
+    assert probe["cache_control"] == "private, no-store"
 
 
 def test_paths_outside_the_reports_folders_are_refused(probe):
@@ -169,6 +181,23 @@ def _probe() -> None:
         s["root"], out["root_location"] = root.status_code, root.headers.get("location")
         s["cookie_index"] = client.get(f"{PREFIX}/reports/index.html",
                                        cookies={"_token": token.json()["access_token"]}).status_code
+        out["cache_control"] = report.headers.get("cache-control", "")
+
+        other = client.post("/auth/token", json={"username": "outsider", "password": os.environ["PROBE_PASSWORD"]})
+        other.raise_for_status()
+        other_auth = {"Authorization": f"Bearer {other.json()['access_token']}"}
+        from airflow.api_fastapi.app import get_auth_manager
+        from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+        denied = client.get(report_url, headers=other_auth)
+        out["outsider"] = {
+            "index": client.get(f"{PREFIX}/reports/index.html", headers=other_auth).status_code,
+            "report": denied.status_code, "detail": denied.text,
+            "root": client.get(f"{PREFIX}/", headers=other_auth, follow_redirects=False).status_code,
+            "cookie_report": client.get(report_url, cookies={"_token": other.json()["access_token"]}).status_code,
+            "other_dag_readable": get_auth_manager().is_authorized_dag(
+                method="GET", details=DagDetails(id="some_other_dag"),
+                user=type("U", (), {"username": "outsider", "role": "VIEWER", "teams": []})()),
+        }
 
         for path in (f"{PREFIX}/..%2fmetrics.db", f"{PREFIX}/%2e%2e/%2e%2e/etc/passwd",
                      f"{PREFIX}/reports/..%2F..%2Fmetrics.db", f"{PREFIX}/runs/{key}/report/..%2f..%2f..%2fmetrics.db",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tl_tasks import pipeline, skip
+from tl_tasks import config, pipeline, skip
 from tl_tasks.store import connect
 
 PARAMS = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 8}
@@ -41,7 +41,7 @@ def test_unchanged_run_is_skipped_with_a_link_and_force_retrains(tl_home, monkey
     assert pipeline.gate_stage("r3", None)["skipped"]["same_as"] == "r2"
     report = pipeline.report_stage("r3")
     html = open(report, encoding="utf-8").read()
-    assert "Skipped: unchanged" in html and 'href="../../r2/report/index.html"' in html
+    assert "Skipped: unchanged" in html and f'href="../../{config.run_key("r2")}/report/index.html"' in html
     assert pipeline.finish_stage("r3")["state"] == "skipped"  # the run succeeds, with nothing trained
     with connect() as store:
         assert store.get_run("r3")["results"] == {} and store.get_run("r3")["state"] == "skipped"

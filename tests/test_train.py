@@ -15,18 +15,21 @@ import numpy as np
 import pytest
 
 from ml_helpers import small_settings, write_prepared
+from tl_tasks.models import learning_rate_schedule
 from tl_tasks.train import _stratified_subset, train_variant
 from tl_tasks.variants import get_variant
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"variant", "state", "model_path", "weights", "epochs_run", "best_epoch", "train_seconds", "history",
                 "resumed_from_epoch", "params_total", "params_trainable", "feature_cache"}
-HISTORY_KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
+HISTORY_KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "phase", "learning_rate"}
 
 
-def _cross_entropy(model, x, y) -> float:
+def _cross_entropy(model, x, y, label_smoothing: float = 0.0) -> float:
     probs = keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float64)  # eager: no graph compile
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))))
+    k = probs.shape[1]
+    targets = np.eye(k)[y] * (1 - label_smoothing) + label_smoothing / k
+    return float(-np.mean(np.sum(targets * np.log(np.clip(probs, 1e-7, 1.0)), axis=1)))
 
 
 def test_cnn_learns_synthetic_patterns_and_writes_its_outputs(tmp_path):
@@ -50,52 +53,120 @@ def test_cnn_learns_synthetic_patterns_and_writes_its_outputs(tmp_path):
 
 
 _CRASHING_TRAINING = textwrap.dedent("""
-    import dataclasses, os, signal, sys
+    import dataclasses, json, os, signal, sys
     from pathlib import Path
     from ml_helpers import small_settings
     from tl_tasks import train
-    from tl_tasks.variants import get_variant
+    from tl_tasks.config import Settings
+    from tl_tasks.variants import Variant
 
+    kill_after = int(sys.argv[3])
     save = train._Checkpoints.save
     def save_then_die(self, model, completed, *args, **kwargs):
         save(self, model, completed, *args, **kwargs)
-        if completed == 2:
-            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after epoch 2's checkpoint
+        if completed == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after this epoch's checkpoint
     train._Checkpoints.save = save_then_die
 
-    variant = dataclasses.replace(get_variant("cnn"), early_stopping=True)
-    train.train_variant(variant, Path(sys.argv[1]), Path(sys.argv[2]),
-                        small_settings(epochs={"cnn": 4, "resnet50": 1}, patience=3), verbose=0)
+    variant = Variant(**json.loads(sys.argv[4]))
+    settings = Settings.from_dict(json.loads(sys.argv[5]))
+    train.train_variant(variant, Path(sys.argv[1]), Path(sys.argv[2]), settings, verbose=0)
 """)
+
+
+def _train_and_kill(data: Path, out: Path, variant, settings, kill_after: int) -> dict:
+    """Train in a subprocess that SIGKILLs itself right after epoch `kill_after`'s checkpoint; its state.json."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "tests")]))
+    args = [str(data), str(out), str(kill_after), json.dumps(dataclasses.asdict(variant)),
+            json.dumps(settings.to_dict())]
+    crashed = subprocess.run([sys.executable, "-c", _CRASHING_TRAINING, *args], env=env, cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=600)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["completed_epochs"] == kill_after and len(state["history"]) == kill_after
+    assert not (out / "model.keras").exists() and not (out / "train_summary.json").exists()
+    return state
+
+
+def _accuracy(model, x, y) -> float:
+    probs = keras.ops.convert_to_numpy(model(x, training=False))
+    return float(np.mean(probs.argmax(axis=1) == y))
 
 
 def test_killed_training_resumes_from_its_last_checkpoint_and_a_finished_one_retrains(tmp_path):
     data = write_prepared(tmp_path / "data", n_train=200, n_val=40, n_test=20)
     out = tmp_path / "cnn"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "tests")]))
-    crashed = subprocess.run([sys.executable, "-c", _CRASHING_TRAINING, str(data), str(out)], env=env,
-                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
-    state = json.loads((out / "checkpoints" / "state.json").read_text())
-    assert state["completed_epochs"] == 2 and len(state["history"]) == 2
-    assert not (out / "model.keras").exists() and not (out / "train_summary.json").exists()
+    variant = dataclasses.replace(get_variant("cnn"), patience=3)
+    settings = small_settings(epochs={"cnn": 4, "resnet50": 1})
+    state = _train_and_kill(data, out, variant, settings, kill_after=2)
+    assert state["early_stopping"]["best"] == max(h["val_accuracy"] for h in state["history"])
 
-    variant = dataclasses.replace(get_variant("cnn"), early_stopping=True)
-    settings = small_settings(epochs={"cnn": 4, "resnet50": 1}, patience=3)
     resumed = train_variant(variant, data, out, settings, verbose=0).summary()
     assert resumed["resumed_from_epoch"] == 2 and resumed["epochs_run"] == 4
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
     assert resumed["history"][:2] == state["history"]  # the killed attempt's epochs are kept, not redone
     assert not (out / "checkpoints").exists()
-    # Early stopping's best weights survived the kill: the saved model is the best epoch's.
+    # Early stopping (val_accuracy, mode max) kept its best weights across the kill: the model is the best epoch's.
     model = keras.models.load_model(out / "model.keras")
     x_val, y_val = np.load(data / "x_val.npy"), np.load(data / "y_val.npy")
     best = resumed["history"][resumed["best_epoch"] - 1]
-    assert best["val_loss"] == min(h["val_loss"] for h in resumed["history"])
-    assert _cross_entropy(model, x_val, y_val) == pytest.approx(best["val_loss"], rel=1e-3, abs=1e-4)
+    assert best["val_accuracy"] == max(h["val_accuracy"] for h in resumed["history"])
+    assert _accuracy(model, x_val, y_val) == pytest.approx(best["val_accuracy"], abs=1e-6)
+    assert resumed["monitor"] == "val_accuracy" and resumed["recipe"]["variant"]["patience"]["value"] == 3
 
     again = train_variant(variant, data, out, settings, verbose=0).summary()  # after success: from scratch
     assert again["resumed_from_epoch"] == 0 and again["epochs_run"] == 4
+
+
+@pytest.mark.slow
+def test_fine_tuning_recipe_resumes_mid_warm_up_and_mid_fine_tune_with_its_schedule_and_early_stopping(tmp_path):
+    """v4's recipe (head warm-up, AdamW, cosine with warm-up, label smoothing, early stopping on val_accuracy),
+    killed with SIGKILL during the head warm-up and again during fine-tuning, resumes where it was."""
+    data = write_prepared(tmp_path / "data", n_train=64, n_val=32, n_test=20)
+    out = tmp_path / "v4"
+    variant = get_variant("resnet50_v4")
+    settings = small_settings(epochs={"cnn": 1, "resnet50": 5}, head_warmup_epochs=2, batch_size=32)
+    steps_per_epoch = 2  # 64 images / batch 32
+    head_params = 2048 * 128 + 128 + 128 * 10 + 10
+
+    # 1. Killed mid-warm-up: after epoch 1 of the 2 head-only epochs; the checkpoint's base is frozen.
+    warm = _train_and_kill(data, out, variant, settings, kill_after=1)
+    assert warm["phase"] == "head" and "early_stopping" not in warm
+    checkpoint = keras.models.load_model(out / "checkpoints" / warm["model_file"])
+    assert sum(int(np.prod(w.shape)) for w in checkpoint.trainable_weights) == head_params
+
+    # 2. Resumed, then killed mid-fine-tune: after epoch 3 (the first of 3 fine-tuning epochs).
+    fine = _train_and_kill(data, out, variant, settings, kill_after=3)
+    assert fine["history"][:1] == warm["history"]
+    assert [h["phase"] for h in fine["history"]] == ["head", "head", "main"]
+    assert fine["phase"] == "main" and fine["early_stopping"]["best_epoch"] == 2  # 0-based: epoch 3
+    checkpoint = keras.models.load_model(out / "checkpoints" / fine["model_file"])
+    assert int(keras.ops.convert_to_numpy(checkpoint.optimizer.iterations)) == steps_per_epoch  # schedule position
+    assert type(checkpoint.optimizer).__name__ == "AdamW"
+
+    # 3. Resumed to the end.
+    summary = train_variant(variant, data, out, settings, verbose=0).summary()
+    history = summary["history"]
+    assert summary["resumed_from_epoch"] == 3 and summary["epochs_run"] == 5 and summary["head_warmup_epochs"] == 2
+    assert history[:3] == fine["history"]
+    assert [h["phase"] for h in history] == ["head", "head", "main", "main", "main"]
+    # The LR of each epoch (read at its end) follows one schedule across the kill: a schedule restarted on
+    # resume would repeat epoch 3's value at epoch 4.
+    schedule = learning_rate_schedule(variant, steps_per_epoch * 3)
+    expected = [variant.head_warmup_lr] * 2 + [float(schedule(steps_per_epoch * k)) for k in (1, 2, 3)]
+    assert [h["learning_rate"] for h in history] == pytest.approx(expected, rel=1e-5, abs=1e-12)
+    assert history[3]["learning_rate"] < history[2]["learning_rate"]
+    # Early stopping's best weights (possibly from the killed attempt's epoch 3) are the saved model's.
+    main = history[2:]
+    best = max(range(3), key=lambda i: (main[i]["val_accuracy"], -i))
+    assert summary["best_epoch"] == 3 + best
+    model = keras.models.load_model(out / "model.keras")
+    x_val, y_val = np.load(data / "x_val.npy"), np.load(data / "y_val.npy")
+    assert _accuracy(model, x_val, y_val) == pytest.approx(main[best]["val_accuracy"], abs=1e-6)
+    assert summary["params_trainable"] > head_params  # fine-tuned: the base trains after the warm-up
+    recipe = summary["recipe"]
+    assert recipe["variant"]["optimizer"]["value"] == "adamw" and recipe["variant"]["label_smoothing"]["value"] == 0.1
+    assert all(item["reason"] for part in ("variant", "profile") for item in recipe[part].values())
 
 
 def test_frozen_v1_trains_on_cached_features_into_the_same_full_model(tmp_path):
@@ -113,7 +184,8 @@ def test_frozen_v1_trains_on_cached_features_into_the_same_full_model(tmp_path):
     model = keras.models.load_model(out / "model.keras")
     assert [layer.name for layer in model.layers][-3:] == ["head_pool", "head_dense", "predictions"]
     x_val, y_val = np.load(data / "x_val.npy"), np.load(data / "y_val.npy")
-    assert _cross_entropy(model, x_val, y_val) == pytest.approx(summary["history"][-1]["val_loss"], rel=1e-3)
+    smoothing = get_variant("resnet50_v1").label_smoothing
+    assert _cross_entropy(model, x_val, y_val, smoothing) == pytest.approx(summary["history"][-1]["val_loss"], rel=1e-3)
     assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
 
 

@@ -192,6 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub.add_parser("upgrade", help="migrate the metrics database ($TL_METRICS_DB_URL) to the current schema",
                      description="migrate the metrics database ($TL_METRICS_DB_URL) to the current schema")
 
+    p = command("gc", "free disk: keep the newest N runs whole, thin older ones; champions are never touched",
+                "Keep the newest N runs whole; of older runs remove data arrays, models (unless the run is or was "
+                "a champion) and checkpoints; remove failed variants' checkpoints, decode-cache entries unused "
+                "for --cache-days and the thinned runs' Airflow task logs. predictions.npy, summaries, reports, "
+                "database rows and $TL_HOME/champions/ are always kept. Prints what it freed.")
+    p.add_argument("--keep", type=_positive_int, required=True, metavar="N", help="newest runs to keep whole")
+    p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    p.add_argument("--cache-days", type=float, default=30, metavar="D",
+                   help="evict decode-cache entries unused for D days (default 30)")
+    p.add_argument("--airflow-logs", metavar="DIR", help="Airflow's task-log folder (default "
+                   "$AIRFLOW__LOGGING__BASE_LOG_FOLDER or $AIRFLOW_HOME/logs when it exists)")
+
     p = command("run", "one whole retraining: every stage for every variant; prints the report's path",
                 "One whole retraining: prepare, train and evaluate every variant, gate, report. "
                 "--engine airflow (default) runs the Airflow DAG once, headless, in this process (dag.test, "
@@ -301,6 +313,16 @@ def cmd_db(args) -> int:
     return 0
 
 
+def cmd_gc(args) -> int:
+    from pathlib import Path
+
+    from tl_tasks.gc import collect_garbage, default_airflow_logs
+
+    logs = Path(args.airflow_logs) if args.airflow_logs else default_airflow_logs()
+    _out(collect_garbage(args.keep, dry_run=args.dry_run, cache_days=args.cache_days, airflow_logs=logs).text())
+    return 0
+
+
 def cmd_run(args) -> int:
     if args.engine == "airflow":
         if args.run_id:
@@ -343,7 +365,8 @@ def _run_dag(args) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "gate": cmd_gate,
-            "report": cmd_report, "runs": cmd_runs, "champion": cmd_champion, "db": cmd_db, "run": cmd_run}
+            "report": cmd_report, "runs": cmd_runs, "champion": cmd_champion, "db": cmd_db, "gc": cmd_gc,
+            "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@
         current -> versions/<run_key>          (a symlink, swapped atomically on each promotion)
         versions/<run_key>/model.keras         (the evaluated model, byte for byte)
                            predictions.npy     (its per-image predictions on the lineage's test set)
-                           serving/            (TF SavedModel from `model.export`, loads with plain TensorFlow)
+                           serving/            (TF SavedModel, endpoint `serve`, loads with plain TensorFlow)
                            champion.json       (run id, lineage, accuracy + interval, sha256s, versions, date)
 
 Earlier champions stay in `versions/` as history. A lineage is one test set, so a run on other data never
@@ -193,7 +193,13 @@ def _export_serving(model_path: Path, out: Path, enabled: bool | None) -> dict:
             return {"format": None, "reason": f"Keras runs on {keras.backend.backend()} without TensorFlow installed: "
                                               "no SavedModel export (model.keras is published)"}
     model = keras.models.load_model(model_path, compile=False, safe_mode=True)
-    model.export(str(out), format="tf_saved_model", verbose=False)
+    # Not `model.export(...)`: its endpoint calls the model without `training`, and Keras's augmentation
+    # layers (RandomFlip, ...) default to training=True, so the served model would flip its inputs.
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serve", fn=lambda x: model(x, training=False),
+                         input_signature=[keras.InputSpec(shape=(None, *model.input_shape[1:]), dtype="uint8")])
+    archive.write_out(str(out), verbose=False)
     return {"format": "tf_saved_model", "path": SERVING_DIR, "endpoint": "serve",
             "input": {"dtype": "uint8", "shape": [None, *model.input_shape[1:]]},
             "output": "class probabilities (softmax), in champion.json's order of the lineage's class names"}

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl_tasks import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
+from tl_tasks import devices, runtime  # noqa: F401  (runtime sets TF/XLA environment variables before Keras loads)
 
 import keras
 import numpy as np
@@ -39,6 +39,7 @@ class EvalResult:
     confusion_matrix: list[list[int]]  # counts, rows = true class, columns = predicted class
     misclassified: list[dict]       # {index, true, predicted}: test-set index and class indices, at most 50
     inference_img_per_s: float
+    inference_timing: str           # "exclusive": timed alone on its device; "shared": others may have used it
     params_total: int
     params_trainable: int
     model_size_bytes: int
@@ -67,7 +68,7 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
     x_test, y_test = _load_split(data_dir, "test", len(class_names))
     x_test = np.ascontiguousarray(x_test)
 
-    model = keras.models.load_model(model_path, compile=False)
+    model = keras.models.load_model(model_path, compile=False, safe_mode=True)
     if model.output_shape[-1] != len(class_names):
         raise ValueError(f"{model_path} predicts {model.output_shape[-1]} classes but {data_dir}/meta.json lists "
                          f"{len(class_names)}; retrain {v.name} on this data")
@@ -87,6 +88,7 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
     result = EvalResult(
         variant=v.name, **metrics,
         inference_img_per_s=round(len(y_test) / seconds, 1) if seconds > 0 else float("nan"),
+        inference_timing=devices.inference_timing(),
         params_total=int(model.count_params()), params_trainable=_count(model.trainable_weights),
         model_size_bytes=model_path.stat().st_size, class_names=list(class_names), test_images=int(len(y_test)),
         predictions_path=str(predictions_path), predictions_sha256=predictions_sha256,

@@ -16,6 +16,8 @@ from tl_tasks import runtime  # noqa: F401  (sets TF/XLA environment variables b
 import keras
 from keras import layers
 
+from tl_tasks.errors import BadInput, MissingInput
+from tl_tasks.roots import check_allowed
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
@@ -68,19 +70,19 @@ def resolve_weights(weights: str | None) -> str | None:
     looks_like_path = os.sep in text or text.startswith(("~", ".")) or key.endswith(WEIGHT_FILE_SUFFIXES)
     if not path.is_file():
         if looks_like_path:
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"weights={weights!r}: no such file ({path.resolve()}); set TL_RESNET_WEIGHTS / --weights to an "
                 f"existing .h5/.weights.h5/.keras file, or to 'imagenet', 'auto' or 'none'"
             )
-        raise ValueError(
+        raise BadInput(
             f"weights={weights!r} is not 'imagenet', 'auto', 'none' or a path to a .h5/.weights.h5/.keras file"
         )
     if not key.endswith(WEIGHT_FILE_SUFFIXES):
-        raise ValueError(
+        raise BadInput(
             f"weights={weights!r} has an unsupported file type; use a ResNet50-notop .h5/.weights.h5 weights "
             f"file or a .keras model"
         )
-    return str(path.resolve())
+    return str(check_allowed(path, f"weights={weights!r}"))
 
 
 def build_model(variant: Variant | str, num_classes: int, *, input_size: int = 32, image_size: int = 32,
@@ -118,7 +120,10 @@ def build_head(variant: Variant | str, num_classes: int, feature_dim: int, *, se
 
 def _build_cnn(v: Variant, num_classes: int, *, input_size: int, image_size: int, weights, seed: int) -> keras.Model:
     inputs = keras.Input((input_size, input_size, 3), dtype="uint8", name="image")
-    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
+    if v.augment:
+        x = _augmentation(seed, v.augment)(x)
+    x = layers.Rescaling(1.0 / 255, name="rescale")(x)
     for i, filters in enumerate((32, 64), start=1):
         x = layers.Conv2D(filters, 3, activation="relu", name=f"conv{i}",
                           kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i))(x)
@@ -140,7 +145,7 @@ def _build_resnet50(v: Variant, num_classes: int, *, input_size: int, image_size
     # Pre-processing stays float32 under mixed precision: cheap, and keeps pixel values exact.
     x = layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
     if v.augment:  # at the data's size, before resizing: cheaper, same effect
-        x = _augmentation(seed)(x)
+        x = _augmentation(seed, v.augment)(x)
     if image_size != input_size:
         x = layers.Resizing(image_size, image_size, interpolation="bilinear", dtype="float32", name="resize")(x)
     x = _preprocess(image_size)(x)
@@ -171,18 +176,18 @@ def _head_layers(v: Variant, num_classes: int, seed: int) -> list[layers.Layer]:
     return head
 
 
-def _augmentation(seed: int) -> keras.Sequential:
-    """Random flip, brightness and translation on [0, 255] pixels; identity outside training."""
-    return keras.Sequential(
-        [
-            layers.RandomFlip("horizontal", seed=seed, dtype="float32", name="flip"),
+def _augmentation(seed: int, kind: str = "full") -> keras.Sequential:
+    """Random flip ("flip"), or flip, brightness and translation ("full"), on [0, 255] pixels; identity outside
+    training."""
+    steps = [layers.RandomFlip("horizontal", seed=seed, dtype="float32", name="flip")]
+    if kind == "full":
+        steps += [
             layers.RandomBrightness(0.2, value_range=(0.0, 255.0), seed=seed + 1, dtype="float32",
                                     name="brightness"),
             layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 2, dtype="float32",
                                      name="translation"),
-        ],
-        name="augment",
-    )
+        ]
+    return keras.Sequential(steps, name="augment")
 
 
 def _preprocess(image_size: int) -> keras.Model:
@@ -205,7 +210,7 @@ def _resnet50_base(image_size: int, weights: str | None) -> keras.Model:
 def _load_base_weights(base: keras.Model, path: str) -> None:
     try:
         if path.lower().endswith(".keras"):
-            saved = keras.models.load_model(path, compile=False)
+            saved = keras.models.load_model(path, compile=False, safe_mode=True)  # no Lambda/pickled code
             source = _find_resnet50(saved)
             if source is None:
                 raise ValueError("the model has no ResNet50 base (no layer named 'resnet50' or 'conv1_conv')")
@@ -213,7 +218,7 @@ def _load_base_weights(base: keras.Model, path: str) -> None:
         else:
             base.load_weights(path)
     except Exception as exc:
-        raise ValueError(
+        raise BadInput(
             f"weights={path!r} could not be loaded into ResNet50 (include_top=False): {exc}. Use the Keras ResNet50 "
             f"notop file ({IMAGENET_NOTOP_FILE}), a .weights.h5 saved from such a base, or a .keras model with a "
             f"'resnet50' layer"
@@ -248,6 +253,67 @@ def _set_trainable(base: keras.Model, trainable_from: str | None) -> None:
         # BatchNorm stays frozen, which in Keras also means inference mode: the `training=False` the base is
         # called with is overridden by fit's training=True in Keras 3 functional models (keras-team/keras#20285).
         layer.trainable = i >= start and not isinstance(layer, layers.BatchNormalization)
+
+
+def compile_recipe(model: keras.Model, variant: Variant | str, num_classes: int, *, steps: int,
+                   phase: str = "main") -> None:
+    """Compile `model` for one training phase of `variant`'s recipe (the registry's hyperparameters).
+
+    Targets are one-hot (see `one_hot`): Keras' categorical cross-entropy takes `label_smoothing`.
+
+    Args:
+        steps: optimizer steps the phase will take (epochs x batches per epoch); sizes the LR schedule.
+        phase: "head" = the head warm-up (constant `head_warmup_lr`, Adam: only the head trains), or
+            "main" = the variant's own optimizer, learning rate and schedule.
+    """
+    v = variant if isinstance(variant, Variant) else get_variant(variant)
+    if phase == "head":
+        optimizer = keras.optimizers.Adam(v.head_warmup_lr)
+    elif phase == "main":
+        lr = learning_rate_schedule(v, steps)
+        if v.optimizer == "adamw":
+            optimizer = keras.optimizers.AdamW(lr, weight_decay=v.weight_decay)
+        else:
+            optimizer = keras.optimizers.Adam(lr)
+    else:
+        raise ValueError(f"phase={phase!r}; use 'head' or 'main'")
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=v.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                 keras.metrics.TopKCategoricalAccuracy(k=min(3, num_classes), name="top3")],
+    )
+
+
+def learning_rate_schedule(v: Variant, steps: int):
+    """The main phase's learning rate: a float (constant) or a cosine decay to 0 after a linear warm-up from 0.
+
+    Schedules are functions of the optimizer's step counter, which checkpoints save: a resumed training
+    continues at the same point of the schedule.
+    """
+    if v.lr_schedule == "constant":
+        return v.learning_rate
+    steps = max(1, int(steps))
+    warmup = int(round(v.lr_warmup_fraction * steps))
+    if warmup == 0:
+        return keras.optimizers.schedules.CosineDecay(v.learning_rate, decay_steps=steps)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, steps - warmup),
+                                                  warmup_target=v.learning_rate, warmup_steps=warmup)
+
+
+def one_hot(y, num_classes: int):
+    """Integer labels as float32 one-hot targets, the form `compile_recipe`'s loss takes."""
+    import numpy as np
+
+    return np.eye(num_classes, dtype="float32")[np.asarray(y, dtype="int64")]
+
+
+def set_base_frozen(model: keras.Model, variant: Variant | str, frozen: bool) -> None:
+    """Freeze the ResNet50 base of a built model (head warm-up), or restore the variant's trainable layers.
+    Recompile afterwards (`compile_recipe`): trainability is fixed when a model is compiled."""
+    v = variant if isinstance(variant, Variant) else get_variant(variant)
+    base = model.get_layer("resnet50")
+    _set_trainable(base, None if frozen else v.trainable_from)
 
 
 def _compile(model: keras.Model, learning_rate: float, num_classes: int) -> None:

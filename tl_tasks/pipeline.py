@@ -15,8 +15,9 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tl_tasks import config
+from tl_tasks import config, devices, timeouts
 from tl_tasks.config import Settings
+from tl_tasks.errors import BadInput, MissingInput
 from tl_tasks.files import write_json_atomic
 from tl_tasks.gate import (
     DEFAULT_ALPHA, DEFAULT_TOLERANCE, RegressionError, compare_paired, decide, summarize, validate_alpha, validate_tolerance,
@@ -43,7 +44,8 @@ class RunFailed(RuntimeError):
 
 
 # Deterministic failures: retrying the task cannot help, so the DAG's retry policy fails these at once.
-NO_RETRY_EXCEPTIONS = (ValueError, FileNotFoundError, ForcedFailure, RegressionError, RunFailed)
+# Everything else (network, database, a truncated checkpoint, a full disk, other ValueErrors) is retried.
+NO_RETRY_EXCEPTIONS = (BadInput, ForcedFailure, RegressionError, RunFailed)
 
 
 # ----------------------------------------------------------------------------------------- settings
@@ -57,7 +59,7 @@ def settings_from_params(params: dict | None = None) -> Settings:
     params = dict(params or {})
     unknown = set(params) - {"profile", *SETTING_PARAMS, *GATE_PARAMS, *RUN_PARAMS}
     if unknown:
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)}; valid: profile, "
+        raise BadInput(f"unknown parameter(s) {sorted(unknown)}; valid: profile, "
                          + ", ".join((*SETTING_PARAMS, *GATE_PARAMS)))
     overrides = {k: params.get(k) for k in SETTING_PARAMS}
     all_images = overrides.get("limit_per_class") == 0
@@ -66,7 +68,7 @@ def settings_from_params(params: dict | None = None) -> Settings:
     if overrides.get("variants") is not None:
         overrides["variants"] = list(overrides["variants"])
         if not overrides["variants"]:
-            raise ValueError("variants is empty; choose at least one of " + ", ".join(VARIANT_NAMES))
+            raise BadInput("variants is empty; choose at least one of " + ", ".join(VARIANT_NAMES))
     settings = config.resolve_settings(params.get("profile") or None, **overrides)
     if all_images:
         settings = dataclasses.replace(settings, limit_per_class=None)
@@ -77,7 +79,7 @@ def load_settings(run_id: str) -> Settings:
     """The settings a run was prepared with (`runs/<key>/settings.json`, written by prepare_stage)."""
     path = config.run_dir(run_id) / SETTINGS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run id {run_id!r} was never prepared; "
+        raise MissingInput(f"{path} is missing: run id {run_id!r} was never prepared; "
                                 f"run `python -m tl_tasks prepare --run-id {run_id}` (or the DAG's prepare_data) first")
     return Settings.from_dict(json.loads(path.read_text()))
 
@@ -88,7 +90,7 @@ def _settings(run_id: str, settings_dict: dict | None) -> Settings:
 
 def _require_prepared(run_id: str) -> None:
     if not (config.data_dir(run_id) / "meta.json").is_file():
-        raise FileNotFoundError(f"run id {run_id!r} was never prepared ({config.data_dir(run_id)} has no data); "
+        raise MissingInput(f"run id {run_id!r} was never prepared ({config.data_dir(run_id)} has no data); "
                                 f"run `python -m tl_tasks prepare --run-id {run_id}` (or the DAG's prepare_data) first")
 
 
@@ -189,11 +191,15 @@ def train_stage(run_id: str, variant: str, settings_dict: dict | None = None, *,
         if variant in forced:
             raise ForcedFailure(f"{FAIL_VARIANTS_ENV}={os.environ[FAIL_VARIANTS_ENV]!r} forces variant {variant!r} "
                                 f"to fail (a test hook); unset {FAIL_VARIANTS_ENV} to train it")
+        devices.claim_for(settings.data_parallel)  # before Keras loads: CUDA_VISIBLE_DEVICES = the claimed GPU
         _quiet_keras_import()
         from tl_tasks.train import train_variant
 
-        summary = train_variant(variant, config.data_dir(run_id), config.model_dir(run_id, variant), settings,
-                                verbose=verbose).summary()
+        limit = timeouts.train_deadline(settings.profile, get_variant(variant).family, settings.epochs_for(variant))
+        with timeouts.deadline(limit, f"train {variant} of run {run_id!r}"):
+            summary = train_variant(variant, config.data_dir(run_id), config.model_dir(run_id, variant), settings,
+                                    verbose=verbose, reuse_finished=not _recorded(run_id, variant, "trained_at")
+                                    ).summary()
     except Exception as exc:
         _record_failure(run_id, variant, "train", exc)
         raise
@@ -217,10 +223,12 @@ def evaluate_stage(run_id: str, variant: str, settings_dict: dict | None = None)
     _require_prepared(run_id)
     model_dir = config.model_dir(run_id, variant)
     try:
+        devices.claim_for(settings.data_parallel)
         _quiet_keras_import()
         from tl_tasks.evaluate import evaluate_variant
 
-        evaluation = evaluate_variant(variant, config.data_dir(run_id), model_dir, settings).to_dict()
+        with timeouts.deadline(timeouts.evaluate_deadline(settings.profile), f"evaluate {variant} of run {run_id!r}"):
+            evaluation = evaluate_variant(variant, config.data_dir(run_id), model_dir, settings).to_dict()
     except Exception as exc:
         _record_failure(run_id, variant, "evaluate", exc)
         raise
@@ -520,6 +528,7 @@ def _quiet_keras_import() -> None:
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
+            devices.configure_tensorflow_cpus(tf)  # TL_CPU_DEVICES: before TF initialises its devices
             tf.config.list_physical_devices()
     finally:
         sys.stderr.flush()
@@ -531,6 +540,20 @@ def _store():
     from tl_tasks.store import connect
 
     return connect()
+
+
+def _recorded(run_id: str, variant: str, field: str) -> bool:
+    """Whether the database holds a successful result of `variant` with `field` set (e.g. trained_at).
+
+    False also when the database cannot be read: then a finished model on disk is reused rather than retrained.
+    """
+    try:
+        with _store() as store:
+            result = ((store.get_run(run_id) or {}).get("results") or {}).get(variant) or {}
+    except Exception as exc:
+        log.warning("could not read %s's result from the metrics database (%s)", variant, exc)
+        return False
+    return result.get("state") == "success" and bool(result.get(field))
 
 
 def _record_failure(run_id: str, variant: str, stage: str, exc: BaseException) -> None:

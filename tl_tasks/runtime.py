@@ -19,6 +19,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+from tl_tasks import devices  # noqa: E402  (light: no framework import)
+
+devices.prepare_environment()  # TL_CPU_DEVICES: simulated devices must be set before JAX starts
+
 log = logging.getLogger(__name__)
 _configured = False
 

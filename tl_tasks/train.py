@@ -4,22 +4,24 @@ frozen base without augmentation the base's features are computed once and only 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
+import math
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_tasks import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
+from tl_tasks import devices, runtime  # noqa: F401  (runtime sets TF/XLA environment variables before Keras loads)
 
 import keras
 import numpy as np
 
 from tl_tasks.config import Settings
-from tl_tasks.files import write_json_atomic
-from tl_tasks.models import build_head, build_model, resolve_weights
+from tl_tasks.files import replace_durably, unique_tmp, write_json_atomic
+from tl_tasks.models import build_head, build_model, compile_recipe, one_hot, resolve_weights, set_base_frozen
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,8 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.keras"
 SUMMARY_FILE = "train_summary.json"
 CHECKPOINT_DIR = "checkpoints"
-STALE_OUTPUTS = (MODEL_FILE, SUMMARY_FILE, "evaluation.json")
-EARLY_STOPPING_MONITOR = "val_loss"
+FINISHED_FILE = "finished.json"   # signature, epochs and model sha256 of a finished training (reuse on retry)
+STALE_OUTPUTS = (MODEL_FILE, SUMMARY_FILE, FINISHED_FILE, "evaluation.json")
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
@@ -43,7 +45,7 @@ class TrainResult:
     weights_requested: str
     epochs_planned: int
     epochs_run: int                 # completed epochs in total, resumed attempts included
-    best_epoch: int | None          # 1-based epoch with the lowest val_loss
+    best_epoch: int | None          # 1-based epoch with the best monitored metric (variant.monitor), main phase
     stopped_early: bool
     train_seconds: float            # wall time of this attempt (data loading to saved model)
     history: list[dict]
@@ -64,13 +66,17 @@ class TrainResult:
     mixed_precision: bool
     backend: str
     device: str
+    head_warmup_epochs: int = 0     # of epochs_planned, how many trained the head alone (base frozen)
+    monitor: str = "val_accuracy"   # the metric best_epoch and early stopping follow
+    replicas: int = 1               # devices the model trained on at once (data-parallel mode)
+    recipe: dict = field(default_factory=dict)  # every hyperparameter with its reason: variant and profile
 
     def summary(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, settings: Settings,
-                  *, verbose: int | None = None) -> TrainResult:
+                  *, verbose: int | None = None, reuse_finished: bool = False) -> TrainResult:
     """Train `variant` on the prepared data in `data_dir`; write `out_dir/model.keras` and `train_summary.json`.
 
     Rerunning after a crash resumes from the last completed epoch in `out_dir/checkpoints/`; rerunning after a
@@ -78,6 +84,8 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
 
     Args:
         verbose: Keras fit verbosity; None = progress bar on a terminal, one line per epoch otherwise.
+        reuse_finished: a finished model in `out_dir` whose summary matches (same signature, epochs and model
+            file sha256) is returned as it is instead of retrained: the retry after recording its result failed.
     """
     started = time.perf_counter()
     v = variant if isinstance(variant, Variant) else get_variant(variant)
@@ -102,10 +110,16 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     image_size = input_size if v.family == "cnn" else settings.image_size
     epochs = settings.epochs[v.family]
     feature_cache = v.frozen_base and not v.augment
-    mixed = runtime.gpu_available()
+    mixed = mixed_precision_enabled(settings)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = _Checkpoints(out_dir / CHECKPOINT_DIR, _signature(v, settings, data_dir, y_train, y_val))
+    if reuse_finished:
+        finished = _reusable(out_dir, checkpoints.signature, epochs)
+        if finished is not None:
+            log.info("%s: reusing the finished model %s (same settings, data and epochs); not retraining",
+                     v.name, finished.model_path)
+            return finished
     state = _previous_attempt(out_dir, checkpoints)
     if state is not None:
         weights = state["weights"]
@@ -118,19 +132,18 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     run = _Run(v=v, num_classes=len(class_names), input_size=input_size, image_size=image_size,
                weights=weights, epochs=epochs, settings=settings, verbose=verbose, checkpoints=checkpoints,
                state=state, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
-    with runtime.dtype_policy(mixed):
+    with runtime.dtype_policy(mixed), devices.data_parallel(settings.data_parallel) as replicas:
         model = run.fit_cached() if feature_cache else run.fit()
 
     model_path = out_dir / MODEL_FILE
     _save_model_atomic(model, model_path)
     history = run.history
-    val_losses = [h["val_loss"] for h in history if h.get("val_loss") is not None and np.isfinite(h["val_loss"])]
     attempt_seconds = sum(h["seconds"] for h in history[run.start_epoch:])
     attempt_epochs = len(history) - run.start_epoch
     result = TrainResult(
         variant=v.name, state="success", model_path=str(model_path.resolve()), weights=weights,
         weights_requested=str(settings.weights), epochs_planned=epochs, epochs_run=len(history),
-        best_epoch=(int(np.argmin(val_losses)) + 1) if val_losses else None,
+        best_epoch=_best_epoch(history, v, run.warmup_epochs),
         stopped_early=len(history) < epochs, train_seconds=round(time.perf_counter() - started, 3),
         history=history, resumed_from_epoch=run.start_epoch,
         params_total=int(model.count_params()), params_trainable=_count(model.trainable_weights),
@@ -139,10 +152,51 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
         train_images=int(len(y_train)), val_images=int(len(y_val)), input_size=input_size, image_size=image_size,
         batch_size=settings.batch_size, seed=settings.seed, early_stopping=v.early_stopping, train_limit=limit,
         mixed_precision=mixed, backend=keras.backend.backend(), device=runtime.device_description(),
+        head_warmup_epochs=run.warmup_epochs, monitor=v.monitor, replicas=replicas,
+        recipe={"variant": v.recipe(), "profile": settings.recipe(), "steps_per_epoch": run.steps_per_epoch},
     )
     write_json_atomic(out_dir / SUMMARY_FILE, result.summary())
+    write_json_atomic(out_dir / FINISHED_FILE, {"signature": checkpoints.signature, "epochs": epochs,
+                                                "model_sha256": _sha256(model_path)})
     checkpoints.clear()
     return result
+
+
+def replace_durably_copy(src: Path, dest: Path) -> None:
+    """Copy `src` to `dest` durably (unique temporary name, fsync, rename)."""
+    tmp = unique_tmp(dest)
+    try:
+        shutil.copyfile(src, tmp)
+        replace_durably(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _reusable(out_dir: Path, signature: dict, epochs: int) -> TrainResult | None:
+    """The finished training in `out_dir` if it was made with `signature` and `epochs` and its model is intact."""
+    try:
+        summary = json.loads((out_dir / SUMMARY_FILE).read_text())
+        finished = json.loads((out_dir / FINISHED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    model_path = out_dir / MODEL_FILE
+    if (summary.get("state") != "success" or finished.get("signature") != signature
+            or finished.get("epochs") != epochs or not model_path.is_file()
+            or finished.get("model_sha256") != _sha256(model_path)):
+        return None
+    names = {f.name for f in dataclasses.fields(TrainResult)}
+    return TrainResult(**{k: v for k, v in summary.items() if k in names})
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass
@@ -168,10 +222,20 @@ class _Run:
     feature_seconds: float | None = None
     also_needs: list[str] = field(default_factory=list)  # checkpoint files besides the epoch model
 
+    phase: str = "main"                # "head" (warm-up, base frozen) or "main"; saved with each checkpoint
+
     def __post_init__(self):
         if self.state is not None:
             self.history = list(self.state["history"])
             self.start_epoch = int(self.state["completed_epochs"])
+        self.warmup_epochs = self.settings.head_warmup_epochs_for(self.v.name)
+        self.steps_per_epoch = max(1, math.ceil(len(self.y_train) / self.settings.batch_size))
+        self.t_train = one_hot(self.y_train, self.num_classes)
+        self.t_val = one_hot(self.y_val, self.num_classes)
+
+    def compile(self, model: keras.Model, phase: str) -> None:
+        epochs = self.warmup_epochs if phase == "head" else self.epochs - self.warmup_epochs
+        compile_recipe(model, self.v, self.num_classes, steps=self.steps_per_epoch * epochs, phase=phase)
 
     def build(self) -> keras.Model:
         runtime.seed_everything(self.settings.seed)
@@ -179,17 +243,63 @@ class _Run:
                            weights=None if self.weights == "none" else self.weights, seed=self.settings.seed)
 
     def fit(self) -> keras.Model:
-        """Train the whole model end to end."""
-        model = self.checkpoints.load_model(self.state) if self.state else self.build()
-        self._fit(model, self.x_train, self.x_val)
+        """Train the whole model end to end: first the head alone (base frozen) for the profile's head warm-up
+        epochs when the variant has that phase, then the variant's main phase. A checkpoint records its phase;
+        its saved optimizer carries the step counter, so the LR schedule resumes where it was. A checkpoint that
+        cannot be loaded falls back one epoch, then to a fresh start (`restore`)."""
+        model = self.restore(self.checkpoints.load_model) if self.state else None
+        if model is not None:
+            loaded_phase = self.state.get("phase", "main")
+        else:
+            model = self.build()
+            loaded_phase = "head" if self.warmup_epochs else "main"
+            if loaded_phase == "head":
+                set_base_frozen(model, self.v, True)
+            self.compile(model, loaded_phase)
+        if loaded_phase == "head":
+            self.phase = "head"
+            self._fit(model, self.x_train, self.x_val, until=self.warmup_epochs, early_stopping=False)
+            set_base_frozen(model, self.v, False)
+            self.compile(model, "main")  # a fresh optimizer: the warm-up's Adam moments are the head's only
+        self.phase = "main"
+        self._fit(model, self.x_train, self.x_val, until=self.epochs, early_stopping=self.v.early_stopping)
         return model
+
+    def restore(self, load):
+        """`load(state)` from the newest loadable checkpoint: falls back one epoch, then to a fresh start (None),
+        with a warning each time, so a truncated or corrupt checkpoint costs an epoch, not the run."""
+        for state in (self.state, (self.state or {}).get("fallback")):
+            if state is None:
+                continue
+            try:
+                loaded = load(state)
+            except Exception as exc:
+                log.warning("%s: the checkpoint after epoch %s (%s) cannot be loaded (%s: %s); trying the one before, "
+                            "else training from scratch", self.v.name, state.get("completed_epochs"),
+                            self.checkpoints.directory / str(state.get("model_file")), type(exc).__name__, exc)
+                continue
+            self._use(state)
+            return loaded
+        log.warning("%s: no loadable checkpoint left in %s; training from scratch", self.v.name,
+                    self.checkpoints.directory)
+        self._use(None)
+        return None
+
+    def _use(self, state: dict | None) -> None:
+        self.state = state
+        self.history = list(state["history"]) if state else []
+        self.start_epoch = int(state["completed_epochs"]) if state else 0
 
     def fit_cached(self) -> keras.Model:
         """Frozen base, no augmentation: compute the base's pooled features once, train only the head on them."""
+        restored = None
         if self.state:
             self.also_needs = [_Checkpoints.INITIAL_MODEL]
-            model = keras.models.load_model(self.checkpoints.directory / _Checkpoints.INITIAL_MODEL)
-            head = self.checkpoints.load_model(self.state)
+            initial = self.checkpoints.directory / _Checkpoints.INITIAL_MODEL
+            restored = self.restore(lambda state: (keras.models.load_model(initial, safe_mode=True),
+                                                   self.checkpoints.load_model(state)))
+        if restored is not None:
+            model, head = restored
         else:
             model = self.build()
             self.checkpoints.save_initial(model)
@@ -197,6 +307,7 @@ class _Run:
             head = build_head(self.v, self.num_classes, model.get_layer("head_pool").output.shape[-1],
                               seed=self.settings.seed)
             _copy_weights(model, head)  # start from the assembled model's own head initialisation
+            self.compile(head, "main")
         t0 = time.perf_counter()
         features = keras.Model(model.inputs, model.get_layer("head_pool").output, name="features")
         batch = self.settings.batch_size
@@ -205,33 +316,37 @@ class _Run:
         f_train = np.asarray(features.predict(self.x_train, batch_size=batch, verbose=self.verbose), dtype="float32")
         f_val = np.asarray(features.predict(self.x_val, batch_size=batch, verbose=self.verbose), dtype="float32")
         self.feature_seconds = round(time.perf_counter() - t0, 3)
-        self._fit(head, f_train, f_val)
+        self._fit(head, f_train, f_val, until=self.epochs, early_stopping=self.v.early_stopping)
         _copy_weights(head, model)
         model.optimizer.build(model.trainable_variables)  # a complete .keras file: no optimizer warning on load
         return model
 
-    def _fit(self, model: keras.Model, x_train, x_val) -> None:
+    def _fit(self, model: keras.Model, x_train, x_val, *, until: int, early_stopping: bool) -> None:
+        """Fit from the first epoch not yet in the history up to epoch `until` (exclusive, 0-based)."""
         early = None
-        if self.v.early_stopping:
-            early = _ResumableEarlyStopping(monitor=EARLY_STOPPING_MONITOR, patience=self.settings.patience,
-                                            restore_best_weights=True)
-            early.resume_from(self.state, self.checkpoints)
-        epoch_log = _EpochLog(self.history)
+        if early_stopping:
+            early = _ResumableEarlyStopping(monitor=self.v.monitor, mode=self.v.monitor_mode,
+                                            patience=self.v.patience, restore_best_weights=True)
+            early.resume_from(self.state if self.state and self.state.get("phase", "main") == self.phase else None,
+                              self.checkpoints)
+        epoch_log = _EpochLog(self.history, self.phase)
         callbacks = [epoch_log] + ([early] if early else []) + [_CheckpointEachEpoch(self, early)]
         already_stopped = bool(self.state and self.state.get("stopped"))
-        if self.start_epoch < self.epochs and not already_stopped:
-            runtime.seed_everything(self.settings.seed + self.start_epoch)
-            model.fit(x_train, self.y_train, validation_data=(x_val, self.y_val), epochs=self.epochs,
-                      initial_epoch=self.start_epoch, batch_size=self.settings.batch_size, shuffle=True,
+        done = len(self.history)
+        if done < until and not already_stopped:
+            runtime.seed_everything(self.settings.seed + done)
+            model.fit(x_train, self.t_train, validation_data=(x_val, self.t_val), epochs=until,
+                      initial_epoch=done, batch_size=self.settings.batch_size, shuffle=True,
                       verbose=self.verbose, callbacks=callbacks)
         elif early is not None and early.best_weights is not None:
             model.set_weights(early.best_weights)  # crashed after the last epoch: finish what fit would have done
 
 
 class _EpochLog(keras.callbacks.Callback):
-    def __init__(self, history: list[dict]):
+    def __init__(self, history: list[dict], phase: str):
         super().__init__()
         self.history = history
+        self.phase = phase
         self._t0 = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -242,6 +357,8 @@ class _EpochLog(keras.callbacks.Callback):
         entry = {"epoch": epoch + 1}
         entry.update({k: (float(logs[k]) if k in logs else None) for k in HISTORY_KEYS})
         entry["seconds"] = round(time.perf_counter() - self._t0, 3)
+        entry["phase"] = self.phase
+        entry["learning_rate"] = _current_lr(self.model)
         self.history.append(entry)
 
 
@@ -253,7 +370,8 @@ class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     def resume_from(self, state: dict | None, checkpoints: "_Checkpoints") -> None:
         saved = (state or {}).get("early_stopping")
         if saved:
-            self._resume = dict(saved, best_weights=checkpoints.load_best_weights())
+            # the weights file must be the snapshot's best epoch (after a fallback it may be a later one's)
+            self._resume = dict(saved, best_weights=checkpoints.load_best_weights(saved.get("best_epoch")))
             self.best_weights = self._resume["best_weights"]
 
     def on_train_begin(self, logs=None):
@@ -273,7 +391,8 @@ class _CheckpointEachEpoch(keras.callbacks.Callback):
         self.run, self.early = run, early
 
     def on_epoch_end(self, epoch, logs=None):
-        extra = {"stopped": bool(self.model.stop_training), "also_needs": self.run.also_needs}
+        extra = {"stopped": bool(self.model.stop_training), "also_needs": self.run.also_needs,
+                 "phase": self.run.phase}
         best_weights = None
         if self.early is not None:
             extra["early_stopping"] = self.early.snapshot()
@@ -286,6 +405,7 @@ class _Checkpoints:
     """`checkpoints/`: the model after the last completed epoch plus `state.json` (epoch, history, signature)."""
 
     STATE = "state.json"
+    PREVIOUS_STATE = "state.previous.json"
     INITIAL_MODEL = "initial.keras"
     BEST_WEIGHTS = "best_weights.npz"
 
@@ -293,14 +413,29 @@ class _Checkpoints:
         self.directory = directory
         self.signature = signature
 
+    @staticmethod
+    def _read(path: Path) -> dict | None:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
     def load(self) -> dict | None:
-        path = self.directory / self.STATE
+        """The newest usable checkpoint state; its `fallback` key holds the one before, if any."""
+        state = self._load_one(self.directory / self.STATE)
+        previous = self._load_one(self.directory / self.PREVIOUS_STATE)
+        if state is None:
+            return previous
+        if previous is not None and previous.get("completed_epochs", 0) < state.get("completed_epochs", 0):
+            state["fallback"] = previous
+        return state
+
+    def _load_one(self, path: Path) -> dict | None:
         if not path.is_file():
             return None
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable checkpoint state %s (%s); training from scratch", path, exc)
+        state = self._read(path)
+        if state is None:
+            log.warning("ignoring unreadable checkpoint state %s", path)
             return None
         if state.get("signature") != self.signature:
             log.warning("checkpoints in %s were made with other settings or data; training from scratch",
@@ -313,14 +448,19 @@ class _Checkpoints:
         return state
 
     def load_model(self, state: dict) -> keras.Model:
-        return keras.models.load_model(self.directory / state["model_file"])
+        return keras.models.load_model(self.directory / state["model_file"], safe_mode=True)
 
-    def load_best_weights(self) -> list[np.ndarray] | None:
+    def load_best_weights(self, epoch: int | None = None) -> list[np.ndarray] | None:
+        """The saved best weights, or None when there are none or they belong to another epoch than `epoch`."""
         path = self.directory / self.BEST_WEIGHTS
         if not path.is_file():
             return None
         with np.load(path) as f:
-            return [f[f"arr_{i}"] for i in range(len(f.files))]
+            if epoch is not None and "best_epoch" in f.files and int(f["best_epoch"]) != int(epoch):
+                log.warning("best weights in %s are of epoch %d, not %d; early stopping keeps the resumed weights",
+                            path, int(f["best_epoch"]) + 1, int(epoch) + 1)
+                return None
+            return [f[f"arr_{i}"] for i in range(len([n for n in f.files if n.startswith("arr_")]))]
 
     def save_initial(self, model: keras.Model) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -332,16 +472,26 @@ class _Checkpoints:
         name = f"epoch_{completed:03d}.keras"
         _save_model_atomic(model, self.directory / name)
         if best_weights is not None:
-            tmp = self.directory / f".tmp-{self.BEST_WEIGHTS}"
-            with open(tmp, "wb") as f:
-                np.savez(f, *best_weights)
-            os.replace(tmp, self.directory / self.BEST_WEIGHTS)
+            target = self.directory / self.BEST_WEIGHTS
+            tmp = unique_tmp(target)
+            try:
+                with open(tmp, "wb") as f:
+                    np.savez(f, *best_weights, best_epoch=np.asarray(completed - 1))
+                replace_durably(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         state = {"signature": self.signature, "completed_epochs": completed, "model_file": name,
                  "history": history, "weights": weights, **extra}
-        write_json_atomic(self.directory / self.STATE, state)
-        # Older epochs go only once the state points at the new one: a kill at any moment leaves a valid pair.
+        # The state is written after the weights it names (both fsynced); the previous state is kept as a
+        # fallback, so an epoch file that cannot be loaded falls back one epoch.
+        current = self.directory / self.STATE
+        if current.is_file():
+            replace_durably_copy(current, self.directory / self.PREVIOUS_STATE)
+        write_json_atomic(current, state)
+        keep = {name, (self._read(self.directory / self.PREVIOUS_STATE) or {}).get("model_file")}
         for old in self.directory.glob("epoch_*.keras"):
-            if old.name != name:
+            if old.name not in keep:
                 old.unlink(missing_ok=True)
 
     def clear(self) -> None:
@@ -421,6 +571,28 @@ def _load_split(data_dir: Path, split: str, num_classes: int) -> tuple[np.ndarra
     return x, y.astype("int64", copy=False)
 
 
+def mixed_precision_enabled(settings: Settings) -> bool:
+    """Mixed precision per `settings.mixed_precision`: "on", "off", or "auto" (on exactly when a GPU is visible)."""
+    if settings.mixed_precision == "auto":
+        return runtime.gpu_available()
+    return settings.mixed_precision == "on"
+
+
+def _best_epoch(history: list[dict], v: Variant, warmup_epochs: int) -> int | None:
+    """1-based epoch with the best `v.monitor` among the main phase's epochs (the first one on ties)."""
+    sign = 1.0 if v.monitor_mode == "max" else -1.0
+    scored = [(sign * float(h[v.monitor]), -i) for i, h in enumerate(history)
+              if i >= warmup_epochs and h.get(v.monitor) is not None and np.isfinite(h[v.monitor])]
+    return -max(scored)[1] + 1 if scored else None
+
+
+def _current_lr(model: keras.Model) -> float | None:
+    try:
+        return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    except Exception:  # an optimizer without a readable LR must not fail the training
+        return None
+
+
 def _weights_label(resolved: str | None) -> str:
     return "none" if resolved is None else resolved
 
@@ -438,6 +610,28 @@ def _count(variables) -> int:
 
 
 def _save_model_atomic(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")  # keeps the .keras suffix Keras insists on
-    model.save(tmp)
-    os.replace(tmp, path)
+    """Save to a unique temporary name (keeping the .keras suffix Keras insists on), fsync, rename, fsync the
+    folder: a crash or a full disk leaves the previous file intact, never a truncated one under `path`."""
+    tmp = unique_tmp(path, keep_suffix=True)
+    try:
+        model.save(tmp)
+        replace_durably(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if _disk_full(exc):
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(errno.ENOSPC, f"no space left on the device while writing {path} ({free} bytes free "
+                                        f"there); {path.name} and any earlier checkpoint are intact. Free space "
+                                        f"or point TL_HOME at a larger disk, then retry: training resumes from "
+                                        f"the last complete checkpoint") from exc
+        raise
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT anywhere in the chain (Keras and h5py wrap the OSError in their own errors)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

@@ -23,6 +23,10 @@ _PG_MIGRATION_LOCK = 0x746C5F7461736B73
 # The newest migration in migrations/versions (a test checks it equals the Alembic head); comparing with it
 # first lets an up-to-date database be opened without importing Alembic.
 SCHEMA_REVISION = "0002_lineage"
+# PostgreSQL: give up connecting after this long (a dead host fails the task, which retries), and cancel any
+# statement running longer (a hung query must not hold a GPU slot and the DAG's single active run).
+PG_CONNECT_TIMEOUT_S = 10
+PG_STATEMENT_TIMEOUT_MS = 120_000
 URL_EXAMPLES = "sqlite:////abs/path/metrics.db or postgresql://user:password@host:5432/metrics"
 
 
@@ -109,6 +113,7 @@ def create_store_engine(url: str | URL | None = None) -> Engine:
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     else:
         kwargs["pool_pre_ping"] = True
+        kwargs["connect_args"] = _pg_connect_args(parsed)
     try:
         engine = sa.create_engine(parsed, **kwargs)
     except Exception as exc:  # unknown driver, bad query arguments, ...
@@ -119,6 +124,17 @@ def create_store_engine(url: str | URL | None = None) -> Engine:
     if is_sqlite:
         _setup_sqlite(engine)
     return engine
+
+
+def _pg_connect_args(parsed: URL) -> dict:
+    """connect_timeout and statement_timeout, unless the URL sets them itself (its query wins)."""
+    args: dict = {}
+    if "connect_timeout" not in parsed.query:
+        args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+    options = str(parsed.query.get("options", ""))
+    if "statement_timeout" not in options:
+        args["options"] = f"{options} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}".strip()
+    return args
 
 
 def _setup_sqlite(engine: Engine) -> None:

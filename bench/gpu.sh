@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU benchmark, ready to run on a machine with JAX (and PyTorch) but no TensorFlow:
+#   bench/gpu.sh [OUT_JSON]          # GPU_BENCH_SIZE=full (default) | tiny (seconds on a CPU)
+# Keras runs on JAX. Our pure-Python dependencies that such a machine lacks come from bench/wheels/
+# (`make gpu-wheels` downloads them: bench/gpu-wheels.txt, well under 64 MiB) and are installed with --no-deps into
+# a scratch folder, only when `import keras` fails. The CIFAR-10 archive is taken from bench/data/ (copy it there
+# to carry it) or ../shared/data/. Writes bench/out/gpu.json (or OUT_JSON); see bench/gpu_bench.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export KERAS_BACKEND=jax
+export TF_CPP_MIN_LOG_LEVEL=2
+OUT=${1:-bench/out/gpu.json}
+
+# Install only the carried wheels whose module the machine lacks (its own numpy/JAX/Pillow/h5py stay in charge).
+DEPS=${GPU_BENCH_DEPS:-/tmp/tl_gpu_deps}
+export PYTHONPATH="$DEPS${PYTHONPATH:+:$PYTHONPATH}"
+missing=()
+for whl in bench/wheels/*.whl; do
+  [ -e "$whl" ] || continue
+  dist=$(basename "$whl" | cut -d- -f1 | tr 'A-Z' 'a-z')
+  case "$dist" in
+    absl_py) mod=absl ;; pillow) mod=PIL ;; markdown_it_py) mod=markdown_it ;; *) mod=$dist ;;
+  esac
+  "$PY" -c "import $mod" >/dev/null 2>&1 || missing+=("$whl")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing into $DEPS: ${missing[*]}"
+  "$PY" -m pip install -q --no-deps --no-index --no-compile --target "$DEPS" "${missing[@]}"
+fi
+"$PY" -c "import keras" || { echo "Keras is not importable: run 'make gpu-wheels' (GPU_PYVER = the machine's Python, e.g. 312) and carry bench/wheels"; exit 1; }
+"$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"
+exec timeout "${GPU_BENCH_TIMEOUT_S:-470}" "$PY" bench/gpu_bench.py --out "$OUT" ${GPU_BENCH_SIZE:+--size "$GPU_BENCH_SIZE"}

@@ -1,0 +1,141 @@
+"""Keras 3 on two backends: the whole pipeline on JAX without TensorFlow, resume and the v1 feature cache on JAX,
+models saved under one backend load under the other, and mixed precision (float32 output) on both."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import keras
+import numpy as np
+import pytest
+
+from backend_helpers import PROJECT_ROOT, backend_env, module_command, run_backend
+from ml_helpers import small_settings, write_prepared
+from tl_tasks.config import resolve_settings
+from tl_tasks.models import build_model
+from tl_tasks.train import train_variant
+from tl_tasks.variants import VARIANT_NAMES
+
+_TRAIN = """
+import json, sys
+from pathlib import Path
+from tl_tasks.config import Settings
+from tl_tasks.train import train_variant
+summary = train_variant(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Settings.from_dict(json.loads(sys.argv[4])),
+                        verbose=0).summary()
+print(json.dumps(summary))
+"""
+
+_KILL_AFTER_FIRST_EPOCH = """
+import os, signal
+from tl_tasks import train
+_save = train._Checkpoints.save
+def _save_then_die(self, model, completed, *args, **kwargs):
+    _save(self, model, completed, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+train._Checkpoints.save = _save_then_die
+"""
+
+
+@pytest.mark.slow
+def test_the_whole_pipeline_runs_every_variant_on_jax_without_tensorflow(tmp_path):
+    """prepare, train (v1 on cached features), evaluate, gate, report: all five variants, KERAS_BACKEND=jax."""
+    home = tmp_path / "home"
+    env = backend_env("jax", TL_HOME=str(home), TL_LIMIT_PER_CLASS="6", TL_BATCH_SIZE="64")
+    proc = subprocess.run(module_command("jax", "tl_tasks", "run", "--engine", "local", "--profile", "smoke",
+                                         "--run-id", "jax-smoke"),
+                          env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "run jax-smoke: success" in proc.stdout
+    models = home / "runs" / "jax-smoke" / "models"
+    for name in VARIANT_NAMES:
+        summary = json.loads((models / name / "train_summary.json").read_text())
+        evaluation = json.loads((models / name / "evaluation.json").read_text())
+        assert summary["backend"] == evaluation["backend"] == "jax", name
+        assert summary["state"] == "success" and 0.0 <= evaluation["accuracy"] <= 1.0
+    assert json.loads((models / "resnet50_v1" / "train_summary.json").read_text())["feature_cache"] is True
+    assert (home / "runs" / "jax-smoke" / "report" / "index.html").is_file()
+
+
+@pytest.mark.parametrize("variant", ["resnet50_v1"])  # plain fit resumes are covered on TF (test_train.py)
+def test_a_killed_training_resumes_on_jax(tmp_path, variant):
+    """SIGKILL after epoch 1, rerun: the JAX checkpoint resumes from v1's cached-feature head."""
+    data = write_prepared(tmp_path / "data", n_train=64, n_val=20, n_test=10)
+    out = tmp_path / variant
+    settings = json.dumps(small_settings(epochs={"cnn": 2, "resnet50": 2}, batch_size=32).to_dict())
+    killed = run_backend("jax", _KILL_AFTER_FIRST_EPOCH + _TRAIN, variant, data, out, settings, check=False)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["completed_epochs"] == 1 and state["signature"]["backend"] == "jax"
+    summary = json.loads(run_backend("jax", _TRAIN, variant, data, out, settings).stdout.strip().splitlines()[-1])
+    assert summary["backend"] == "jax" and summary["resumed_from_epoch"] == 1 and summary["epochs_run"] == 2
+    assert summary["history"][:1] == state["history"]
+    assert summary["feature_cache"] is (variant == "resnet50_v1")
+
+
+_PREDICT = """
+import sys, keras, numpy as np
+model = keras.models.load_model(sys.argv[1])
+np.save(sys.argv[3], keras.ops.convert_to_numpy(model.predict(np.load(sys.argv[2]), verbose=0)))
+if len(sys.argv) > 4:  # also save a model of our own for the other backend
+    from tl_tasks.models import build_model
+    build_model(sys.argv[5], 10, weights="none", seed=7).save(sys.argv[4])
+"""
+
+
+@pytest.mark.parametrize("variant", ["cnn", "resnet50_v4"])
+def test_models_saved_under_one_backend_load_under_the_other(tmp_path, variant):
+    x = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    tf_model = build_model(variant, 10, weights="none", seed=3)
+    tf_model.save(tmp_path / "tf.keras")
+    expected_tf = keras.ops.convert_to_numpy(tf_model.predict(x, verbose=0))
+
+    run_backend("jax", _PREDICT, tmp_path / "tf.keras", tmp_path / "x.npy", tmp_path / "tf_on_jax.npy",
+                tmp_path / "jax.keras", variant)
+    np.testing.assert_allclose(np.load(tmp_path / "tf_on_jax.npy"), expected_tf, rtol=1e-4, atol=1e-5)
+
+    jax_model = keras.models.load_model(tmp_path / "jax.keras")  # saved under JAX, loaded here under TensorFlow
+    run_backend("jax", _PREDICT, tmp_path / "jax.keras", tmp_path / "x.npy", tmp_path / "jax_on_jax.npy")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(jax_model.predict(x, verbose=0)),
+                               np.load(tmp_path / "jax_on_jax.npy"), rtol=1e-4, atol=1e-5)
+    assert [w.shape for w in jax_model.weights] == [w.shape for w in tf_model.weights]
+
+
+_MIXED = """
+import json, sys
+from pathlib import Path
+import keras
+from tl_tasks.config import Settings
+from tl_tasks.train import train_variant
+summary = train_variant(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Settings.from_dict(json.loads(sys.argv[4])),
+                        verbose=0).summary()
+model = keras.models.load_model(Path(sys.argv[3]) / "model.keras")
+dense = [l for l in model.layers if l.name in ("dense", "head_dense")][0]
+print(json.dumps({"mixed": summary["mixed_precision"], "loss": summary["history"][-1]["loss"],
+                  "hidden": dense.dtype_policy.name, "hidden_compute": dense.compute_dtype,
+                  "out": model.get_layer("predictions").compute_dtype, "output": str(model.output.dtype)}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_mixed_precision_trains_on_both_backends_with_a_float32_output(tmp_path, backend):
+    data = write_prepared(tmp_path / "data", n_train=64, n_val=20, n_test=10)
+    settings = json.dumps(small_settings(epochs={"cnn": 1, "resnet50": 1}, batch_size=32,
+                                         mixed_precision="on").to_dict())
+    for variant in ("cnn", "resnet50_v1"):  # v1: the ResNet50 base computes in float16, its head is trained
+        out = json.loads(run_backend(backend, _MIXED, variant, data, tmp_path / f"{backend}-{variant}",
+                                     settings).stdout.strip().splitlines()[-1])
+        assert out["mixed"] is True and np.isfinite(out["loss"]), out
+        assert out["hidden"] == "mixed_float16" and out["hidden_compute"] == "float16", out
+        assert out["out"] == "float32" and "float32" in out["output"], out
+
+
+def test_mixed_precision_off_and_auto_follow_the_setting(tmp_path):
+    data = write_prepared(tmp_path / "data", n_train=40, n_val=20, n_test=10)
+    summary = train_variant("cnn", data, tmp_path / "off", small_settings(mixed_precision="off"), verbose=0).summary()
+    assert summary["mixed_precision"] is False
+    auto = train_variant("cnn", data, tmp_path / "auto", small_settings(), verbose=0).summary()
+    assert auto["mixed_precision"] is False  # "auto" on a machine without a GPU
+    with pytest.raises(ValueError, match="mixed_precision='fast'.*TL_MIXED_PRECISION"):
+        resolve_settings("smoke", mixed_precision="fast")

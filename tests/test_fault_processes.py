@@ -1,0 +1,288 @@
+"""Faults with real processes and real devices (slow): a full disk during checkpointing, and `make airflow`
+stopping every component within 10 s of SIGTERM."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ml_helpers import small_settings, write_prepared
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MiB tmpfs (we are root in the test environment; without root this test cannot reproduce the fault)."""
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.fail("this fault test mounts a tmpfs and needs root (the project's test machines run as root)")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_checkpointing_is_a_clear_error_and_the_previous_checkpoint_loads(tmp_path, small_disk):
+    import keras
+
+    from tl_tasks.train import train_variant
+
+    data = write_prepared(tmp_path / "data", n_train=60, n_val=20, n_test=10)
+    out = small_disk / "cnn"
+    settings = small_settings(epochs={"cnn": 4, "resnet50": 1})
+    with pytest.raises(OSError) as err:      # a CNN checkpoint is ~3.5 MB: the second one cannot fit beside the first
+        train_variant("cnn", data, out, settings, verbose=0)
+    assert err.value.errno == errno.ENOSPC
+    message = str(err.value)
+    assert "no space left on the device while writing" in message and "intact" in message and "TL_HOME" in message
+    assert not list((out / "checkpoints").glob(".tmp-*")), "a partial temporary file was left on the full disk"
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["completed_epochs"] >= 1
+    model = keras.models.load_model(out / "checkpoints" / state["model_file"], safe_mode=True)
+    assert model.count_params() > 0                                     # the previous checkpoint still loads
+    # once there is room again, the retry resumes from it
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    resumed = train_variant("cnn", data, out, settings, verbose=0)
+    assert resumed.resumed_from_epoch == state["completed_epochs"] and resumed.epochs_run == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes_with(marker: str) -> dict[int, str]:
+    """pid -> command line of every process whose environment contains `marker`."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if marker.encode() in Path(f"/proc/{entry}/environ").read_bytes():
+                found[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+        except OSError:
+            continue
+    found.pop(os.getpid(), None)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_make_airflow_stops_every_component_within_10_s_of_sigterm(tmp_path):
+    home = tmp_path / "airflow_home"
+    env = {**os.environ, "TL_AIRFLOW_HOME": str(home), "TL_AIRFLOW_PORT": str(_free_port()),
+           "PY": sys.executable, "TL_HOME": str(tmp_path / "tl_home"), "TL_SCHEDULE": "none"}
+    env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW")}
+    log = open(tmp_path / "airflow.log", "w")
+    proc = subprocess.Popen(["bash", str(PROJECT_ROOT / "scripts" / "airflow_standalone.sh")], cwd=PROJECT_ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    marker = f"AIRFLOW_HOME={home}"
+    try:
+        deadline = time.monotonic() + 420
+        while "Airflow is up" not in (tmp_path / "airflow.log").read_text():
+            assert proc.poll() is None, (tmp_path / "airflow.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "Airflow did not come up:\n" + (tmp_path / "airflow.log").read_text()[-3000:]
+            time.sleep(1)
+        time.sleep(5)   # let every component settle (workers forked)
+        before = _processes_with(marker)
+        names = " ".join(before.values())
+        for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
+            assert component in names, f"{component} is not running: {before}"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        while _processes_with(marker) and time.monotonic() - started < 15:
+            time.sleep(0.2)
+        left = _processes_with(marker)
+        took = time.monotonic() - started
+        assert not left and took <= 10, f"after {took:.1f} s still running: {left}"
+        proc.wait(timeout=5)
+    finally:
+        for pid in _processes_with(marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
+
+
+# --- PostgreSQL stopped during evaluate ----------------------------------------------------------------------
+
+def _pg_bin(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    assert found, f"no {name} under /usr/lib/postgresql/*/bin: install PostgreSQL's server package"
+    return str(found[-1])
+
+
+class OwnPostgres:
+    """A throwaway PostgreSQL server of our own (never the shared one), run as the unprivileged user postgres."""
+
+    def __init__(self, root: Path, port: int):
+        self.root, self.port, self.data = root, port, root / "data"
+
+    def _as_postgres(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["runuser", "-u", "postgres", "--", *cmd], capture_output=True, text=True,
+                              timeout=120, check=check)
+
+    def init(self) -> None:
+        self._as_postgres(_pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    def start(self) -> None:
+        self._as_postgres(_pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-w",
+                          "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1", "start")
+
+    def stop(self) -> None:
+        self._as_postgres(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+
+@pytest.fixture
+def own_postgres():
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.fail("this fault test starts its own PostgreSQL as user postgres via runuser and needs root")
+    root = Path(tempfile.mkdtemp(prefix="tl-own-pg-", dir="/tmp"))
+    shutil.chown(root, "postgres", "postgres")
+    server = OwnPostgres(root, _free_port())
+    server.init()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_postgres_stopped_during_evaluate_fails_the_task_retryably_and_the_retry_completes(own_postgres,
+                                                                                          monkeypatch):
+    from tl_tasks import evaluate as evaluate_module
+    from tl_tasks import pipeline
+    from tl_tasks.store import connect
+
+    monkeypatch.setenv("TL_METRICS_DB_URL", own_postgres.url)
+    run_id = "manual__pg-outage"
+    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn"]})
+    pipeline.prepare_stage(run_id, settings.to_dict())
+    pipeline.train_stage(run_id, "cnn", settings.to_dict(), verbose=0)
+
+    original = evaluate_module.evaluate_variant
+
+    def evaluate_then_lose_the_database(*args, **kwargs):
+        result = original(*args, **kwargs)
+        own_postgres.stop()            # the server goes away while evaluate is running, before it records
+        return result
+    monkeypatch.setattr(evaluate_module, "evaluate_variant", evaluate_then_lose_the_database)
+    started = time.monotonic()
+    with pytest.raises(Exception) as err:
+        pipeline.evaluate_stage(run_id, "cnn", settings.to_dict())
+    assert time.monotonic() - started < 120
+    assert not isinstance(err.value, pipeline.NO_RETRY_EXCEPTIONS), f"would not be retried: {err.value!r}"
+    from airflow.sdk import RetryAction
+
+    sys.path.insert(0, str(PROJECT_ROOT / "dags"))
+    try:
+        import cifar10_retraining as dag_module
+    finally:
+        sys.path.remove(str(PROJECT_ROOT / "dags"))
+    assert dag_module.RETRY_POLICY.evaluate(err.value, 1, 3).action == RetryAction.DEFAULT
+
+    own_postgres.start()               # PostgreSQL is back: the retry (the same task again) completes the run
+    monkeypatch.setattr(evaluate_module, "evaluate_variant", original)
+    evaluation = pipeline.evaluate_stage(run_id, "cnn", settings.to_dict())
+    pipeline.gate_stage(run_id, settings.to_dict())
+    pipeline.report_stage(run_id)
+    assert pipeline.finish_stage(run_id)["state"] == "success"
+    with connect() as store:
+        run = store.get_run(run_id)
+        assert list(run["results"]) == ["cnn"] and run["results"]["cnn"]["accuracy"] == evaluation["accuracy"]
+        assert len(run["results"]["cnn"]["history"]) == settings.epochs_for("cnn")   # nothing lost or doubled
+        assert run["state"] == "success"
+
+
+# --- a Celery worker killed with kill -9 during train --------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_celery_worker_killed_during_train_recovers_after_a_restart(tmp_path, tl_home, pg_url):
+    import sqlalchemy as sa
+
+    from tests.airflow_harness import (DAG_ID, DAGS_FOLDER, PG_ADMIN_URL, REDIS_TEST_URL, AirflowHarness,
+                                       _signal_group, flush_redis, pg_database, require_dag, stored_results,
+                                       workflow_env)
+    from tl_tasks import config
+
+    require_dag()
+    conf = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 20, "epochs": 40}
+    flush_redis(REDIS_TEST_URL)
+    with pg_database(PG_ADMIN_URL) as metadata_url:
+        harness = AirflowHarness(
+            home=tmp_path / "airflow", dags_folder=DAGS_FOLDER, executor="CeleryExecutor",
+            sql_alchemy_conn=metadata_url, parallelism=4,
+            extra_env={**workflow_env(tl_home, pg_url),
+                       "AIRFLOW__CELERY__BROKER_URL": REDIS_TEST_URL,
+                       "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata_url}",
+                       # notice the dead worker's task within seconds, not the default 5 minutes
+                       "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+                       "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
+                       "TL_RETRY_DELAY_S": "5"})
+        try:
+            harness.migrate()
+            harness.create_pool("gpu", 1)
+            harness.start_core()
+            harness.start_celery_worker("worker-default", "default", 2, "tl-test-cpu-worker")
+            gpu = harness.start_celery_worker("worker-gpu", "gpu", 1, "tl-test-gpu-worker")
+            harness.wait_dag(DAG_ID)
+            run_id = harness.trigger(DAG_ID, conf)
+            state_file = config.model_dir(run_id, "cnn") / "checkpoints" / "state.json"
+            deadline = time.monotonic() + 900
+            while not state_file.is_file():          # train is running and has checkpointed an epoch
+                harness.check_alive()
+                assert time.monotonic() < deadline, harness.failure_report(DAG_ID, run_id)
+                time.sleep(0.5)
+            killed_after = json.loads(state_file.read_text())["completed_epochs"]
+            _signal_group(gpu.process, signal.SIGKILL)     # kill -9: the worker and the task it runs
+            gpu.process.wait(timeout=30)
+            harness.components.remove(gpu)
+            harness.start_celery_worker("worker-gpu-2", "gpu", 1, "tl-test-gpu-worker-2")   # the restart
+            run = harness.wait_run(DAG_ID, run_id, timeout=900)
+            assert run["state"] == "success", harness.failure_report(DAG_ID, run_id)
+            tis = harness.task_instances(DAG_ID, run_id)
+        finally:
+            harness.stop()
+            flush_redis(REDIS_TEST_URL)
+    train = [ti for ti in tis if ti["task_id"] == "train"]
+    assert len(train) == 1 and train[0]["try_number"] >= 2 and train[0]["hostname"] == "tl-test-gpu-worker-2", train
+    results = stored_results(pg_url, run_id)
+    assert list(results) == ["cnn"] and results["cnn"]["state"] == "success"
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:                  # no duplicate rows: one result, one row per epoch
+        n_results = conn.execute(sa.text("SELECT count(*) FROM results r JOIN runs u ON r.run_pk = u.id "
+                                         "WHERE u.run_id = :r"), {"r": run_id}).scalar()
+        epochs = conn.execute(sa.text("SELECT e.epoch FROM epoch_metrics e JOIN results r ON e.result_id = r.id "
+                                      "JOIN runs u ON r.run_pk = u.id WHERE u.run_id = :r ORDER BY e.epoch"),
+                              {"r": run_id}).scalars().all()
+        resumed = conn.execute(sa.text("SELECT r.resumed_from_epoch FROM results r JOIN runs u ON r.run_pk = u.id "
+                                       "WHERE u.run_id = :r"), {"r": run_id}).scalar()
+    engine.dispose()
+    # one row per epoch, none twice, none missing (the CNN may stop early: up to conf["epochs"])
+    assert n_results == 1 and epochs == list(range(1, len(epochs) + 1)) and killed_after < len(epochs) <= \
+        conf["epochs"], (n_results, epochs)
+    assert resumed is not None and resumed >= killed_after >= 1   # resumed from the checkpoint, not from scratch
