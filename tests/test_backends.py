@@ -11,7 +11,7 @@ import pytest
 
 from backend_helpers import PROJECT_ROOT, backend_env, module_command, run_backend
 from ml_helpers import small_settings, write_prepared
-from tl_tasks.config import resolve_settings
+from tl_tasks.config import resolve_settings, run_key
 from tl_tasks.models import build_model
 from tl_tasks.train import train_variant
 from tl_tasks.variants import VARIANT_NAMES
@@ -47,14 +47,15 @@ def test_the_whole_pipeline_runs_every_variant_on_jax_without_tensorflow(tmp_pat
                           env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "run jax-smoke: success" in proc.stdout
-    models = home / "runs" / "jax-smoke" / "models"
+    run_dir = home / "runs" / run_key("jax-smoke")
+    models = run_dir / "models"
     for name in VARIANT_NAMES:
         summary = json.loads((models / name / "train_summary.json").read_text())
         evaluation = json.loads((models / name / "evaluation.json").read_text())
         assert summary["backend"] == evaluation["backend"] == "jax", name
         assert summary["state"] == "success" and 0.0 <= evaluation["accuracy"] <= 1.0
     assert json.loads((models / "resnet50_v1" / "train_summary.json").read_text())["feature_cache"] is True
-    assert (home / "runs" / "jax-smoke" / "report" / "index.html").is_file()
+    assert (run_dir / "report" / "index.html").is_file()
 
 
 @pytest.mark.parametrize("variant", ["resnet50_v1"])  # plain fit resumes are covered on TF (test_train.py)
