@@ -373,7 +373,7 @@ def _trend(store, run_id: str, variants: list[str], current: datetime | None, li
     sets (other lineages) as separate faint lines, never joined with this one."""
     from reports import plots
 
-    series, others, runs, dates = {}, {}, set(), []
+    series, others, runs, dates, older = {}, {}, set(), [], []
     for variant in variants:
         mine, theirs = [], {}
         points = store.trend(variant, limit=TREND_LIMIT, until_run_id=run_id, lineage=lineage) if lineage else []
@@ -394,6 +394,12 @@ def _trend(store, run_id: str, variants: list[str], current: datetime | None, li
                 theirs.setdefault(p["lineage"], []).append(point)
         series[variant] = mine
         others[variant] = list(theirs.values())
+        if lineage is not None and len(mine) >= TREND_LIMIT and hasattr(store, "trend_summary"):
+            summary = store.trend_summary(variant, lineage, run_id, skip=TREND_LIMIT)
+            if summary:
+                older.append(f"{variant}: {summary['runs']:,} earlier run{'s' if summary['runs'] != 1 else ''} "
+                             f"from {_date_text(summary['first'])} to {_date_text(summary['last'])}, accuracy "
+                             f"{_pct(summary['min'])} to {_pct(summary['max'])} (mean {_pct(summary['mean'])})")
     n_other = sum(len(others[v]) for v in variants)
     if not dates:
         return {"img": None, "caption": "No test accuracy is recorded yet on this test set, so there is no trend "
@@ -407,6 +413,8 @@ def _trend(store, run_id: str, variants: list[str], current: datetime | None, li
     if n_other:
         caption += (" Faint dashed lines are runs on other test sets (other lineages): shown apart, not comparable "
                     "with this line.")
+    if older:
+        caption += f" The chart draws the last {TREND_LIMIT} runs; older history on this test set: " + "; ".join(older) + "."
     return {"img": img, "width": width, "height": height, "runs": len(runs), "caption": caption}
 
 

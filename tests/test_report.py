@@ -415,3 +415,14 @@ def test_index_is_paginated_newest_first_and_rebuilds_only_what_changed(store, t
     build_index(store, full=True)
     assert incremental == _index_pages(folder)
     assert front == folder / "index.html"
+
+
+def test_trend_summarises_history_older_than_the_chart(store, monkeypatch):
+    import reports.builder as builder
+
+    monkeypatch.setattr(builder, "TREND_LIMIT", 3)
+    ids = [f"scheduled__w{i}" for i in range(6)]
+    for i, run_id in enumerate(ids):
+        rf.seed_run(store, run_id, rf.run_date(i), seed=i, variants=("cnn",), write_data=i == 5)
+    text, page = _build(store, ids[-1])
+    assert "The chart draws the last 3 runs; older history on this test set: cnn: 3 earlier runs from" in page.plain

@@ -508,6 +508,17 @@ def test_lineages_are_never_compared(store):
     assert store.champion("cnn", before_run_id="x") is None
 
 
+def test_trend_summary_of_older_history_is_bounded_and_per_lineage(store):
+    for i in range(6):
+        _record_run(store, f"t{i}", T0 + timedelta(days=i), {"cnn": 0.50 + i / 100})
+    _record_run(store, "other", T0 + timedelta(days=10), {"cnn": 0.99}, lineage="B")
+    s = store.trend_summary("cnn", "L1", "t5", skip=2)  # t4, t5 are drawn; t0..t3 summarised
+    assert s["runs"] == 4 and s["min"] == pytest.approx(0.50) and s["max"] == pytest.approx(0.53)
+    assert s["mean"] == pytest.approx(0.515) and s["first"].startswith("2026-01-01")
+    assert store.trend_summary("cnn", "L1", "t5", skip=2, limit=3)["runs"] == 3
+    assert store.trend_summary("cnn", "L1", "t1", skip=2) is None
+
+
 def test_champion_is_only_a_successful_result(store):
     _record_run(store, "r1", T0, {"cnn": 0.60}, {"cnn": "bootstrap"})
     _record_run(store, "r2", T0 + timedelta(days=1), {"cnn": 0.70}, {"cnn": "promoted"})

@@ -274,6 +274,11 @@ class MetricsStore:
         with read_connection(self.engine) as conn:
             return queries.trend(conn, variant, limit, until_run_id, lineage=lineage)
 
+    def trend_summary(self, variant: str, lineage: str, until_run_id: str, skip: int,
+                      limit: int = 10_000) -> dict | None:
+        with read_connection(self.engine) as conn:
+            return queries.trend_summary(conn, variant, lineage, until_run_id, skip, limit)
+
     def recent_runs(self, limit: int = 20, offset: int = 0, *, variant: str | None = None, since=None) -> list[dict]:
         with read_connection(self.engine) as conn:
             return queries.recent_runs(conn, limit, offset, variant=variant, since=since)

@@ -288,6 +288,29 @@ def trend(conn: Connection, variant: str, limit: int = 50, until_run_id: str | N
     return out
 
 
+def trend_summary(conn: Connection, variant: str, lineage: str, until_run_id: str, skip: int,
+                  limit: int = 10_000) -> dict | None:
+    """The variant's older history in a lineage, summarised: the results before the newest `skip` (those the
+    trend draws), at most `limit` of them: {runs, first, last, min, max, mean} of test accuracy; None if none."""
+    key = _order_key(conn, until_run_id)
+    if key is None:
+        return None
+    older = (
+        sa.select(results_t.c.accuracy.label("accuracy"), runs_t.c.sort_time.label("sort_time"))
+        .join(runs_t, runs_t.c.id == results_t.c.run_pk)
+        .where(_newest_of_variant(conn, variant), _in_lineage(conn, lineage), _at_or_before(key),
+               results_t.c.accuracy.is_not(None))
+        .order_by(*_newest_first()).offset(max(int(skip), 0)).limit(max(int(limit), 0))
+    ).subquery()
+    row = conn.execute(sa.select(sa.func.count(), sa.func.min(older.c.sort_time), sa.func.max(older.c.sort_time),
+                                 sa.func.min(older.c.accuracy), sa.func.max(older.c.accuracy),
+                                 sa.func.avg(older.c.accuracy))).one()
+    if not row[0]:
+        return None
+    return {"runs": int(row[0]), "first": _plain(row[1]), "last": _plain(row[2]), "min": float(row[3]),
+            "max": float(row[4]), "mean": float(row[5])}
+
+
 def recent_runs(conn: Connection, limit: int = 20, offset: int = 0, *, variant: str | None = None,
                 since=None) -> list[dict]:
     """The last `limit` runs after skipping the `offset` newest ones, newest first (only runs with a result for
