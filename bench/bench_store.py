@@ -152,7 +152,7 @@ def _seed(store, n_runs: int, n_epochs: int, children: bool = True) -> dict:
     (`children=False`: runs, results and gate rows only, for very long histories)."""
     import sqlalchemy as sa
 
-    from tl_tasks.store import queries
+    from tl_tasks.store import rows
     from tl_tasks.store.db import write_transaction
 
     rng = random.Random(42)
@@ -160,9 +160,9 @@ def _seed(store, n_runs: int, n_epochs: int, children: bool = True) -> dict:
     counts = dict.fromkeys(("runs", "results", "epoch_metrics", "class_metrics", "confusion_matrices",
                             "gate_decisions"), 0)
     buffers: dict[str, list] = {k: [] for k in counts}
-    tables = {"runs": queries.runs_t, "results": queries.results_t, "epoch_metrics": queries.epochs_t,
-              "class_metrics": queries.classes_t, "confusion_matrices": queries.confusion_t,
-              "gate_decisions": queries.gates_t}
+    tables = {"runs": rows.runs_t, "results": rows.results_t, "epoch_metrics": rows.epochs_t,
+              "class_metrics": rows.classes_t, "confusion_matrices": rows.confusion_t,
+              "gate_decisions": rows.gates_t}
 
     def flush(conn, force=False):
         if not force and max(len(b) for b in buffers.values()) < CHUNK:

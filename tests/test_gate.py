@@ -180,11 +180,21 @@ def test_describe_delta_in_plain_words():
     assert describe_delta(decide(0.5, None)) == ""
 
 
-def test_decisions_are_the_store_vocabulary():
-    from tl_tasks.store.models import CHAMPION_DECISIONS, GATE_DECISIONS
+def test_the_store_takes_the_gate_vocabulary_and_its_champions_are_the_promoting_decisions():
+    from tl_tasks.store import connect
 
-    assert set(DECISIONS) == set(GATE_DECISIONS)
-    assert set(PROMOTING) == set(CHAMPION_DECISIONS)
+    with connect() as store:
+        for i, decision in enumerate(DECISIONS):
+            run_id = f"run{i}"
+            store.upsert_run(run_id, logical_date=f"2026-01-0{i + 1}T00:00:00", lineage="L")
+            store.record_evaluation(run_id, "cnn", {"accuracy": 0.5 + i / 100})
+            assert store.record_gate(run_id, "cnn", {"decision": decision})["decision"] == decision
+            champion = store.champion("cnn", lineage="L")
+            expected = run_id if decision in PROMOTING else champion_before
+            assert champion["run_id"] == expected, decision
+            champion_before = champion["run_id"]
+        with pytest.raises(ValueError, match="not a gate decision"):
+            store.record_gate("run0", "cnn", {"decision": "great"})
 
 
 @pytest.mark.parametrize("bad", [-0.01, 1.0, 2, "x", None])

@@ -103,16 +103,16 @@ def test_migrations_from_empty_reach_head_and_match_the_orm(db_url):
 def test_alembic_downgrade_to_base_and_upgrade_again(db_url):
     from alembic import command
 
-    from tl_tasks.store.db import _alembic_config, create_store_engine
+    from tl_tasks.store.db import alembic_config, create_store_engine
 
     with connect(db_url) as store:
         store.upsert_run("r1")
     engine = create_store_engine(db_url)
     try:
-        command.downgrade(_alembic_config(engine), "base")
+        command.downgrade(alembic_config(engine), "base")
         with engine.connect() as conn:
             assert "runs" not in sa.inspect(conn).get_table_names()
-        command.upgrade(_alembic_config(engine), "head")
+        command.upgrade(alembic_config(engine), "head")
     finally:
         engine.dispose()
     with connect(db_url) as store:
@@ -457,12 +457,12 @@ def test_migration_0002_keeps_every_row_and_gives_old_runs_a_legacy_lineage(db_u
     fingerprint get a lineage of their own ("legacy-..."), so they are never compared with new runs."""
     from alembic import command
 
-    from tl_tasks.store.db import _alembic_config, create_store_engine
+    from tl_tasks.store.db import alembic_config, create_store_engine
 
     engine = create_store_engine(db_url)
     try:
         with engine.begin() as conn:
-            command.upgrade(_alembic_config(engine, conn), "0001")
+            command.upgrade(alembic_config(engine, conn), "0001")
         now = "2026-01-01 12:00:00"
         with engine.begin() as conn:
             for i, fp in enumerate(("f" * 64, None)):

@@ -282,12 +282,13 @@ def deploy_events(triggering_asset_events, *, lineage: str | None = None) -> lis
 
 
 def _recorded_promotion(variant: str, run_id: str | None) -> dict | None:
+    from tl_tasks.gate import PROMOTING
     from tl_tasks.store import connect
 
     with connect() as store:
         result = store.get_result(run_id, variant) if run_id else None
     gate = (result or {}).get("gate") or {}
-    return result if result and result.get("state") == "success" and gate.get("decision") in ("promoted", "bootstrap") \
+    return result if result and result.get("state") == "success" and gate.get("decision") in PROMOTING \
         else None
 
 

@@ -21,9 +21,21 @@ import math
 DEFAULT_TOLERANCE = 0.005
 DEFAULT_ALPHA = 0.05
 
-# What `decide` returns in "decision"; the first two make the model the variant's champion.
-PROMOTING = ("promoted", "bootstrap")
-DECISIONS = ("promoted", "bootstrap", "kept", "regressed", "failed")
+
+
+class Decision:
+    """The gate's verdicts, as `decide` returns them in "decision" and the metrics database stores them."""
+
+    PROMOTED = "promoted"    # significantly better than the champion, or forced: the new champion
+    BOOTSTRAP = "bootstrap"  # no champion yet in this lineage: the first champion
+    KEPT = "kept"            # no confident change (or not published): the champion stays
+    REGRESSED = "regressed"  # confidently worse beyond the tolerance
+    FAILED = "failed"        # the variant has no test accuracy in this run
+
+
+DECISIONS = (Decision.PROMOTED, Decision.BOOTSTRAP, Decision.KEPT, Decision.REGRESSED, Decision.FAILED)
+# The decisions that make the model the variant's champion (the latest such result in a lineage is the champion).
+PROMOTING = (Decision.PROMOTED, Decision.BOOTSTRAP)
 
 
 class RegressionError(RuntimeError):
@@ -131,21 +143,21 @@ def decide(accuracy: float | None, champion: dict | None, *, paired: dict | None
     }
     if failed or acc is None:
         why = error or "no test accuracy was recorded"
-        return {**out, "decision": "failed", "promoted": False, "reason": f"variant failed: {why}"}
+        return {**out, "decision": Decision.FAILED, "promoted": False, "reason": f"variant failed: {why}"}
     if champion is None or out["champion_accuracy"] is None:
-        return {**out, "decision": "bootstrap", "promoted": True,
+        return {**out, "decision": Decision.BOOTSTRAP, "promoted": True,
                 "reason": "no earlier champion on this test set (lineage): first champion"}
 
     if paired is None:
-        decision = "kept"
+        decision = Decision.KEPT
         reason = (f"not compared image by image ({unpaired_reason or 'no per-image predictions'}); "
                   f"the champion from {out['champion_run_id']} stays (force_promote replaces it)")
     else:
         out.update({k: paired[k] for k in ("delta", "delta_ci", "p_value", "fixed", "broken")})
         out["champion_accuracy"] = paired["champion_accuracy"]
         decision, reason = _paired_decision(out, alpha, tolerance)
-    if force_promote and decision != "promoted":
-        return {**out, "decision": "promoted", "promoted": True, "forced": True, "overridden": decision,
+    if force_promote and decision != Decision.PROMOTED:
+        return {**out, "decision": Decision.PROMOTED, "promoted": True, "forced": True, "overridden": decision,
                 "reason": f"force_promote overrode '{decision}': {reason}"}
     return {**out, "decision": decision, "promoted": decision in PROMOTING, "reason": reason}
 
@@ -175,15 +187,15 @@ def _paired_decision(d: dict, alpha: float, tolerance: float) -> tuple[str, str]
     words = describe_delta(d)
     vs = f"champion from {d['champion_run_id']}"
     if d["p_value"] < alpha and d["fixed"] > d["broken"]:
-        return "promoted", f"significantly better (p < {alpha:g}): {words}; replaces the {vs}"
+        return Decision.PROMOTED, f"significantly better (p < {alpha:g}): {words}; replaces the {vs}"
     if d["delta_ci"][1] < -tolerance:
-        return "regressed", (f"worse beyond the {tolerance * 100:g}-point tolerance with confidence: {words}; "
+        return Decision.REGRESSED, (f"worse beyond the {tolerance * 100:g}-point tolerance with confidence: {words}; "
                              f"the {vs} stays")
     if d["p_value"] < alpha:
         why = f"significantly worse, but the drop may be within the {tolerance * 100:g}-point tolerance"
     else:
         why = f"no significant difference (p >= {alpha:g})"
-    return "kept", f"{why}: {words}; the {vs} stays"
+    return Decision.KEPT, f"{why}: {words}; the {vs} stays"
 
 
 def _p(p: float) -> str:

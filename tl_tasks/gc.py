@@ -25,7 +25,6 @@ from tl_tasks.errors import BadInput
 
 log = logging.getLogger(__name__)
 
-CHAMPION_DECISIONS = ("promoted", "bootstrap")
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoints"
 KEEP_ALWAYS = ("predictions.npy",)
@@ -117,8 +116,10 @@ def _runs(store) -> list[dict]:
 
 def _champion_runs(runs: list[dict], champions_dir: Path) -> set[str]:
     """Runs whose model is or was a champion: a promoting gate decision, or named in a champions/ file."""
+    from tl_tasks.gate import PROMOTING
+
     ids = {run["run_id"] for run in runs
-           if any((r or {}).get("decision") in CHAMPION_DECISIONS for r in (run.get("results") or {}).values())}
+           if any((r or {}).get("decision") in PROMOTING for r in (run.get("results") or {}).values())}
     if champions_dir.is_dir():
         for meta in champions_dir.rglob("*.json"):
             try:

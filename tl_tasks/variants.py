@@ -124,3 +124,16 @@ def get_variant(name: str) -> Variant:
         raise BadInput(
             f"variant={name!r} is not a known variant; choose one of {', '.join(VARIANT_NAMES)}"
         ) from None
+
+
+def variant_sort_key(name: str) -> tuple[int, str]:
+    """Sort key that lists variants as the registry does; names it does not know come last, alphabetically."""
+    try:
+        return VARIANT_NAMES.index(name), ""
+    except ValueError:
+        return len(VARIANT_NAMES), name
+
+
+def in_registry_order(names) -> list[str]:
+    """`names` (any iterable of variant names) sorted as the registry lists them, unknown names last."""
+    return sorted(names, key=variant_sort_key)

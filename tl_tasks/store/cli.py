@@ -86,9 +86,9 @@ def champion_command(action: str, variant: str | None = None, as_json: bool = Fa
         return json.dumps({"database": where, "champions": rows}, indent=2), ok
     if not rows:
         return f"no champions yet in {where}" + (f" for {variant}" if variant else ""), True
-    from tl_tasks.store.queries import _variant_order
+    from tl_tasks.variants import in_registry_order
 
-    order = {v: i for i, v in enumerate(_variant_order({r["variant"] for r in rows}))}
+    order = {v: i for i, v in enumerate(in_registry_order({r["variant"] for r in rows}))}
     if action == "show":
         rows.sort(key=lambda r: (order[r["variant"]], r["lineage"] or ""))
     table = [["variant", "lineage", "run", "accuracy", "decision", "model sha256", "published", "check"]]
@@ -113,9 +113,9 @@ def _format(rows: list[list[str]], footer: str) -> str:
 
 
 def _table(runs: list[dict]) -> str:
-    from tl_tasks.store.queries import _variant_order
+    from tl_tasks.variants import in_registry_order
 
-    variants = _variant_order({v for run in runs for v in run["results"]})
+    variants = in_registry_order({v for run in runs for v in run["results"]})
     newest_lineage = next((run["lineage"] for run in runs if run.get("lineage")), None)
     rows = [["run", "date", "profile", "state", "lineage", *variants]]
     for run in runs:

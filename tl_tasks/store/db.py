@@ -194,7 +194,7 @@ def read_connection(engine: Engine) -> Iterator[Connection]:
 
 # --- migrations --------------------------------------------------------------------------------------------
 
-def _alembic_config(engine: Engine, connection: Connection | None = None):
+def alembic_config(engine: Engine, connection: Connection | None = None):
     from alembic.config import Config
 
     cfg = Config()
@@ -286,7 +286,7 @@ def _upgrade_locked(engine: Engine, head: str) -> tuple[str | None, str]:
         current = current_revision(conn)
         _check_known(conn, engine, current)
         if current != head:
-            command.upgrade(_alembic_config(engine, conn), "head")
+            command.upgrade(alembic_config(engine, conn), "head")
         return current, head
 
 

@@ -194,7 +194,7 @@ class ConfusionMatrix(Base):
 
 
 class GateDecision(Base):
-    """The gate's verdict on a result: promoted / kept / regressed / bootstrap / failed, and why."""
+    """The gate's verdict on a result (one of `tl_tasks.gate.DECISIONS`), and why."""
 
     __tablename__ = "gate_decisions"
 
@@ -209,6 +209,3 @@ class GateDecision(Base):
     details: Mapped[dict | None]                                      # other keys of the decision
     decided_at: Mapped[datetime]
 
-
-GATE_DECISIONS = ("promoted", "kept", "regressed", "bootstrap", "failed")
-CHAMPION_DECISIONS = ("promoted", "bootstrap")

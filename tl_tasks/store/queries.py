@@ -6,61 +6,19 @@ Dates come back as ISO 8601 strings in UTC ("2026-01-31T12:00:00+00:00"), so eve
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
 
-from tl_tasks.store.models import (
-    CHAMPION_DECISIONS,
-    ClassMetric,
-    ConfusionMatrix,
-    EpochMetric,
-    GateDecision,
-    Result,
-    Run,
-    to_utc,
-)
+from tl_tasks.gate import PROMOTING
+from tl_tasks.store.models import to_utc
+from tl_tasks.store.rows import gates_t, load_results, pick, plain, results_t, run_dict, runs_t
+from tl_tasks.variants import in_registry_order
 
-runs_t = Run.__table__
-results_t = Result.__table__
-epochs_t = EpochMetric.__table__
-classes_t = ClassMetric.__table__
-confusion_t = ConfusionMatrix.__table__
-gates_t = GateDecision.__table__
-
-RUN_FIELDS = ("run_id", "dag_id", "logical_date", "started_at", "ended_at", "state", "profile", "params",
-              "data_source", "data_fingerprint", "lineage", "data_summary", "class_names", "seed", "versions", "device",
-              "report_path", "error", "created_at", "updated_at")
-RESULT_FIELDS = ("variant", "state", "stage", "error", "weights", "model_path", "epochs_run", "best_epoch",
-                 "resumed_from_epoch", "train_seconds", "train_info", "trained_at", "accuracy", "loss",
-                 "top3_accuracy", "macro_f1", "inference_img_per_s", "model_size_bytes", "class_names",
-                 "misclassified", "eval_info", "predictions_path", "predictions_sha256", "model_sha256", "evaluated_at", "params_total", "params_trainable", "failed_at",
-                 "created_at", "updated_at")
-HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
-CLASS_FIELDS = ("class_name", "precision", "recall", "f1", "support")
-GATE_FIELDS = ("decision", "champion_run_id", "champion_accuracy", "accuracy", "delta", "tolerance", "forced",
-               "decided_at")
 TREND_FIELDS = ("run_id", "logical_date", "started_at", "lineage", "state", "accuracy", "loss", "top3_accuracy", "macro_f1",
                 "train_seconds", "inference_img_per_s", "epochs_run", "decision")
-
-
-def _plain(value):
-    return value.isoformat() if isinstance(value, datetime) else value
-
-
-def _pick(row, fields) -> dict:
-    m = row._mapping
-    return {f: _plain(m[f]) for f in fields}
-
-
-def _variant_order(names) -> list[str]:
-    from tl_tasks.variants import VARIANT_NAMES
-
-    rank = {name: i for i, name in enumerate(VARIANT_NAMES)}
-    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
 
 def _order_key(conn: Connection, run_id: str):
@@ -108,61 +66,18 @@ def _in_lineage(conn: Connection, lineage: str):
     return column == lineage
 
 
-# --- results with their child rows ---------------------------------------------------------------------------
-
-def _load_results(conn: Connection, where) -> list[tuple[int, dict]]:
-    """Results matching `where` as (run pk, result dict incl. history, per_class, confusion_matrix, gate)."""
-    rows = conn.execute(sa.select(results_t).where(where)).all()
-    if not rows:
-        return []
-    ids = [r.id for r in rows]
-    history, per_class, confusion, gates = defaultdict(list), defaultdict(list), {}, {}
-    for r in conn.execute(sa.select(epochs_t).where(epochs_t.c.result_id.in_(ids))
-                          .order_by(epochs_t.c.result_id, epochs_t.c.epoch)):
-        history[r.result_id].append(_pick(r, HISTORY_FIELDS))
-    for r in conn.execute(sa.select(classes_t).where(classes_t.c.result_id.in_(ids))
-                          .order_by(classes_t.c.result_id, classes_t.c.class_index)):
-        per_class[r.result_id].append(_pick(r, CLASS_FIELDS))
-    for r in conn.execute(sa.select(confusion_t).where(confusion_t.c.result_id.in_(ids))):
-        confusion[r.result_id] = r.matrix
-    for r in conn.execute(sa.select(gates_t).where(gates_t.c.result_id.in_(ids))):
-        gates[r.result_id] = _gate_dict(r)
-    out = []
-    for r in rows:
-        d = _pick(r, RESULT_FIELDS)
-        d.update(history=history[r.id], per_class=per_class[r.id], confusion_matrix=confusion.get(r.id),
-                 gate=gates.get(r.id))
-        out.append((r.run_pk, d))
-    return out
-
-
-def _gate_dict(row) -> dict:
-    d = dict(row.details or {})
-    d.update(_pick(row, GATE_FIELDS))
-    d["forced"] = bool(d["forced"])
-    return d
-
-
-def _run_dict(conn: Connection, row, with_results: bool = True) -> dict:
-    d = _pick(row, RUN_FIELDS)
-    if with_results:
-        loaded = {res["variant"]: res for _, res in _load_results(conn, results_t.c.run_pk == row.id)}
-        d["results"] = {v: loaded[v] for v in _variant_order(loaded)}
-    return d
-
-
 # --- the queries -----------------------------------------------------------------------------------------------
 
 def get_run(conn: Connection, run_id: str) -> dict | None:
     """The run with `results`: {variant: result dict with history, per_class, confusion_matrix, gate}."""
     row = conn.execute(sa.select(runs_t).where(runs_t.c.run_id == run_id)).first()
-    return None if row is None else _run_dict(conn, row)
+    return None if row is None else run_dict(conn, row)
 
 
 def get_result(conn: Connection, run_id: str, variant: str) -> dict | None:
     """One variant's result in one run (same shape as get_run()["results"][variant]), None if absent."""
     pk = sa.select(runs_t.c.id).where(runs_t.c.run_id == run_id).scalar_subquery()
-    found = _load_results(conn, sa.and_(results_t.c.run_pk == pk, results_t.c.variant == variant))
+    found = load_results(conn, sa.and_(results_t.c.run_pk == pk, results_t.c.variant == variant))
     return found[0][1] if found else None
 
 
@@ -180,7 +95,7 @@ def previous_run(conn: Connection, run_id: str, *, same_lineage: bool = False) -
             return None
         query = query.where(_in_lineage(conn, lineage))
     row = conn.execute(query.order_by(*_newest_first()).limit(1)).first()
-    return None if row is None else _run_dict(conn, row)
+    return None if row is None else run_dict(conn, row)
 
 
 def lineage_of(conn: Connection, run_id: str) -> str | None:
@@ -217,7 +132,7 @@ def champion(conn: Connection, variant: str, before_run_id: str | None = None, *
                   runs_t.c.lineage)
         .join(runs_t, runs_t.c.id == results_t.c.run_pk)
         .join(gates_t, gates_t.c.result_id == results_t.c.id)
-        .where(_newest_of_variant(conn, variant), gates_t.c.decision.in_(CHAMPION_DECISIONS),
+        .where(_newest_of_variant(conn, variant), gates_t.c.decision.in_(PROMOTING),
                results_t.c.state == "success", results_t.c.accuracy.is_not(None))
         .order_by(*_newest_first()).limit(1)
     )
@@ -230,8 +145,8 @@ def champion(conn: Connection, variant: str, before_run_id: str | None = None, *
     row = conn.execute(query).first()
     if row is None:
         return None
-    (_, result), = _load_results(conn, results_t.c.id == row.id)
-    return {**_pick(row, ("run_id", "dag_id", "logical_date", "started_at", "lineage")), **result}
+    (_, result), = load_results(conn, results_t.c.id == row.id)
+    return {**pick(row, ("run_id", "dag_id", "logical_date", "started_at", "lineage")), **result}
 
 
 def champion_history(conn: Connection, variant: str | None = None, limit: int = 50) -> list[dict]:
@@ -243,14 +158,14 @@ def champion_history(conn: Connection, variant: str | None = None, limit: int = 
                   results_t.c.model_sha256, gates_t.c.decided_at, gates_t.c.details)
         .join(runs_t, runs_t.c.id == results_t.c.run_pk)
         .join(gates_t, gates_t.c.result_id == results_t.c.id)
-        .where(gates_t.c.decision.in_(CHAMPION_DECISIONS), results_t.c.state == "success")
+        .where(gates_t.c.decision.in_(PROMOTING), results_t.c.state == "success")
         .order_by(*_newest_first(), results_t.c.variant).limit(max(int(limit), 0))
     )
     if variant is not None:
         query = query.where(results_t.c.variant == variant)
     out = []
     for r in conn.execute(query):
-        d = _pick(r, ("variant", "run_id", "lineage", "logical_date", "data_source", "decision", "forced", "accuracy",
+        d = pick(r, ("variant", "run_id", "lineage", "logical_date", "data_source", "decision", "forced", "accuracy",
                       "model_path", "model_sha256", "decided_at"))
         d["forced"] = bool(d["forced"])
         d["published"] = (r.details or {}).get("published")
@@ -282,7 +197,7 @@ def trend(conn: Connection, variant: str, limit: int = 50, until_run_id: str | N
         query = query.where(_at_or_before(key))
     out = []
     for r in reversed(conn.execute(query).all()):
-        d = _pick(r, TREND_FIELDS)
+        d = pick(r, TREND_FIELDS)
         d["test_images"] = (r.eval_info or {}).get("test_images")
         out.append(d)
     return out
@@ -307,7 +222,7 @@ def trend_summary(conn: Connection, variant: str, lineage: str, until_run_id: st
                                  sa.func.avg(older.c.accuracy))).one()
     if not row[0]:
         return None
-    return {"runs": int(row[0]), "first": _plain(row[1]), "last": _plain(row[2]), "min": float(row[3]),
+    return {"runs": int(row[0]), "first": plain(row[1]), "last": plain(row[2]), "min": float(row[3]),
             "max": float(row[4]), "mean": float(row[5])}
 
 
@@ -344,7 +259,7 @@ def recent_runs(conn: Connection, limit: int = 20, offset: int = 0, *, variant: 
     for r in rows:
         by_run[r.run_pk][r.variant] = {"state": r.state, "accuracy": r.accuracy, "decision": r.decision,
                                        "champion_delta": r.delta, "p_value": (r.details or {}).get("p_value")}
-    variants = _variant_order({r.variant for r in rows})
+    variants = in_registry_order({r.variant for r in rows})
     oldest = (runs[-1].sort_time, runs[-1].id)
     last: dict[tuple[str, str], tuple] = {}  # (variant, lineage) -> (accuracy, run_id) of the last one seen
     out = []
@@ -366,7 +281,7 @@ def recent_runs(conn: Connection, limit: int = 20, offset: int = 0, *, variant: 
                                               "decision", "champion_delta", "p_value")}
             if acc is not None and run.lineage is not None:
                 last[(v, run.lineage)] = (acc, run.run_id)
-        d = _pick(run, ("run_id", "dag_id", "logical_date", "started_at", "ended_at", "state", "profile",
+        d = pick(run, ("run_id", "dag_id", "logical_date", "started_at", "ended_at", "state", "profile",
                         "data_source", "lineage", "created_at"))
         d["results"] = results
         out.append(d)
@@ -380,7 +295,7 @@ def last_successful_run(conn: Connection, before_run_id: str) -> dict | None:
         return None
     row = conn.execute(sa.select(runs_t).where(_before(key), runs_t.c.state == "success")
                        .order_by(*_newest_first()).limit(1)).first()
-    return None if row is None else _run_dict(conn, row, with_results=False)
+    return None if row is None else run_dict(conn, row, with_results=False)
 
 
 def count_runs(conn: Connection) -> int:
