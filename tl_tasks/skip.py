@@ -46,3 +46,8 @@ def unchanged_reason(run: dict, previous: dict | None) -> str | None:
             and (run.get("versions") or {}).get(CODE_KEY) is not None
             and (run.get("versions") or {}).get(CODE_KEY) == (previous.get("versions") or {}).get(CODE_KEY))
     return "unchanged" if same else None
+
+
+def skip_note(run: dict | None) -> dict | None:
+    """The note of a run recorded as skipped (`{"reason", "same_as"}`), None for a run that trained."""
+    return ((run or {}).get("params") or {}).get(SKIP_KEY)

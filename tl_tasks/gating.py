@@ -1,0 +1,156 @@
+"""The gate stage's work: for each variant of a run, compare with its champion, decide, publish promotions and
+record the decisions (the decision rules themselves are in `tl_tasks.gate`).
+
+The store, NumPy and the champions module are imported inside the functions: importing this module is cheap.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tl_tasks import config
+from tl_tasks.errors import RunFailed, first_line
+from tl_tasks.gate import Decision, RegressionError, compare_paired, decide, summarize, validate_alpha, validate_tolerance
+from tl_tasks.skip import skip_note
+
+log = logging.getLogger(__name__)
+
+
+def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fail_on_regression: bool = False,
+             force_promote: bool = False, raise_on_regression: bool = True) -> dict:
+    """Compare each variant of the run with its champion, image by image, record the decision, and publish
+    promoted models under `$TL_HOME/champions/` (see `tl_tasks.gate` and `tl_tasks.champions`).
+
+    The champion is the variant's latest promotion among earlier runs of the same lineage (the same test images);
+    a run on other data never touches it. A variant without a result (its task was killed) or without an
+    evaluation is recorded as failed first.
+
+    A promoted model is published, then made the lineage's `current` champion only if the metrics database
+    agrees it is the latest promotion (an older run's gate, rerun later, never rolls `current` back). A model
+    that cannot be published is recorded as "kept" with the reason; the others are still gated.
+
+    Args:
+        store: an open `MetricsStore`.
+        settings: the run's `config.Settings` (its variants are gated; stored as the run's params if it has none).
+
+    Returns:
+        `{"run_id", "decisions": {variant: decision}, "summary": {decision: [variants]}, "tolerance": t,
+        "alpha": a, "lineage": fingerprint, "promoted": {variant: published folder now current}}`; a run skipped
+        as unchanged returns no decisions and `"skipped": {reason, same_as}`.
+
+    Raises:
+        RegressionError: a variant regressed, `fail_on_regression` and `raise_on_regression` are set (after
+            recording everything). The DAG passes `raise_on_regression=False` so that the gate task succeeds
+            and emits its asset events; its `finalize` task fails the run instead.
+        ChampionError: a promoted model could not be published (after recording every decision); a retry
+            publishes it.
+        RunFailed: the run's data was never prepared, so there is nothing to gate.
+        ValueError: the run is not in the metrics database.
+    """
+    from tl_tasks import champions
+
+    tolerance, alpha = validate_tolerance(tolerance), validate_alpha(alpha)
+    options = {"tolerance": tolerance, "alpha": alpha, "fail_on_regression": bool(fail_on_regression),
+               "force_promote": bool(force_promote)}
+    decisions: dict[str, dict] = {}
+    published: dict[str, str] = {}
+    publish_errors: list[str] = []
+    run = store.get_run(run_id)
+    if run is None:
+        raise ValueError(f"run id {run_id!r} is not in the metrics database {store.url}; prepare it first "
+                         f"(python -m tl_tasks prepare --run-id {run_id})")
+    if not run.get("data_fingerprint") or not run.get("lineage"):
+        why = run.get("error") or "prepare_data did not complete"
+        raise RunFailed(f"run {run_id!r} has no prepared data ({why}); there is nothing to gate")
+    if skip_note(run):
+        log.info("gate: run %s was skipped (unchanged since %s); nothing to gate", run_id, skip_note(run)["same_as"])
+        return {"run_id": run_id, "decisions": {}, "summary": {}, "tolerance": tolerance, "alpha": alpha,
+                "lineage": run["lineage"], "promoted": {}, "skipped": skip_note(run)}
+    store.upsert_run(run_id, params={**(run.get("params") or settings.to_dict()), "gate": options})
+    y_test = None
+    for variant in settings.variants:
+        result = run["results"].get(variant)
+        if result is None:
+            result = store.record_failure(run_id, variant, "train",
+                                          "no result was recorded: the train task was killed or never ran")
+        elif result["state"] != "failed" and result.get("accuracy") is None:
+            result = store.record_failure(run_id, variant, "evaluate",
+                                          "no evaluation was recorded: the evaluate task was killed or never ran")
+        failed = result["state"] == "failed"
+        error = f"{result.get('stage') or 'a stage'} failed: {first_line(result.get('error'))}" if failed else None
+        champion = store.champion(variant, before_run_id=run_id, lineage=run["lineage"])
+        paired, unpaired = None, None
+        if champion is not None and not failed:
+            if y_test is None:
+                y_test = _test_labels(run_id)
+            paired, unpaired = _paired(result, champion, y_test, alpha)
+        decision = decide(result.get("accuracy"), champion, paired=paired, tolerance=tolerance, alpha=alpha,
+                          force_promote=force_promote, failed=failed, error=error,
+                          test_images=(result.get("eval_info") or {}).get("test_images"),
+                          unpaired_reason=unpaired)
+        decision["lineage"] = run["lineage"]
+        folder = None
+        if decision["promoted"]:
+            try:
+                folder = champions.publish(run, result, decision)
+                decision["published"] = str(folder)
+            except (champions.ChampionError, OSError) as exc:
+                publish_errors.append(f"{variant}: {exc}")
+                decision.update(decision=Decision.KEPT, promoted=False,
+                                reason=f"promotion not published ({exc}); was: {decision['reason']}")
+        store.record_gate(run_id, variant, decision)
+        newest = store.champion(variant, lineage=run["lineage"]) if folder else None
+        if newest is not None and newest["run_id"] == run_id:
+            champions.make_current(folder)
+            published[variant] = str(folder)
+        elif folder is not None:
+            log.warning("%s of run %s was promoted, but a later run's promotion is the current champion; "
+                        "`current` stays on run %s", variant, run_id, newest and newest["run_id"])
+        decisions[variant] = decision
+        log.info("gate %s: %s (%s)", variant, decision["decision"], decision["reason"])
+    out = {"run_id": run_id, "decisions": decisions, "summary": summarize(decisions), "tolerance": tolerance, "alpha": alpha,
+           "lineage": run["lineage"], "promoted": published}
+    if publish_errors:
+        raise champions.ChampionError("could not publish: " + "; ".join(publish_errors)
+                                      + " (the decisions are stored; a retry publishes again)")
+    regressed = [v for v, d in decisions.items() if d["decision"] == Decision.REGRESSED]
+    if regressed and fail_on_regression and raise_on_regression:
+        details = "; ".join(f"{v}: {decisions[v]['reason']}" for v in regressed)
+        raise RegressionError(f"regression beyond tolerance {tolerance:g} in {', '.join(regressed)} ({details}); "
+                              "the decisions are stored and shown in the report")
+    return out
+
+
+def _test_labels(run_id: str):
+    import numpy as np
+
+    return np.load(config.data_dir(run_id) / "y_test.npy")
+
+
+def _paired(result: dict, champion: dict, y_test, alpha: float) -> tuple[dict | None, str | None]:
+    """The paired comparison of a result with its champion, or (None, why not)."""
+    from tl_tasks.predictions import PredictionsUnavailable, load_predictions
+
+    try:
+        new = load_predictions(result.get("predictions_path"), result.get("predictions_sha256"),
+                               expected_len=len(y_test))
+        old = _champion_predictions(champion, len(y_test))
+    except PredictionsUnavailable as exc:
+        log.warning("no paired comparison for %s: %s", result["variant"], exc)
+        return None, str(exc)
+    return compare_paired(y_test, new, old, alpha=alpha), None
+
+
+def _champion_predictions(champion: dict, n: int):
+    """The champion's per-image predictions: from its run folder, else from its published copy."""
+    from tl_tasks.predictions import PredictionsUnavailable, load_predictions
+
+    try:
+        return load_predictions(champion.get("predictions_path"), champion.get("predictions_sha256"), expected_len=n)
+    except PredictionsUnavailable as first:
+        published = (champion.get("gate") or {}).get("published")
+        if published and champion.get("predictions_path"):
+            copy = Path(published) / Path(champion["predictions_path"]).name
+            if copy.is_file():
+                return load_predictions(copy, champion.get("predictions_sha256"), expected_len=n)
+        raise PredictionsUnavailable(f"the champion (run {champion.get('run_id')}): {first}") from None
