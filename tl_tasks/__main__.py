@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tl_tasks.config import PROFILE_NAMES
-from tl_tasks.gate import DEFAULT_ALPHA, DEFAULT_TOLERANCE
+from tl_tasks.gate import DECISIONS, DEFAULT_ALPHA, DEFAULT_TOLERANCE
 from tl_tasks.variants import VARIANT_NAMES
 
 log = logging.getLogger("tl_tasks")
@@ -159,10 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--variant", required=True, choices=VARIANT_NAMES, help="the variant")
         _add_settings(p)
 
-    p = command("gate", "compare each variant of a run with its champion and record promoted/kept/regressed",
+    p = command("gate", "compare each variant of a run with its champion and record the gate's decision",
                 "Compare each variant with its champion (its latest promotion on the same test set) image by "
-                "image (McNemar test, paired interval) and record the decision: bootstrap, promoted, kept, "
-                "regressed or failed. Promoted models are published under $TL_HOME/champions/.")
+                f"image (McNemar test, paired interval) and record the decision: {', '.join(DECISIONS)}. "
+                "Promoted models are published under $TL_HOME/champions/.")
     p.add_argument("--run-id", required=True, help="the run, as given to prepare")
     _add_settings(p, variants=True)
     _add_gate_options(p)

@@ -17,6 +17,8 @@ import os
 import urllib.request
 from urllib.parse import quote
 
+from tl_tasks.gate import Decision
+
 log = logging.getLogger(__name__)
 
 SMTP_CONN_ID = "tl_smtp"
@@ -41,7 +43,7 @@ def build_message(run: dict, *, run_failed: bool = False, run_error: str | None 
         gate = r.get("gate") or {}
         if (r.get("state") or "").lower() == "failed":
             failed.append({"variant": variant, "stage": r.get("stage"), "error": _tail(r.get("error"))})
-        elif gate.get("decision") == "regressed":
+        elif gate.get("decision") == Decision.REGRESSED:
             regressed.append({"variant": variant, **{k: gate.get(k) for k in (
                 "accuracy", "champion_accuracy", "delta", "accuracy_ci", "delta_ci", "p_value", "champion_run_id")}})
             if regressed[-1]["accuracy"] is None:

@@ -1,0 +1,48 @@
+"""Render a page from its template (Jinja2, with the formatting filters and the gate's vocabulary) and write
+it in one step, so a reader (the Airflow plugin) never sees a half-written page."""
+from __future__ import annotations
+
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+TEMPLATES_DIR = Path(__file__).with_name("templates")
+
+
+@lru_cache(maxsize=1)
+def environment():
+    """The Jinja2 environment of the report templates: autoescaped, `reports.formatting.FILTERS` as filters,
+    `Decision` (the gate's verdicts) as a global."""
+    import jinja2
+
+    from reports.formatting import FILTERS
+    from tl_tasks.gate import Decision
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=True,  # every string from users or data (class names, params, errors) is escaped
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(FILTERS)
+    env.globals["Decision"] = Decision
+    return env
+
+
+def render(template: str, context: dict) -> str:
+    return environment().get_template(template).render(**context)
+
+
+def write_page(path: Path, text: str) -> None:
+    """Replace `path` in one step, so a reader (the plugin) never sees a half-written page."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
