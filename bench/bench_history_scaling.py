@@ -56,7 +56,7 @@ def run(mode: str = "full") -> dict:
         f"(front page + the pages that changed, {_page_size()} runs a page); build_index_full rewrites every page.",
         f"From {CHILDLESS_FROM:,} runs on the older runs are seeded without child rows (epochs, per-class, "
         "confusion): only the current run's are read by a report build.",
-        "trend_all = trend(variant, limit=reports.builder.TREND_LIMIT): what the report's trend chart reads "
+        "trend_all = trend(variant, limit=reports.context.TREND_LIMIT): what the report's trend chart reads "
         "(the last runs of each variant, not its whole history).",
         "Each stored run: 5 variants, each with 10 epochs of history, 10 per-class rows, a confusion matrix and a "
         "gate decision (bench.bench_store's bulk loader).",
@@ -84,7 +84,7 @@ def _seeder() -> dict:
 
 
 def _measure(n: int, seeding: dict, repeat: int, builds: int) -> dict:
-    from reports import builder
+    from reports import builder, context
     from tests import report_fixtures as rf
     from tl_tasks.store import connect
 
@@ -103,7 +103,7 @@ def _measure(n: int, seeding: dict, repeat: int, builds: int) -> dict:
             "build_report_seconds": round(min(report[1:]), 3), "build_report_first_seconds": round(report[0], 3),
             "build_index_seconds": round(min(index[1:]), 3), "build_index_full_seconds": round(index_full, 3),
             "trend_50_ms": _ms(lambda: store.trend(VARIANT, limit=50), repeat),
-            "trend_all_ms": _ms(lambda: store.trend(VARIANT, limit=builder.TREND_LIMIT), repeat),
+            "trend_all_ms": _ms(lambda: store.trend(VARIANT, limit=context.TREND_LIMIT), repeat),
             "recent_runs_20_ms": _ms(lambda: store.recent_runs(20), repeat),
             "champion_ms": _ms(lambda: store.champion(VARIANT, before_run_id=CURRENT_RUN), repeat),
             "previous_run_ms": _ms(lambda: store.previous_run(CURRENT_RUN), repeat),
@@ -116,9 +116,9 @@ def _measure(n: int, seeding: dict, repeat: int, builds: int) -> dict:
 
 
 def _page_size() -> int:
-    from reports import builder
+    from reports import index
 
-    return builder.INDEX_PAGE_SIZE
+    return index.INDEX_PAGE_SIZE
 
 
 def _once(fn) -> float:

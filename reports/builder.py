@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reports.index import build_index, connect
+from reports.index import build_index
 from reports.render import render, write_page
 from tl_tasks import config
 
@@ -25,7 +25,10 @@ def build_report(run_id: str, store=None) -> Path:
     Returns:
         The path of the written report page.
     """
-    store = store if store is not None else connect()
+    if store is None:
+        from tl_tasks.store import connect
+
+        store = connect()
     run = store.get_run(run_id)
     if run is None:
         raise ValueError(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from reports import formatting as fmt
 from tl_tasks import config
+from tl_tasks.gate import Decision
 from tl_tasks.variants import variant_sort_key
 
 TREND_LIMIT = 200              # trend points per variant of this run's lineage
@@ -31,17 +32,17 @@ def report_context(run: dict, store) -> dict:
     prev_results = {r["variant"]: r for r in _results(previous)} if previous else {}
     y_test = _test_labels(run_id)
     rows = [_summary_row(r, prev_results.get(r["variant"]), y_test, _test_images(r, run)) for r in results]
-    scored = [r for r in rows if r["acc_value"] is not None and not r["failed"]]
-    best = max(scored, key=lambda r: r["acc_value"]) if scored else None
+    scored = [r for r in rows if r["accuracy"] is not None and not r["failed"]]
+    best = max(scored, key=lambda r: r["accuracy"]) if scored else None
     if best is not None:
         best["is_best"] = True
     failed = [
-        {"variant": r["variant"], "stage": r.get("stage"), "error": r.get("error"), "when": fmt.date_text(r.get("failed_at"))}
+        {"variant": r["variant"], "stage": r.get("stage"), "error": r.get("error"), "when": r.get("failed_at")}
         for r in results if _is_failed(r)
     ]
     current_date = fmt.as_datetime(run.get("logical_date") or run.get("started_at"))
     return {
-        "run": {**run, "date_text": fmt.date_text(current_date)},
+        "run": {**run, "when": current_date},
         "lineage": lineage,
         "previous": _previous_link(previous, run_id),
         "index_href": "../../../reports/index.html",
@@ -52,7 +53,7 @@ def report_context(run: dict, store) -> dict:
         "variants": [v for v in (_variant_section(r, class_names, run_id) for r in results) if v],
         "failed": failed,
         "metadata": _metadata(run, results),
-        "generated_at": fmt.date_text(datetime.now(timezone.utc)),
+        "generated_at": datetime.now(timezone.utc),
     }
 
 
@@ -118,18 +119,18 @@ def _summary_row(r: dict, prev: dict | None, y_test, test_images: int | None) ->
         "failed": _is_failed(r),
         "stage": r.get("stage"),
         "is_best": False,
-        "acc_value": acc,
-        "accuracy": fmt.pct(acc),
-        "accuracy_ci": fmt.interval(_wilson(acc, test_images)),
-        "loss": fmt.fixed(r.get("loss"), 3),
-        "top3": fmt.pct(r.get("top3_accuracy")),
-        "macro_f1": fmt.fixed(r.get("macro_f1"), 3),
-        "epochs_run": fmt.integer(r.get("epochs_run")),
-        "best_epoch": fmt.integer(r.get("best_epoch")),
-        "train_time": fmt.duration(r.get("train_seconds")),
-        "inference": fmt.rate(r.get("inference_img_per_s")),
-        "params": fmt.params(r.get("params_trainable"), r.get("params_total")),
-        "weights": fmt.weights(r.get("weights")),
+        "accuracy": acc,
+        "accuracy_ci": _wilson(acc, test_images),
+        "loss": r.get("loss"),
+        "top3": r.get("top3_accuracy"),
+        "macro_f1": r.get("macro_f1"),
+        "epochs_run": r.get("epochs_run"),
+        "best_epoch": r.get("best_epoch"),
+        "train_seconds": r.get("train_seconds"),
+        "inference": r.get("inference_img_per_s"),
+        "params_trainable": r.get("params_trainable"),
+        "params_total": r.get("params_total"),
+        "weights": r.get("weights"),
         "d_prev": {
             "accuracy": fmt.delta(acc, prev.get("accuracy")),
             "loss": fmt.delta(r.get("loss"), prev.get("loss"), higher_is_better=False, scale=1, digits=3, unit=""),
@@ -181,7 +182,7 @@ def _headline(rows: list[dict], best: dict | None, failed: list[dict], previous:
     """Lines for the box at the top: which variant is best, what regressed, what failed (each line has a css)."""
     lines = []
     if best is not None:
-        text = f"Best variant: {best['variant']} with {best['accuracy']} test accuracy"
+        text = f"Best variant: {best['variant']} with {fmt.pct(best['accuracy'])} test accuracy"
         d = best["d_prev"]["accuracy"]
         words = f"; {best['prev_words']}" if best["prev_words"] else ""
         lines.append({"text": text + (f" ({d.text} vs the previous run on this test set{words})." if d is not None
@@ -190,12 +191,12 @@ def _headline(rows: list[dict], best: dict | None, failed: list[dict], previous:
         lines.append({"text": "No variant has a test accuracy in this run.", "css": "lead"})
     else:
         lines.append({"text": "No variant results are recorded for this run.", "css": "lead"})
-    regressed = [r for r in rows if r["gate"] and r["gate"]["decision"] == "regressed"]
-    promoted = [r["variant"] for r in rows if r["gate"] and r["gate"]["decision"] == "promoted"]
+    regressed = [r for r in rows if r["gate"] and r["gate"]["decision"] == Decision.REGRESSED]
+    promoted = [r["variant"] for r in rows if r["gate"] and r["gate"]["decision"] == Decision.PROMOTED]
     if regressed:
         lines.append({"css": "bad", "text": "Regressed against the champion (confidently worse beyond the tolerance): "
                       + ", ".join(_with_uncertainty(r["variant"], r["d_champ"], r["champ_words"]) for r in regressed) + "."})
-    elif any(r["gate"] and r["gate"]["decision"] != "failed" for r in rows):
+    elif any(r["gate"] and r["gate"]["decision"] != Decision.FAILED for r in rows):
         lines.append({"css": "ok", "text": "Nothing regressed against the champions."})
     dropped = [_with_uncertainty(r["variant"], r["d_prev"]["accuracy"], r["prev_words"]) for r in rows
                if r["prev_significant"] and r["d_prev"]["accuracy"].value < 0 and r not in regressed]
@@ -232,7 +233,7 @@ def _previous_link(previous: dict | None, run_id: str) -> dict | None:
     return {
         "run_id": previous["run_id"],
         "href": f"../../{key}/report/index.html" if exists else "../../../reports/index.html",
-        "date_text": fmt.date_text(previous.get("logical_date") or previous.get("started_at")),
+        "when": previous.get("logical_date") or previous.get("started_at"),
     }
 
 
@@ -378,8 +379,8 @@ def _per_class_rows(per_class: list[dict], class_names: list[str]) -> list[dict]
     for i, c in enumerate(per_class):
         f1 = c.get("f1")
         name = c.get("class_name") or (class_names[i] if i < len(class_names) else str(i))
-        rows.append({"name": str(name), "precision": fmt.fixed(c.get("precision"), 2), "recall": fmt.fixed(c.get("recall"), 2),
-                     "f1": fmt.fixed(f1, 2), "support": fmt.integer(c.get("support")),
+        rows.append({"name": str(name), "precision": c.get("precision"), "recall": c.get("recall"), "f1": f1,
+                     "support": c.get("support"),
                      "bar": 0 if f1 is None else round(max(0.0, min(1.0, float(f1))) * 100, 1),
                      "css": "bad" if (f1 or 0) < 0.5 else "warn" if f1 < 0.75 else "good"})
     return rows

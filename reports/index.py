@@ -28,7 +28,10 @@ def build_index(store=None, *, run_id: str | None = None, full: bool = False) ->
     Returns:
         The path of the front page.
     """
-    store = store if store is not None else connect()
+    if store is None:
+        from tl_tasks.store import connect
+
+        store = connect()
     folder = config.tl_home() / "reports"
     total = store.count_runs()
     pages = max(1, -(-total // INDEX_PAGE_SIZE))
@@ -117,11 +120,8 @@ def index_context(runs: list[dict], nav: dict | None = None) -> dict:
             delta = res.get("delta")
             if delta is None and res.get("previous_accuracy") is not None and acc is not None:
                 delta = acc - res["previous_accuracy"]
-            p = res.get("p_value")
-            gate = res.get("decision") or ""
-            if gate and p is not None:
-                gate += " · " + fmt.p_short(p)
-            cells.append({"text": fmt.pct(acc) if res else "", "failed": failed, "gate": gate,
+            cells.append({"shown": bool(res), "accuracy": acc, "failed": failed, "decision": res.get("decision"),
+                          "p_value": res.get("p_value"),
                           "delta": fmt.delta(delta, 0.0) if delta is not None and acc is not None else None})
             if acc is not None and not failed and (best is None or acc > best[1]):
                 best = (v, acc)
@@ -129,15 +129,15 @@ def index_context(runs: list[dict], nav: dict | None = None) -> dict:
         rows.append({
             "run_id": run["run_id"],
             "href": f"../runs/{key}/report/index.html" if has_report else None,
-            "date_text": fmt.date_text(run.get("logical_date") or run.get("started_at")),
+            "when": run.get("logical_date") or run.get("started_at"),
             "state": run.get("state"),
             "profile": run.get("profile"),
             "lineage": (run.get("lineage") or "")[:8],
             "cells": cells,
-            "best": f"{best[0]} ({fmt.pct(best[1])})" if best else "",
+            "best": best,
         })
     return {"runs": rows, "variants": variants, "latest": rows[0] if rows else None, "nav": nav,
-            "generated_at": fmt.date_text(datetime.now(timezone.utc))}
+            "generated_at": datetime.now(timezone.utc)}
 
 
 def _variant_map(run: dict) -> dict:
@@ -152,9 +152,3 @@ def _run_sort_key(run: dict):
     when = fmt.as_datetime(run.get("logical_date") or run.get("started_at"))
     return (when or datetime.min.replace(tzinfo=timezone.utc), str(run.get("run_id")))
 
-
-
-def connect():
-    from tl_tasks.store import connect
-
-    return connect()

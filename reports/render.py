@@ -1,5 +1,4 @@
-"""Render a page from its template (Jinja2, with the formatting filters and the gate's vocabulary) and write
-it in one step, so a reader (the Airflow plugin) never sees a half-written page."""
+"""Render a page from its template (Jinja2, with the formatting filters) and write it in one step, so a reader (the Airflow plugin) never sees a half-written page."""
 from __future__ import annotations
 
 import os
@@ -12,12 +11,10 @@ TEMPLATES_DIR = Path(__file__).with_name("templates")
 
 @lru_cache(maxsize=1)
 def environment():
-    """The Jinja2 environment of the report templates: autoescaped, `reports.formatting.FILTERS` as filters,
-    `Decision` (the gate's verdicts) as a global."""
+    """The Jinja2 environment of the report templates: autoescaped, with `reports.formatting.FILTERS` as filters."""
     import jinja2
 
     from reports.formatting import FILTERS
-    from tl_tasks.gate import Decision
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
@@ -26,7 +23,6 @@ def environment():
         lstrip_blocks=True,
     )
     env.filters.update(FILTERS)
-    env.globals["Decision"] = Decision
     return env
 
 

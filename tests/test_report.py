@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.builder import MISCLASSIFIED_SHOWN
+from reports.context import MISCLASSIFIED_SHOWN
 from tests import report_fixtures as rf
 from tl_tasks import config
 from tl_tasks.store import connect
@@ -369,9 +369,9 @@ def _page_runs(page: _Page, ids: list[str]) -> list[str]:
 
 
 def test_index_is_paginated_newest_first_and_rebuilds_only_what_changed(store, tl_home, monkeypatch):
-    from reports import build_index, builder
+    from reports import build_index, index
 
-    monkeypatch.setattr(builder, "INDEX_PAGE_SIZE", 3)
+    monkeypatch.setattr(index, "INDEX_PAGE_SIZE", 3)
     ids = [f"run-{i:02d}" for i in range(8)]
     for i, run_id in enumerate(ids):
         store.upsert_run(run_id, logical_date=rf.run_date(i), state="success")
@@ -418,9 +418,9 @@ def test_index_is_paginated_newest_first_and_rebuilds_only_what_changed(store, t
 
 
 def test_trend_summarises_history_older_than_the_chart(store, monkeypatch):
-    import reports.builder as builder
+    import reports.context as context
 
-    monkeypatch.setattr(builder, "TREND_LIMIT", 3)
+    monkeypatch.setattr(context, "TREND_LIMIT", 3)
     ids = [f"scheduled__w{i}" for i in range(6)]
     for i, run_id in enumerate(ids):
         rf.seed_run(store, run_id, rf.run_date(i), seed=i, variants=("cnn",), write_data=i == 5)
