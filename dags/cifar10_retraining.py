@@ -1,7 +1,8 @@
 """Retrain the CIFAR-10 classifiers, evaluate them, gate them against their champions and write a report.
 
-Wiring only: every task body is one call into `tl_tasks.pipeline`, which imports Keras lazily, so parsing
-this file stays cheap (no TensorFlow, Keras or matplotlib; a test checks).
+Wiring only: every task body is one call into `tl_tasks.pipeline` (the gate task also emits its asset events
+through `tl_tasks.assets`), which imports Keras lazily, so parsing this file stays cheap (no TensorFlow, Keras
+or matplotlib; a test checks).
 """
 from __future__ import annotations
 

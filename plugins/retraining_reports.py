@@ -2,7 +2,7 @@
 
 Only logged-in Airflow users who may read the `cifar10_retraining` DAG get the pages (Airflow's own `get_user`:
 the UI's `_token` cookie or a Bearer token; then the auth manager's `is_authorized_dag`, GET), and only files under `$TL_HOME/reports/` and `$TL_HOME/runs/<key>/report/` are served. Nothing
-heavy is imported here: the pages are static files written by `reports.builder`.
+heavy is imported here: the pages are static files written by `reports` (builder and index).
 """
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ def champion_alias():
 
 
 def emit_promotions(outlet_events, gate_result: dict) -> list[str]:
-    """Add one asset event per promoted variant of a `gate_stage` result; returns those variants."""
+    """Add one asset event per variant whose promotion (promoted or bootstrap) became the lineage's `current`
+    champion in a `gate_stage` result (its "promoted" map); returns those variants."""
     alias = champion_alias()
     emitted = []
     for variant, folder in (gate_result.get("promoted") or {}).items():

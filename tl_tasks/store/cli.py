@@ -1,4 +1,4 @@
-"""Command-line views of the metrics database: `python -m tl_tasks runs` and `python -m tl_tasks db upgrade`.
+"""Command-line views of the metrics database: `python -m tl_tasks runs`, `champion` and `db upgrade`.
 
 Both return the text to print; errors are StoreError subclasses whose messages are ready to show.
 """
