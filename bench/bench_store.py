@@ -152,6 +152,7 @@ def _seed(store, n_runs: int, n_epochs: int, children: bool = True) -> dict:
     (`children=False`: runs, results and gate rows only, for very long histories)."""
     import sqlalchemy as sa
 
+    from tl_tasks.gate import Decision
     from tl_tasks.store import rows
     from tl_tasks.store.db import write_transaction
 
@@ -216,7 +217,7 @@ def _seed(store, n_runs: int, n_epochs: int, children: bool = True) -> dict:
                 promoted = acc > champion_acc[v]
                 champion_acc[v] = max(acc, champion_acc[v])
                 buffers["gate_decisions"].append({
-                    "result_id": result_id, "decision": "promoted" if promoted else "kept",
+                    "result_id": result_id, "decision": Decision.PROMOTED if promoted else Decision.KEPT,
                     "champion_run_id": None, "champion_accuracy": None, "accuracy": acc, "delta": None,
                     "tolerance": 0.005, "forced": False, "details": None, "decided_at": when,
                 })

@@ -17,7 +17,8 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "/retraining-reports"
 RUN_ID = "scheduled__2026-02-02T02:00:00+00:00"
-HEAVY = ("matplotlib", "tensorflow", "keras", "jax", "torch", "reports", "reports.builder", "tl_tasks.store")
+HEAVY = ("matplotlib", "tensorflow", "keras", "jax", "torch", "reports", "reports.builder", "reports.context",
+         "reports.index", "tl_tasks.store")
 
 
 @pytest.fixture(scope="module")

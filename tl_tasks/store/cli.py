@@ -86,11 +86,10 @@ def champion_command(action: str, variant: str | None = None, as_json: bool = Fa
         return json.dumps({"database": where, "champions": rows}, indent=2), ok
     if not rows:
         return f"no champions yet in {where}" + (f" for {variant}" if variant else ""), True
-    from tl_tasks.variants import in_registry_order
+    from tl_tasks.variants import variant_sort_key
 
-    order = {v: i for i, v in enumerate(in_registry_order({r["variant"] for r in rows}))}
     if action == "show":
-        rows.sort(key=lambda r: (order[r["variant"]], r["lineage"] or ""))
+        rows.sort(key=lambda r: (variant_sort_key(r["variant"]), r["lineage"] or ""))
     table = [["variant", "lineage", "run", "accuracy", "decision", "model sha256", "published", "check"]]
     for r in rows:
         decision = r["decision"] + (" (forced)" if r["forced"] else "")
