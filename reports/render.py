@@ -1,4 +1,5 @@
-"""Render a page from its template (Jinja2, with the formatting filters) and write it in one step, so a reader (the Airflow plugin) never sees a half-written page."""
+"""Render a page from its template (Jinja2, with the formatting filters) and write it in one step, so that a
+reader (the Airflow plugin) never sees a half-written page."""
 from __future__ import annotations
 
 import os

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from tl_tasks import config
 from tl_tasks.errors import RunFailed, first_line
-from tl_tasks.gate import Decision, RegressionError, compare_paired, decide, summarize, validate_alpha, validate_tolerance
+from tl_tasks.gate import (
+    Decision, RegressionError, compare_paired, decide, summarize, validate_alpha, validate_tolerance,
+)
 from tl_tasks.skip import skip_note
 
 log = logging.getLogger(__name__)
@@ -108,8 +110,8 @@ def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fa
                         "`current` stays on run %s", variant, run_id, newest and newest["run_id"])
         decisions[variant] = decision
         log.info("gate %s: %s (%s)", variant, decision["decision"], decision["reason"])
-    out = {"run_id": run_id, "decisions": decisions, "summary": summarize(decisions), "tolerance": tolerance, "alpha": alpha,
-           "lineage": run["lineage"], "promoted": published}
+    out = {"run_id": run_id, "decisions": decisions, "summary": summarize(decisions), "tolerance": tolerance,
+           "alpha": alpha, "lineage": run["lineage"], "promoted": published}
     if publish_errors:
         raise champions.ChampionError("could not publish: " + "; ".join(publish_errors)
                                       + " (the decisions are stored; a retry publishes again)")

@@ -19,7 +19,9 @@ from tl_tasks import config, devices, timeouts
 from tl_tasks.config import Settings
 from tl_tasks.errors import BadInput, MissingInput, RunFailed, first_line
 from tl_tasks.files import write_json_atomic
-from tl_tasks.gate import DEFAULT_ALPHA, DEFAULT_TOLERANCE, Decision, RegressionError, validate_alpha, validate_tolerance
+from tl_tasks.gate import (
+    DEFAULT_ALPHA, DEFAULT_TOLERANCE, Decision, RegressionError, validate_alpha, validate_tolerance,
+)
 from tl_tasks.skip import skip_note
 from tl_tasks.variants import VARIANT_NAMES, get_variant
 

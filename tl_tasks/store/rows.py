@@ -26,8 +26,8 @@ RUN_FIELDS = ("run_id", "dag_id", "logical_date", "started_at", "ended_at", "sta
 RESULT_FIELDS = ("variant", "state", "stage", "error", "weights", "model_path", "epochs_run", "best_epoch",
                  "resumed_from_epoch", "train_seconds", "train_info", "trained_at", "accuracy", "loss",
                  "top3_accuracy", "macro_f1", "inference_img_per_s", "model_size_bytes", "class_names",
-                 "misclassified", "eval_info", "predictions_path", "predictions_sha256", "model_sha256", "evaluated_at", "params_total", "params_trainable", "failed_at",
-                 "created_at", "updated_at")
+                 "misclassified", "eval_info", "predictions_path", "predictions_sha256", "model_sha256",
+                 "evaluated_at", "params_total", "params_trainable", "failed_at", "created_at", "updated_at")
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 CLASS_FIELDS = ("class_name", "precision", "recall", "f1", "support")
 GATE_FIELDS = ("decision", "champion_run_id", "champion_accuracy", "accuracy", "delta", "tolerance", "forced",
