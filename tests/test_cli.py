@@ -141,9 +141,9 @@ def test_stage_commands(capsys, monkeypatch):
     assert main(["-q", "evaluate", "--run-id", "c1", "--variant", "cnn"]) == 0
     assert 0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 1
 
-    monkeypatch.setenv(pipeline.FAIL_VARIANTS_ENV, "resnet50_v2")
-    assert main(["-q", "train", "--run-id", "c1", "--variant", "resnet50_v2"]) == 2
-    assert "TL_FAIL_VARIANTS" in capsys.readouterr().err
+    missing = str(config.tl_home() / "missing-weights.h5")  # a real fault: the weights file does not exist
+    assert main(["-q", "train", "--run-id", "c1", "--variant", "resnet50_v2", "--weights", missing]) == 2
+    assert "missing-weights.h5" in capsys.readouterr().err
 
     assert main(["-q", "gate", "--run-id", "c1", "--tolerance", "0.05"]) == 0
     gate = json.loads(capsys.readouterr().out)
@@ -165,8 +165,11 @@ def test_run_local_prints_report_and_exit_status(capsys, monkeypatch):
     report = out.strip().splitlines()[-1]
     assert report.startswith("report: ") and os.path.isfile(report.removeprefix("report: "))
 
-    monkeypatch.setenv(pipeline.FAIL_VARIANTS_ENV, "cnn")
-    assert main(["-q", "run", "--engine", "local", "--profile", "smoke", "--variants", "cnn"]) == 1
+    blocker = config.model_dir("cli__broken", "cnn")  # a real fault: a file where the model's folder must go
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")
+    assert main(["-q", "run", "--engine", "local", "--profile", "smoke", "--variants", "cnn",
+                 "--run-id", "cli__broken"]) == 1
     out = capsys.readouterr().out
     assert "failed" in out and out.strip().splitlines()[-1].startswith("report: ")
     with connect() as store:
