@@ -80,7 +80,8 @@ def test_errors_are_one_line_with_exit_2_not_tracebacks():
     (["prepare", "--run-id", "p", "--profile", "smoke", "--dataset", "folder:/no/such/place"], "no/such/place"),
     (["prepare", "--run-id", "p", "--profile", "smoke", "--image-size", "16", "--weights", "imagenet"], "image_size=16"),
     (["run", "--run-id", "x"], "--engine local"),
-    (["run", "--limit-per-class", "all"], "--engine local"),
+    (["run", "--engine", "local", "--profile", "smoke", "--epochs", "2", "--weights", "imagenet", "--image-size",
+      "16"], "image_size=16"),
 ])
 def test_errors_name_the_problem(argv, match, capsys):
     assert main(argv) == 2
