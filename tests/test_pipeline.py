@@ -316,12 +316,12 @@ def test_report_and_finish_success():
 
 
 def test_report_and_finish_with_a_failed_variant():
-    _fake_run("x1", {"cnn": 0.5, "resnet50_v2": None}, when=T0, errors={"resnet50_v2": "ForcedFailure: forced"})
+    _fake_run("x1", {"cnn": 0.5, "resnet50_v2": None}, when=T0, errors={"resnet50_v2": "RuntimeError: forced"})
     pipeline.gate_stage("x1")
     path = pipeline.report_stage("x1")
     assert "resnet50_v2" in open(path).read()
     run = _run("x1")
-    assert run["state"] == "failed" and "resnet50_v2 failed in train: ForcedFailure: forced" in run["error"]
+    assert run["state"] == "failed" and "resnet50_v2 failed in train: RuntimeError: forced" in run["error"]
     with pytest.raises(pipeline.RunFailed, match="resnet50_v2"):
         pipeline.finish_stage("x1")
 
