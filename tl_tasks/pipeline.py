@@ -20,7 +20,7 @@ from tl_tasks.files import write_json_atomic
 from tl_tasks.gate import (
     DEFAULT_ALPHA, DEFAULT_TOLERANCE, RegressionError, compare_paired, decide, summarize, validate_alpha, validate_tolerance,
 )
-from tl_tasks.variants import VARIANT_NAMES, get_variant
+from tl_tasks.variants import get_variant
 
 log = logging.getLogger(__name__)
 
