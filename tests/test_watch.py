@@ -188,3 +188,9 @@ def test_real_scheduler_new_images_start_exactly_one_retraining_run(tmp_path, tl
         server.server_close()
     assert [r["run_type"] for r in runs] == ["asset_triggered"], runs
     assert [(p["run_id"], p["state"]) for p in posts] == [(runs[0]["dag_run_id"], "failed")], posts
+    # the run trained on the data the watcher watches (its event named it), not on the profile's dataset
+    from tl_tasks.store import connect
+
+    with connect() as store:  # the same metrics database (TL_HOME's default) as the Airflow processes
+        run = store.get_run(runs[0]["dag_run_id"])
+    assert run["params"]["dataset"] == f"folder:{folder}", run["params"]
