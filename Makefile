@@ -6,10 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 SHARED_CIFAR := $(abspath ../shared/data/cifar-10-images-jpg.tar.gz)
 
-# Offline-friendly defaults for `make run`: the shared JPEG copy of CIFAR-10 when it is beside the
-# checkout, otherwise Keras's download; ImageNet weights when they can be had, else random init.
-export TL_DATASET ?= $(if $(wildcard $(SHARED_CIFAR)),folder:$(SHARED_CIFAR),cifar10)
-export TL_RESNET_WEIGHTS ?= auto
+# No run settings here: the profiles work offline by themselves (quick: dataset cifar10 resolves to a local
+# copy such as $(SHARED_CIFAR) before Keras's download; weights auto = ImageNet when obtainable, else random).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: venv test run airflow bench system-deps services clean
@@ -34,10 +32,10 @@ test: venv system-deps
 	$(PY) -m pytest -q tests
 
 # One whole retraining: the Airflow DAG once, headless (dag.test() on ./airflow_home), quick profile; ends with
-# the report's path. `make run PROFILE=smoke` for a fast check; TL_* variables override settings (README).
+# the report's path. `make run PROFILE=smoke` for a fast check; `make run ARGS="--epochs 1"` for other options.
 PROFILE ?= quick
 run: venv
-	$(PY) -m tl_tasks run --profile $(PROFILE)
+	$(PY) -m tl_tasks run --profile $(PROFILE) $(ARGS)
 
 # Airflow on http://127.0.0.1:8080 with this DAG (examples off, `gpu` pool of TL_GPU_POOL_SLOTS slots); Ctrl-C stops it.
 airflow: venv

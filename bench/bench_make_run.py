@@ -53,7 +53,7 @@ def run(mode: str = "full") -> dict:
         "preparation from the shared JPEG archive with a cold cache, every task, the report).",
         "tasks: Airflow's task instances (start to end, seconds) from its metadata database; variants: train "
         "seconds, feature-cache seconds and test accuracy from the metrics database.",
-        "TL_RESNET_WEIGHTS=auto (the Makefile's default): no ImageNet weights offline, so ResNet50 starts from "
+        "weights auto (the quick profile's): no ImageNet weights offline, so ResNet50 starts from "
         "random weights; the time does not depend on it.",
         f"log: {logs / f'{mode}.log'}",
     ]

@@ -100,13 +100,14 @@ def throughput(size: dict, mixed: bool) -> dict:
     return out
 
 
-def full_profile_epoch(size: dict, dataset: str, work: Path) -> dict:
+def full_profile_epoch(size: dict, dataset: str, work: Path, mixed: bool) -> dict:
     from tl_tasks.config import resolve_settings
     from tl_tasks.data import prepare_data
     from tl_tasks.evaluate import evaluate_variant
     from tl_tasks.train import train_variant
 
-    overrides = dict(dataset=dataset, weights="none", epochs=1, limit_per_class=size["limit_per_class"])
+    overrides = dict(dataset=dataset, weights="none", epochs=1, limit_per_class=size["limit_per_class"],
+                     mixed_precision="on" if mixed else "off")
     if size is SIZES["tiny"]:
         overrides.update(image_size=size["image_size"], batch_size=size["batch"])
     settings = resolve_settings("full", **overrides)
@@ -150,7 +151,6 @@ def main(argv=None) -> int:
     work = args.work or args.out.parent / "gpu_work"
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TL_HOME", str(work / "tl_home"))
-    os.environ.setdefault("TL_MIXED_PRECISION", "on" if mixed else "off")
 
     record = {"name": "gpu", "size": args.size, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": {"device": runtime.device_description(), "gpu": gpu, "backend": keras.backend.backend(),
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     failed = False
     # Each part is written as soon as it is done: a timeout or a crash later keeps what was measured.
     for key, measure in (("throughput", lambda: throughput(size, mixed)),
-                         ("full_profile_epoch_v2", lambda: full_profile_epoch(size, dataset, work))):
+                         ("full_profile_epoch_v2", lambda: full_profile_epoch(size, dataset, work, mixed))):
         try:
             record["results"][key] = measure()
         except Exception as exc:  # recorded, and the exit status says so

@@ -13,19 +13,18 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import (Asset, AssetOrTimeSchedule, CronTriggerTimetable, ExceptionRetryPolicy, Param, RetryAction,
+from airflow.sdk import (Asset, AssetOrTimeSchedule, CronTriggerTimetable, ExceptionRetryPolicy, RetryAction,
                          RetryRule, TriggerRule, dag, task)
 
 if importlib.util.find_spec("tl_tasks") is None:  # the project root, when only dags/ is on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tl_tasks.config import PROFILE_NAMES  # noqa: E402  (light modules: no heavy imports)
+from tl_tasks import schema  # noqa: E402  (light modules: no heavy imports)
 from tl_tasks.assets import champion_alias, champion_asset  # noqa: E402
-from tl_tasks.gate import DEFAULT_ALPHA, DEFAULT_TOLERANCE  # noqa: E402
 from tl_tasks.notifier import RetrainingNotifier  # noqa: E402
 from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS  # noqa: E402
 from tl_tasks.timeouts import DAGRUN_TIMEOUT, HARD  # noqa: E402
-from tl_tasks.variants import VARIANT_NAMES, VARIANTS  # noqa: E402
+from tl_tasks.variants import VARIANT_NAMES  # noqa: E402
 from tl_tasks.watch import DATASET_ASSET  # noqa: E402
 
 DAG_ID = Path(__file__).stem
@@ -45,82 +44,17 @@ TIMETABLE = (AssetOrTimeSchedule(timetable=CronTriggerTimetable(SCHEDULE, timezo
              if SCHEDULE else [Asset(DATASET_ASSET)])
 RETRY_DELAY_S = int(os.environ.get("TL_RETRY_DELAY_S", "60"))   # wait before a retry (tests shorten it)
 
-PARAMS = {
-    "profile": Param(
-        None, type=["null", "string"], enum=[None, *PROFILE_NAMES], title="Profile",
-        values_display={"smoke": "smoke: synthetic data, 1 epoch (tests, seconds)",
-                        "quick": "quick: real subset, few epochs, 32 px (CPU laptop, minutes)",
-                        "full": "full: all of CIFAR-10, 224 px ResNet50 (GPU worker)"},
-        description="Defaults for everything below. Empty: $TL_PROFILE on the worker, else quick.",
-        section="Data and training"),
-    "dataset": Param(
-        None, type=["null", "string"], minLength=1, title="Dataset",
-        description="cifar10, cifar10:<path to cifar-10-python.tar.gz>, folder:<dir, .tar.gz or .zip with "
-                    "train/<class>/*>, or synthetic. Empty: $TL_DATASET, else the profile's.",
-        section="Data and training"),
-    "variants": Param(
-        list(VARIANT_NAMES), type="array", items={"type": "string", "enum": list(VARIANT_NAMES)},
-        minItems=1, uniqueItems=True, title="Variants",
-        values_display={v.name: f"{v.name}: {v.description}" for v in VARIANTS.values()},
-        description="Models to train; each trains as its own task, in parallel up to the gpu pool's slots.",
-        section="Data and training"),
-    "epochs": Param(
-        None, type=["null", "integer"], minimum=1, maximum=1000, title="Epochs",
-        description="Epochs for every variant (early stopping may end v4 sooner). Empty: the profile's "
-                    "(quick: CNN 8, ResNet50 2).", section="Data and training"),
-    "image_size": Param(
-        None, type=["null", "integer"], minimum=8, maximum=512, title="ResNet50 image size",
-        description="Pixels the ResNet50 variants resize to, on the accelerator (32 to 224; ImageNet "
-                    "weights need at least 32). The CNN always uses the data's 32 px. Empty: the profile's.",
-        section="Data and training"),
-    "batch_size": Param(
-        None, type=["null", "integer"], minimum=1, maximum=4096, title="Batch size",
-        description="Empty: the profile's (64).", section="Data and training"),
-    "limit_per_class": Param(
-        None, type=["null", "integer"], minimum=2, title="Images per class",
-        description="At most this many training images per class. Empty: the profile's (smoke: 40, "
-                    "quick and full: all images).", section="Data and training"),
-    "weights": Param(
-        None, type=["null", "string"], minLength=1, title="ResNet50 weights",
-        description="imagenet, none (random init), auto (ImageNet when obtainable, else none with a "
-                    "warning) or a path to a local .h5/.keras file. Empty: $TL_RESNET_WEIGHTS, else imagenet.",
-        section="Data and training"),
-    "seed": Param(
-        None, type=["null", "integer"], minimum=0, maximum=2**32 - 1, title="Seed",
-        description="Seeds the data split, weight init and shuffling. Empty: 42.", section="Data and training"),
-    "tolerance": Param(
-        DEFAULT_TOLERANCE, type="number", minimum=0, exclusiveMaximum=1, title="Regression tolerance",
-        description=f"Practical margin (absolute: {DEFAULT_TOLERANCE} = {DEFAULT_TOLERANCE * 100:g} points): a "
-                    "variant regressed only when the whole confidence interval of its paired accuracy change "
-                    "against its champion lies below -tolerance.", section="Gate"),
-    "alpha": Param(
-        DEFAULT_ALPHA, type="number", exclusiveMinimum=0, exclusiveMaximum=0.5, title="Significance level",
-        description="Alpha of the exact McNemar test on the images where the new model and the champion "
-                    "disagree: promoted only when significantly better (p < alpha). Intervals are 1 - alpha.",
-        section="Gate"),
-    "fail_on_regression": Param(
-        False, type="boolean", title="Fail on regression",
-        description="Fail the run (its last task, finalize) when a variant regressed, so Airflow alerts; "
-                    "promotions of the other variants are still published and announced.",
-        section="Gate"),
-    "force": Param(
-        False, type="boolean", title="Force retraining",
-        description="Train even when the data, the settings and the code equal the last successful run's "
-                    "(otherwise such a run is recorded as skipped: unchanged, and trains nothing).",
-        section="Data and training"),
-    "force_promote": Param(
-        False, type="boolean", title="Force promote",
-        description="Promote every successfully evaluated model, even one that did not beat its champion.",
-        section="Gate"),
-}
+# The trigger form: one field per run parameter of tl_tasks/schema.py (defaults quote each profile's values).
+PARAMS = schema.dag_params()
 
 DOC_MD = f"""
 ### CIFAR-10 transfer-learning retraining
 
 `prepare_data` → `train` (mapped: one task per variant) → `evaluate` (mapped) → `gate` → `build_report` → `finalize`
 
-* **prepare_data** resolves the run's settings (trigger form ▸ `TL_*` environment ▸ profile) and writes
-  validated uint8 arrays under `$TL_HOME/runs/<run>/data/`.
+* **prepare_data** resolves the run's settings (trigger form ▸ profile; the environment sets none) and writes
+  validated uint8 arrays under `$TL_HOME/runs/<run>/data/` (`cifar10` is read from a local copy when there is
+  one, else downloaded; the run records which).
 * **train** / **evaluate** run one variant each ({", ".join(f"`{v}`" for v in VARIANT_NAMES)}), in pool
   `{GPU_POOL}` and on Celery queue `{GPU_QUEUE}`: on a GPU worker several variants train at once, on a laptop
   the pool's slots (`TL_GPU_POOL_SLOTS`, default 2, set by `make airflow` / `make run`) keep the cores from
@@ -143,7 +77,7 @@ Time limits: a hard `execution_timeout` per task and a `dagrun_timeout` of {DAGR
 evaluate also stop at a deadline from the run's profile, variant and epochs (`tl_tasks/timeouts.py`).
 """
 
-# Bad input, a forced test failure or a fatal regression fail at once: retrying cannot change them.
+# Bad input, a failed run or a fatal regression fail at once: retrying cannot change them.
 RETRY_POLICY = ExceptionRetryPolicy(rules=[RetryRule(exception=list(NO_RETRY_EXCEPTIONS), action=RetryAction.FAIL,
                                                      reason="deterministic failure: a retry cannot help")])
 
@@ -171,11 +105,15 @@ RETRY_POLICY = ExceptionRetryPolicy(rules=[RetryRule(exception=list(NO_RETRY_EXC
 )
 def cifar10_retraining():
     @task(execution_timeout=HARD["prepare_data"])
-    def prepare_data(params=None, run_id=None, dag_run=None) -> list[dict]:
+    def prepare_data(params=None, run_id=None, dag_run=None, triggering_asset_events=None) -> list[dict]:
         """Prepare the data; returns one {variant, settings} job per chosen variant."""
         from tl_tasks.pipeline import prepare_jobs
+        from tl_tasks.watch import dataset_from_events
 
-        return prepare_jobs(run_id, dict(params), dag_id=DAG_ID, logical_date=dag_run.logical_date or dag_run.run_after)
+        params = dict(params)
+        if params.get("dataset") is None:  # a run the data watcher started trains on the data it watches
+            params["dataset"] = dataset_from_events(triggering_asset_events)
+        return prepare_jobs(run_id, params, dag_id=DAG_ID, logical_date=dag_run.logical_date or dag_run.run_after)
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE, execution_timeout=HARD["train"],
           map_index_template="{{ task.op_kwargs['variant'] }}")

@@ -42,7 +42,9 @@ def tl_data_watcher():
         result = check()
         if not result["changed"]:
             raise AirflowSkipException(result["reason"])
-        outlet_events[Asset(DATASET_ASSET)].extra = {"source": result["source"], "signature": result["signature"]}
+        # "dataset": the retraining run this event starts trains on the watched data (its prepare_data reads it)
+        outlet_events[Asset(DATASET_ASSET)].extra = {"source": result["source"], "dataset": result["dataset"],
+                                                     "signature": result["signature"]}
         return result
 
     look()

@@ -41,9 +41,9 @@ train._Checkpoints.save = _save_then_die
 def test_the_whole_pipeline_runs_every_variant_on_jax_without_tensorflow(tmp_path):
     """prepare, train (v1 on cached features), evaluate, gate, report: all five variants, KERAS_BACKEND=jax."""
     home = tmp_path / "home"
-    env = backend_env("jax", TL_HOME=str(home), TL_LIMIT_PER_CLASS="6", TL_BATCH_SIZE="64")
+    env = backend_env("jax", TL_HOME=str(home))
     proc = subprocess.run(module_command("jax", "tl_tasks", "run", "--engine", "local", "--profile", "smoke",
-                                         "--run-id", "jax-smoke"),
+                                         "--run-id", "jax-smoke", "--limit-per-class", "6", "--batch-size", "64"),
                           env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "run jax-smoke: success" in proc.stdout
@@ -138,5 +138,5 @@ def test_mixed_precision_off_and_auto_follow_the_setting(tmp_path):
     assert summary["mixed_precision"] is False
     auto = train_variant("cnn", data, tmp_path / "auto", small_settings(), verbose=0).summary()
     assert auto["mixed_precision"] is False  # "auto" on a machine without a GPU
-    with pytest.raises(ValueError, match="mixed_precision='fast'.*TL_MIXED_PRECISION"):
+    with pytest.raises(ValueError, match="mixed_precision='fast' is not one of auto, on, off"):
         resolve_settings("smoke", mixed_precision="fast")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tl_tasks import champions, config, pipeline
+from tl_tasks import champions, config, pipeline, schema
 from tl_tasks.__main__ import main
 from tl_tasks.store import connect
 
@@ -30,7 +30,7 @@ print(json.dumps({"probs": probs.tolist(), "tl_tasks": any(m.startswith("tl_task
 @pytest.fixture
 def promoted_cnn(capsys):
     """Two smoke runs of the CNN on the same synthetic data: the first bootstraps, the second is forced."""
-    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn"]})
+    settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn"]})
     first = pipeline.run_all("champ-1", settings)
     second = pipeline.run_all("champ-2", settings, force_promote=True)
     return first, second
@@ -100,7 +100,7 @@ def test_champion_command_verifies_files(promoted_cnn, capsys):
 
 
 def test_publish_refuses_a_model_that_changed_since_evaluation(tl_home):
-    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn"]})
+    settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn"]})
     pipeline.prepare_stage("chg", settings.to_dict())
     pipeline.train_stage("chg", "cnn", settings.to_dict())
     pipeline.evaluate_stage("chg", "cnn", settings.to_dict())
@@ -122,7 +122,7 @@ def test_example_deployment_points_at_a_verified_champion_of_one_lineage(promote
     out = champions.deploy(published, "cnn", lineage=lineage[:12])
     assert out["deployed"] == str(target) and target.resolve() == Path(published).resolve()
     # a champion of another test set does not replace the deployed model
-    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn"], "seed": 9})
+    settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn"], "seed": 9})
     other = pipeline.run_all("champ-other", settings)["decisions"]["cnn"]
     assert other["decision"] == "bootstrap" and other["lineage"] != lineage
     skipped = champions.deploy(other["published"], "cnn")

@@ -144,11 +144,13 @@ def test_params_defaults(dag, run_dag_module):
     assert params["tolerance"] == 0.005 and params["alpha"] == 0.05
     assert params["fail_on_regression"] is False and params["force_promote"] is False
     assert params["force"] is False  # an unchanged run is skipped unless forced
-    for name in ("profile", "dataset", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed"):
-        assert params[name] is None, name  # = the profile's / the environment's, resolved at run time
+    for name in ("profile", "dataset", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed",
+                 "mixed_precision", "data_parallel"):
+        assert params[name] is None, name  # = the profile's, resolved at run time
     good = {"profile": "smoke", "dataset": "synthetic", "variants": ["cnn", "resnet50_v4"], "epochs": 2,
             "image_size": 64, "batch_size": 16, "limit_per_class": 50, "weights": "none", "seed": 1,
-            "tolerance": 0.05, "alpha": 0.01, "fail_on_regression": True, "force_promote": False, "force": True}
+            "tolerance": 0.05, "alpha": 0.01, "fail_on_regression": True, "force_promote": False, "force": True,
+            "mixed_precision": "off", "data_parallel": False}
     assert run_dag_module.validate_conf(dag, good) == good
 
 
@@ -173,6 +175,8 @@ def test_params_defaults(dag, run_dag_module):
     ({"alpha": 0.5}, "alpha"),
     ({"fail_on_regression": "yes"}, "fail_on_regression"),
     ({"force_promote": 1}, "force_promote"),
+    ({"mixed_precision": "fast"}, "mixed_precision"),
+    ({"data_parallel": "yes"}, "data_parallel"),
     ({"epoch": 3}, "unknown run parameter"),
 ])
 def test_params_schema_refuses_bad_values(dag, run_dag_module, conf, match):
@@ -306,9 +310,10 @@ def test_dag_test_with_a_failing_variant(airflow_home, tl_home):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    conf = {"profile": "smoke", "variants": ["cnn", "resnet50_v2"]}
+    # a real fault that only resnet50_v2 meets: its weights file does not exist (the CNN uses no weights)
+    conf = {"profile": "smoke", "variants": ["cnn", "resnet50_v2"], "weights": str(tl_home / "missing-weights.h5")}
     try:
-        proc, run_id = _dag_test(airflow_home, conf, TL_FAIL_VARIANTS="resnet50_v2",
+        proc, run_id = _dag_test(airflow_home, conf,
                                  TL_NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{server.server_address[1]}/hook")
     finally:
         server.shutdown()
@@ -323,7 +328,7 @@ def test_dag_test_with_a_failing_variant(airflow_home, tl_home):
     assert "evaluate[resnet50_v2]" not in proc.stdout  # only variants whose training succeeded are evaluated
     report = _report_line(proc)
     html = report.read_text()
-    assert "resnet50_v2" in html and "TL_FAIL_VARIANTS" in html
+    assert "resnet50_v2" in html and "missing-weights.h5" in html
     with connect() as store:
         run = store.get_run(run_id)
     assert run["state"] == "failed" and "resnet50_v2 failed in train" in run["error"]

@@ -114,8 +114,8 @@ def test_no_gpu_means_no_claim_and_cuda_visible_devices_untouched(tmp_path, monk
 _DATA_PARALLEL = """
 import json, sys
 from pathlib import Path
-from tl_tasks import pipeline
-pipeline._quiet_keras_import()  # as the train task does: TensorFlow's logical CPUs are set before it starts
+from tl_tasks import runtime
+runtime.import_keras_quietly()  # as the train task does: TensorFlow's logical CPUs are set before it starts
 from tl_tasks.config import Settings
 from tl_tasks.train import train_variant
 from tl_tasks.evaluate import evaluate_variant

@@ -174,12 +174,12 @@ def own_postgres():
 def test_postgres_stopped_during_evaluate_fails_the_task_retryably_and_the_retry_completes(own_postgres,
                                                                                           monkeypatch):
     from tl_tasks import evaluate as evaluate_module
-    from tl_tasks import pipeline
+    from tl_tasks import pipeline, schema
     from tl_tasks.store import connect
 
     monkeypatch.setenv("TL_METRICS_DB_URL", own_postgres.url)
     run_id = "manual__pg-outage"
-    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn"]})
+    settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn"]})
     pipeline.prepare_stage(run_id, settings.to_dict())
     pipeline.train_stage(run_id, "cnn", settings.to_dict(), verbose=0)
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from ml_helpers import small_settings, write_prepared
-from tl_tasks import config, pipeline, timeouts
+from tl_tasks import config, pipeline, schema, timeouts
 from tl_tasks.errors import BadInput, MissingInput
 
 
@@ -27,9 +27,9 @@ def test_only_bad_input_is_not_retried():
 
 def test_bad_settings_are_bad_input():
     with pytest.raises(BadInput, match="epochs=0"):
-        pipeline.settings_from_params({"profile": "smoke", "epochs": 0})
-    with pytest.raises(BadInput, match="not a known profile"):
-        pipeline.settings_from_params({"profile": "huge"})
+        schema.settings_from_params({"profile": "smoke", "epochs": 0})
+    with pytest.raises(BadInput, match="profile=.huge. is not one of smoke, quick, full"):
+        schema.settings_from_params({"profile": "huge"})
 
 
 # --- run keys ------------------------------------------------------------------------------------

@@ -152,7 +152,7 @@ def test_weights_load_from_a_local_file(saved_base, kind):
 @pytest.mark.filterwarnings("ignore:Skipping nested container")  # Keras, while failing to load the wrong file
 def test_weight_errors_name_the_value_and_the_fix(tmp_path):
     missing = tmp_path / "nope" / "resnet.h5"
-    with pytest.raises(FileNotFoundError, match=r"no such file.*TL_RESNET_WEIGHTS"):
+    with pytest.raises(FileNotFoundError, match=r"no such file.*--weights"):
         resolve_weights(str(missing))
     with pytest.raises(ValueError, match=r"weights='imagenett' is not 'imagenet', 'auto', 'none'"):
         resolve_weights("imagenett")
@@ -185,7 +185,7 @@ def test_imagenet_unavailable_is_a_clear_error_and_fails_fast(offline_keras_cach
     assert time.perf_counter() - t0 < 10
     message = str(info.value)
     assert models.IMAGENET_NOTOP_FILE in message and str(offline_keras_cache) in message
-    assert "TL_RESNET_WEIGHTS" in message and "--weights" in message and "'none'" in message
+    assert "ResNet50 weights" in message and "--weights" in message and "'none'" in message
     with pytest.raises(WeightsUnavailableError):
         build_model("resnet50_v1", NUM_CLASSES, weights="imagenet")
 

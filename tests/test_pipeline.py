@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tl_tasks import config, pipeline
+from tl_tasks import config, pipeline, schema
 from tl_tasks.files import write_json_atomic
 from tl_tasks.gate import RegressionError
 from tl_tasks.store import connect
@@ -44,7 +44,7 @@ def _fake_run(run_id: str, accuracies: dict, *, when: datetime, errors: dict | N
 
     from tl_tasks.predictions import write_predictions
 
-    settings = pipeline.settings_from_params({"profile": "smoke", "variants": list(accuracies)})
+    settings = schema.settings_from_params({"profile": "smoke", "variants": list(accuracies)})
     write_json_atomic(config.run_dir(run_id) / pipeline.SETTINGS_FILE, settings.to_dict())
     data = config.data_dir(run_id)
     data.mkdir(parents=True, exist_ok=True)
@@ -77,36 +77,36 @@ def _fake_run(run_id: str, accuracies: dict, *, when: datetime, errors: dict | N
 # ----------------------------------------------------------------------------------------- settings
 
 def test_settings_from_params_profile_defaults_and_overrides(monkeypatch):
-    s = pipeline.settings_from_params({"profile": "smoke"})
+    s = schema.settings_from_params({"profile": "smoke"})
     assert (s.profile, s.dataset, s.epochs, s.limit_per_class) == ("smoke", "synthetic", {"cnn": 1, "resnet50": 1}, 40)
     # None means "the profile's"; values override; limit 0 means every image
-    s = pipeline.settings_from_params({"profile": "smoke", "dataset": None, "epochs": 3, "variants": ["cnn"],
+    s = schema.settings_from_params({"profile": "smoke", "dataset": None, "epochs": 3, "variants": ["cnn"],
                                        "limit_per_class": 0, "seed": 7, "tolerance": 0.1})
     assert s.epochs == {"cnn": 3, "resnet50": 3} and s.variants == ("cnn",) and s.limit_per_class is None and s.seed == 7
-    # profile < environment < params
+    # no profile: the default (quick); the environment sets nothing, and a removed variable stops the run
+    assert schema.settings_from_params({"epochs": 2}).profile == "quick"
     monkeypatch.setenv("TL_EPOCHS", "5")
-    monkeypatch.setenv("TL_PROFILE", "smoke")
-    assert pipeline.settings_from_params({}).epochs == {"cnn": 5, "resnet50": 5}
-    assert pipeline.settings_from_params({"epochs": 2}).epochs == {"cnn": 2, "resnet50": 2}
+    with pytest.raises(ValueError, match=r"TL_EPOCHS set .*'Epochs' field or --epochs"):
+        schema.settings_from_params({"profile": "smoke"})
 
 
 @pytest.mark.parametrize("params, match", [
     ({"profile": "huge"}, "profile='huge'"),
     ({"epochs": 0}, "epochs=0"),
-    ({"variants": []}, "variants is empty"),
-    ({"variants": ["cnn", "vgg"]}, "variant='vgg'"),
+    ({"variants": []}, r"variants=\[\] must be a non-empty list"),
+    ({"variants": ["cnn", "vgg"]}, "'vgg' not known"),
     ({"epoch": 3}, r"unknown parameter\(s\) \['epoch'\]"),
     ({"limit_per_class": 1}, "limit_per_class=1"),
 ])
 def test_settings_from_params_refuses_bad_values(params, match):
     with pytest.raises(ValueError, match=match):
-        pipeline.settings_from_params({"profile": "smoke", **params})
+        schema.settings_from_params({"profile": "smoke", **params})
 
 
 # ----------------------------------------------------------------------------------------- prepare
 
 def test_prepare_stage_writes_data_and_run_row_and_rerun_replaces():
-    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn"], "limit_per_class": 12})
+    settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn"], "limit_per_class": 12})
     out = pipeline.prepare_stage("r1", settings.to_dict(), dag_id="d", logical_date=T0)
     data_dir = config.data_dir("r1")
     assert out["data_dir"] == str(data_dir) and out["counts"]["train"] > 0 and len(out["fingerprint"]) == 64
@@ -123,7 +123,7 @@ def test_prepare_stage_writes_data_and_run_row_and_rerun_replaces():
 
 
 def test_prepare_stage_failure_is_recorded(tmp_path):
-    settings = pipeline.settings_from_params({"profile": "smoke", "dataset": f"folder:{tmp_path / 'missing'}"})
+    settings = schema.settings_from_params({"profile": "smoke", "dataset": f"folder:{tmp_path / 'missing'}"})
     with pytest.raises((FileNotFoundError, ValueError)):
         pipeline.prepare_stage("bad", settings.to_dict())
     run = _run("bad")
@@ -144,7 +144,7 @@ def test_prepare_jobs_one_job_per_variant_and_invalid_params_recorded():
 # ------------------------------------------------------------------------------ train and evaluate
 
 def test_train_and_evaluate_record_results_and_reruns_replace_rows():
-    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn"]}).to_dict()
+    settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn"]}).to_dict()
     pipeline.prepare_stage("t1", settings)
     summary = pipeline.train_stage("t1", "cnn", settings, verbose=0)
     assert summary["variant"] == "cnn" and summary["state"] == "success" and summary["epochs_run"] == 1
@@ -163,18 +163,20 @@ def test_train_and_evaluate_record_results_and_reruns_replace_rows():
     assert run["device"]
 
 
-def test_forced_failure_is_recorded_and_raised(monkeypatch):
-    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn"]}).to_dict()
+def test_a_training_failure_is_recorded_and_raised():
+    settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn"]}).to_dict()
     pipeline.prepare_stage("f1", settings)
-    monkeypatch.setenv(pipeline.FAIL_VARIANTS_ENV, "resnet50_v2, cnn")
-    with pytest.raises(pipeline.ForcedFailure, match="TL_FAIL_VARIANTS"):
+    blocker = config.model_dir("f1", "cnn")  # a real fault: a file where the model's folder must go
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a folder")
+    with pytest.raises(FileExistsError):
         pipeline.train_stage("f1", "cnn", settings)
     result = _run("f1")["results"]["cnn"]
-    assert result["state"] == "failed" and result["stage"] == "train" and "ForcedFailure" in result["error"]
+    assert result["state"] == "failed" and result["stage"] == "train" and "FileExistsError" in result["error"]
 
 
 def test_evaluate_without_a_model_records_failure():
-    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["resnet50_v1"]}).to_dict()
+    settings = schema.settings_from_params({"profile": "smoke", "variants": ["resnet50_v1"]}).to_dict()
     pipeline.prepare_stage("e1", settings)
     with pytest.raises(Exception):
         pipeline.evaluate_stage("e1", "resnet50_v1", settings)
@@ -292,7 +294,7 @@ def test_gate_records_failed_and_missing_variants():
 def test_gate_without_prepared_data_fails_clearly():
     with pytest.raises(FileNotFoundError, match="never prepared"):
         pipeline.gate_stage("ghost")
-    settings = pipeline.settings_from_params({"profile": "smoke"}).to_dict()
+    settings = schema.settings_from_params({"profile": "smoke"}).to_dict()
     with pytest.raises(ValueError, match="not in the metrics database"):
         pipeline.gate_stage("ghost", settings)
     with pytest.raises((FileNotFoundError, ValueError)):  # prepare fails: bad data source
@@ -314,12 +316,12 @@ def test_report_and_finish_success():
 
 
 def test_report_and_finish_with_a_failed_variant():
-    _fake_run("x1", {"cnn": 0.5, "resnet50_v2": None}, when=T0, errors={"resnet50_v2": "ForcedFailure: forced"})
+    _fake_run("x1", {"cnn": 0.5, "resnet50_v2": None}, when=T0, errors={"resnet50_v2": "RuntimeError: forced"})
     pipeline.gate_stage("x1")
     path = pipeline.report_stage("x1")
     assert "resnet50_v2" in open(path).read()
     run = _run("x1")
-    assert run["state"] == "failed" and "resnet50_v2 failed in train: ForcedFailure: forced" in run["error"]
+    assert run["state"] == "failed" and "resnet50_v2 failed in train: RuntimeError: forced" in run["error"]
     with pytest.raises(pipeline.RunFailed, match="resnet50_v2"):
         pipeline.finish_stage("x1")
 
@@ -344,9 +346,11 @@ def test_fatal_regression_fails_the_run_and_missing_report_too():
 
 # ---------------------------------------------------------------------------------------- whole run
 
-def test_run_all_without_airflow_keeps_going_when_a_variant_fails(monkeypatch):
-    monkeypatch.setenv(pipeline.FAIL_VARIANTS_ENV, "resnet50_v2")
-    settings = pipeline.settings_from_params({"profile": "smoke", "variants": ["cnn", "resnet50_v2"]})
+def test_run_all_without_airflow_keeps_going_when_a_variant_fails():
+    # a real fault that only the ResNet50 variants meet: their weights file does not exist
+    missing = config.tl_home() / "missing-weights.h5"
+    settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn", "resnet50_v2"],
+                                            "weights": str(missing)})
     result = pipeline.run_all("cli-1", settings)
     assert result["state"] == "failed" and result["failed"] == ["resnet50_v2"]
     assert result["decisions"]["cnn"]["decision"] == "bootstrap"
@@ -354,6 +358,7 @@ def test_run_all_without_airflow_keeps_going_when_a_variant_fails(monkeypatch):
     assert open(result["report_path"]).read()
     run = _run("cli-1")
     assert run["state"] == "failed" and run["results"]["cnn"]["accuracy"] is not None
+    assert "missing-weights.h5" in run["results"]["resnet50_v2"]["error"]
     assert run["report_path"] == result["report_path"]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from data_helpers import write_image_folder
-from tl_tasks import config, pipeline
+from tl_tasks import config, pipeline, schema
 from tl_tasks.data import prepare_data
 from tl_tasks.errors import BadInput
 from tl_tasks.roots import ENV, check_allowed, data_roots
@@ -73,7 +73,7 @@ def test_default_roots_are_shared_data_project_data_and_tl_home(monkeypatch, tl_
 
 
 def test_pipeline_refusal_is_bad_input_so_it_is_not_retried(tmp_path, roots):
-    settings = pipeline.settings_from_params({"profile": "smoke", "dataset": "folder:/etc"}).to_dict()
+    settings = schema.settings_from_params({"profile": "smoke", "dataset": "folder:/etc"}).to_dict()
     with pytest.raises(BadInput) as err:
         pipeline.prepare_stage("r1", settings)
     assert isinstance(err.value, pipeline.NO_RETRY_EXCEPTIONS)

@@ -87,13 +87,23 @@ def test_an_archive_source_and_the_source_setting(tmp_path, tl_home, monkeypatch
     archive.write_bytes(b"a new, longer archive")
     assert watch.check(archive, settle_seconds=0)["changed"]
     monkeypatch.delenv("TL_WATCH_SOURCE", raising=False)
-    monkeypatch.setenv("TL_DATASET", f"folder:{archive}")
-    assert watch.watched_source() == archive
-    monkeypatch.setenv("TL_DATASET", "cifar10")
-    assert watch.watched_source() is None
+    assert watch.watched_source() is None and watch.watched_dataset() is None
     assert "nothing to watch" in watch.check(settle_seconds=0)["reason"]
+    monkeypatch.setenv("TL_WATCH_SOURCE", f"folder:{archive}")
+    assert watch.watched_source() == archive and watch.watched_dataset() == f"folder:{archive}"
     monkeypatch.setenv("TL_WATCH_SOURCE", str(tmp_path))
-    assert watch.watched_source() == tmp_path
+    assert watch.watched_source() == tmp_path and watch.watched_dataset() == f"folder:{tmp_path}"
+
+
+def test_a_watcher_event_names_the_dataset_of_the_run_it_starts():
+    class Event:
+        def __init__(self, extra):
+            self.extra = extra
+
+    assert watch.dataset_from_events(None) is None and watch.dataset_from_events({}) is None
+    events = {"tl_training_data": [Event({"source": "/d"}), Event({"dataset": "folder:/d1"}),
+                                   Event({"dataset": "folder:/d2"})]}
+    assert watch.dataset_from_events(events) == "folder:/d2"  # the newest
 
 
 def test_watcher_dag_is_light_and_the_retraining_dag_listens_to_its_asset(tmp_path):
@@ -148,8 +158,9 @@ def test_real_scheduler_new_images_start_exactly_one_retraining_run(tmp_path, tl
     Thread(target=server.serve_forever, daemon=True).start()
     env = {**workflow_env(tl_home, f"sqlite:///{tl_home / 'metrics.db'}"), "TL_WATCH_SOURCE": str(folder),
            "TL_WATCH_INTERVAL_S": "10", "TL_WATCH_SETTLE_S": "1",
-           "TL_NOTIFY_WEBHOOK_URL": f"http://127.0.0.1:{server.server_address[1]}/hook",
-           "TL_DATASET": f"folder:{folder}"}  # fake images: a started run fails fast in prepare_data, no training
+           "TL_NOTIFY_WEBHOOK_URL": f"http://127.0.0.1:{server.server_address[1]}/hook"}
+    # The run the watcher starts trains on the watched folder (its event names it): fake images fail fast in
+    # prepare_data, no training.
     harness = AirflowHarness(home=tmp_path / "airflow", dags_folder=DAGS_FOLDER, parallelism=2, extra_env=env)
     try:
         harness.migrate()
@@ -177,3 +188,9 @@ def test_real_scheduler_new_images_start_exactly_one_retraining_run(tmp_path, tl
         server.server_close()
     assert [r["run_type"] for r in runs] == ["asset_triggered"], runs
     assert [(p["run_id"], p["state"]) for p in posts] == [(runs[0]["dag_run_id"], "failed")], posts
+    # the run trained on the data the watcher watches (its event named it), not on the profile's dataset
+    from tl_tasks.store import connect
+
+    with connect() as store:  # the same metrics database (TL_HOME's default) as the Airflow processes
+        run = store.get_run(runs[0]["dag_run_id"])
+    assert run["params"]["dataset"] == f"folder:{folder}", run["params"]

@@ -13,8 +13,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tl_tasks.config import PROFILE_NAMES
-from tl_tasks.gate import DECISIONS, DEFAULT_ALPHA, DEFAULT_TOLERANCE
+from tl_tasks import schema
+from tl_tasks.gate import DECISIONS
 from tl_tasks.variants import VARIANT_NAMES
 
 log = logging.getLogger("tl_tasks")
@@ -31,24 +31,15 @@ examples:
   python -m tl_tasks runs --limit 5
   python -m tl_tasks champion show --variant cnn
 
-Settings resolve as: profile < TL_* environment variables < options. Stage commands after `prepare`
-reuse the settings the run was prepared with unless --profile is given; options still override them.
+Settings resolve as: profile < options (tl_tasks/schema.py lists them; the environment sets none).
+Stage commands after `prepare` reuse the settings the run was prepared with unless --profile is given;
+options still override them.
 Everything a run writes lives under $TL_HOME/runs/<run id>/; results go to $TL_METRICS_DB_URL.
 """
 
 
 class CLIError(Exception):
     """A usage problem found after parsing (exit 2)."""
-
-
-def _variant_list(text: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give one or more variant names separated by commas")
-    for name in names:
-        if name not in VARIANT_NAMES:
-            raise argparse.ArgumentTypeError(f"{name!r} is not a variant; choose from {', '.join(VARIANT_NAMES)}")
-    return names
 
 
 def _int_at_least(text: str, minimum: int) -> int:
@@ -75,68 +66,6 @@ def _positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
-def _limit(text: str) -> int:
-    if text.lower() in ("all", "none", "0"):
-        return 0
-    value = _positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 2 (or 'all' for every image)")
-    return value
-
-
-def _seed(text: str) -> int:
-    return _int_at_least(text, 0)
-
-
-def _tolerance(text: str) -> float:
-    from tl_tasks.gate import validate_tolerance
-
-    try:
-        return validate_tolerance(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _alpha(text: str) -> float:
-    from tl_tasks.gate import validate_alpha
-
-    try:
-        return validate_alpha(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _add_settings(p: argparse.ArgumentParser, *, variants: bool = False) -> None:
-    g = p.add_argument_group("settings (default: the profile's, or what the run was prepared with)")
-    g.add_argument("--profile", choices=PROFILE_NAMES,
-                   help="smoke (synthetic, seconds), quick (CPU laptop, minutes) or full (GPU); default $TL_PROFILE or quick")
-    g.add_argument("--dataset", metavar="SOURCE",
-                   help="cifar10, cifar10:<path>, folder:<dir|.tar.gz|.zip> or synthetic ($TL_DATASET)")
-    g.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs for every variant ($TL_EPOCHS)")
-    g.add_argument("--image-size", type=_positive_int, metavar="PX",
-                   help="ResNet50 input size, resized on the accelerator, 32..224 ($TL_IMAGE_SIZE)")
-    g.add_argument("--batch-size", type=_positive_int, metavar="N", help="batch size ($TL_BATCH_SIZE)")
-    g.add_argument("--limit-per-class", type=_limit, metavar="N",
-                   help="at most N training images per class; 'all' for every image ($TL_LIMIT_PER_CLASS)")
-    g.add_argument("--weights", metavar="W",
-                   help="ResNet50 weights: imagenet, none, auto or a local .h5/.keras path ($TL_RESNET_WEIGHTS)")
-    g.add_argument("--seed", type=_seed, metavar="N", help="random seed ($TL_SEED, default 42)")
-    if variants:
-        g.add_argument("--variants", type=_variant_list, metavar="V1,V2",
-                       help=f"variants to train, comma-separated (default all: {','.join(VARIANT_NAMES)})")
-
-
-def _add_gate_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("gate")
-    g.add_argument("--tolerance", type=_tolerance, default=DEFAULT_TOLERANCE, metavar="T",
-                   help="practical margin: a regression is a drop we are confident exceeds T, absolute "
-                        f"(default {DEFAULT_TOLERANCE} = {DEFAULT_TOLERANCE * 100:g} points)")
-    g.add_argument("--alpha", type=_alpha, default=DEFAULT_ALPHA, metavar="A",
-                   help=f"significance level of the paired McNemar test; intervals are 1-A (default {DEFAULT_ALPHA})")
-    g.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a variant regressed")
-    g.add_argument("--force-promote", action="store_true", help="promote every evaluated model regardless")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tl_tasks", description="CIFAR-10 transfer-learning retraining: pipeline stages, runs, "
@@ -150,22 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("prepare", "prepare a run's data under $TL_HOME/runs/<run>/data and record the run")
     p.add_argument("--run-id", required=True, help="name of the run (any text; made file-name safe)")
-    _add_settings(p, variants=True)
+    schema.add_cli_options(p)
 
     for name, what in (("train", "train one variant of a prepared run and record its history"),
                        ("evaluate", "evaluate one trained variant on the test split and record the metrics")):
         p = command(name, what)
         p.add_argument("--run-id", required=True, help="the run, as given to prepare")
         p.add_argument("--variant", required=True, choices=VARIANT_NAMES, help="the variant")
-        _add_settings(p)
+        schema.add_cli_options(p, variants=False)
 
     p = command("gate", "compare each variant of a run with its champion and record the gate's decision",
                 "Compare each variant with its champion (its latest promotion on the same test set) image by "
                 f"image (McNemar test, paired interval) and record the decision: {', '.join(DECISIONS)}. "
                 "Promoted models are published under $TL_HOME/champions/.")
     p.add_argument("--run-id", required=True, help="the run, as given to prepare")
-    _add_settings(p, variants=True)
-    _add_gate_options(p)
+    schema.add_cli_options(p, gate=True)
 
     p = command("report", "write a run's HTML report; prints its path")
     p.add_argument("--run-id", required=True, help="a run recorded in the metrics database")
@@ -211,33 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
                 "Exit status 1 when the run failed (a variant failed, or a regression with --fail-on-regression).")
     p.add_argument("--engine", choices=("airflow", "local"), default="airflow",
                    help="airflow: the DAG via dag.test() (default); local: the stages in order, no Airflow")
-    p.add_argument("--force", action="store_true",
-                   help="with --engine airflow: train even when data, settings and code equal the last successful "
-                        "run's (otherwise that run is recorded as skipped: unchanged)")
     p.add_argument("--run-id", help="local engine only: the run's name (default cli__<UTC timestamp>)")
-    _add_settings(p, variants=True)
-    _add_gate_options(p)
+    schema.add_cli_options(p, gate=True, run=True)
     return parser
 
 
 # ------------------------------------------------------------------------------------------ commands
-
-def _overrides(args) -> dict:
-    keys = ("dataset", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed", "variants")
-    return {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
-
 
 def _stage_settings(args):
     """Settings for a stage after prepare: the run's saved ones (unless --profile), with options on top."""
     from tl_tasks import config, pipeline
 
     saved_path = config.run_dir(args.run_id) / pipeline.SETTINGS_FILE
-    if args.profile is None and saved_path.is_file():
-        saved = pipeline.load_settings(args.run_id)
-        params = {k: getattr(saved, k) for k in pipeline.SETTING_PARAMS}
-        params.update(profile=saved.profile, variants=list(saved.variants), **_overrides(args))
-        return pipeline.settings_from_params(params)
-    return pipeline.settings_from_params({"profile": args.profile, **_overrides(args)})
+    base = pipeline.load_settings(args.run_id) if args.profile is None and saved_path.is_file() else None
+    return schema.settings_from_params(_settings_values(args), base=base)
+
+
+def _settings_values(args) -> dict:
+    """The options given that set Settings fields (gate and run options are the commands' own)."""
+    fields = {p.name for p in schema.PARAMS if p.field is not None}
+    return {k: v for k, v in schema.values_from_args(args).items() if k in fields}
 
 
 _OUTPUT: list[str] = []
@@ -256,7 +177,7 @@ def _print_json(data) -> None:
 def cmd_prepare(args) -> int:
     from tl_tasks import pipeline
 
-    settings = pipeline.settings_from_params({"profile": args.profile, **_overrides(args)})
+    settings = schema.settings_from_params(_settings_values(args))
     _print_json(pipeline.prepare_stage(args.run_id, settings.to_dict(), dag_id=None))
     return 0
 
@@ -327,14 +248,11 @@ def cmd_run(args) -> int:
     if args.engine == "airflow":
         if args.run_id:
             raise CLIError("--run-id works with --engine local only; Airflow names its runs (manual__<date>)")
-        if args.limit_per_class == 0:
-            raise CLIError("--limit-per-class all works with --engine local only; the DAG's quick and full "
-                           "profiles use every image already (or give a number >= 2)")
         return _run_dag(args)
     from tl_tasks import pipeline
 
     run_id = args.run_id or "cli__" + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
-    settings = pipeline.settings_from_params({"profile": args.profile, **_overrides(args)})
+    settings = schema.settings_from_params(_settings_values(args))
     log.info("run %s: profile %s, variants %s", run_id, settings.profile, ", ".join(settings.variants))
     result = pipeline.run_all(run_id, settings, tolerance=args.tolerance, alpha=args.alpha,
                               fail_on_regression=args.fail_on_regression, force_promote=args.force_promote)
@@ -358,10 +276,7 @@ def _run_dag(args) -> int:
     spec = importlib.util.spec_from_file_location("tl_run_dag", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    conf = {"profile": args.profile, **_overrides(args), "tolerance": args.tolerance, "alpha": args.alpha,
-            "fail_on_regression": args.fail_on_regression, "force_promote": args.force_promote,
-            "force": args.force or None}
-    return module.run_dag({k: v for k, v in conf.items() if v is not None}, out=_out)
+    return module.run_dag(schema.values_from_args(args), out=_out)
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "gate": cmd_gate,

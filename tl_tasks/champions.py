@@ -181,9 +181,9 @@ def _export_serving(model_path: Path, out: Path, enabled: bool | None) -> dict:
         enabled = os.environ.get(SERVING_EXPORT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
     if not enabled:
         return {"format": None, "reason": f"{SERVING_EXPORT_ENV}=0: no serving export"}
-    from tl_tasks.pipeline import _quiet_keras_import
+    from tl_tasks.runtime import import_keras_quietly
 
-    _quiet_keras_import()
+    import_keras_quietly()
     import keras
 
     if keras.backend.backend() != "tensorflow":

@@ -1,7 +1,8 @@
-"""Paths (TL_HOME and the run layout), environment overrides and run profiles (smoke, quick, full).
+"""Paths (TL_HOME and the run layout), the Settings of a run and the run profiles (smoke, quick, full).
 
-Resolution order for every setting: profile default < environment variable < explicit override
-(command-line flag or DAG trigger param).
+Resolution order for every setting: profile default < explicit override (DAG trigger param or command-line
+option; see `tl_tasks.schema`, the one list of run parameters). The environment holds deployment facts only
+(TL_HOME, TL_METRICS_DB_URL, TL_DATA_ROOTS, TL_SCHEDULE, ...), never a run's settings.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tl_tasks.variants import VARIANT_NAMES, get_variant
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROFILE_NAMES = ("smoke", "quick", "full")
+DEFAULT_PROFILE = "quick"
 
 
 def tl_home() -> Path:
@@ -66,7 +68,7 @@ class Settings:
 
     profile: str
     dataset: str
-    weights: str                      # "imagenet", "none", or a path to a local .h5/.keras file
+    weights: str                      # "imagenet", "auto", "none", or a path to a local .h5/.keras file
     image_size: int                   # input size of the ResNet50 family (the CNN always uses the data's size)
     batch_size: int
     epochs: dict[str, int]            # per family: {"cnn": n, "resnet50": n}
@@ -119,9 +121,10 @@ PROFILES: dict[str, Settings] = {
         profile="smoke", dataset="synthetic", weights="none", image_size=32, batch_size=32,
         epochs={"cnn": 1, "resnet50": 1}, limit_per_class=40, train_limit={"cnn": None, "resnet50": None},
     ),
-    # A CPU laptop: all of the data for the CNN, a small subset for the (slow on CPU) ResNet50s.
+    # A CPU laptop: all of the data for the CNN, a small subset for the (slow on CPU) ResNet50s. Works offline:
+    # cifar10 resolves to a local copy when there is one (tl_tasks.local_data), auto = ImageNet when obtainable.
     "quick": Settings(
-        profile="quick", dataset="cifar10", weights="imagenet", image_size=32, batch_size=64,
+        profile="quick", dataset="cifar10", weights="auto", image_size=32, batch_size=64,
         epochs={"cnn": 8, "resnet50": 2}, limit_per_class=None, train_limit={"cnn": None, "resnet50": 500},
     ),
     # A GPU worker: all of CIFAR-10, 224 px for ResNet50, head warm-up then the seeds' 10 fine-tuning epochs.
@@ -167,91 +170,35 @@ SETTING_REASONS: dict[str, dict[str, str]] = {
     },
 }
 
-# Environment variables that override profile defaults (the Makefile and docker-compose set these).
-ENV_OVERRIDES = {
-    "dataset": "TL_DATASET",
-    "weights": "TL_RESNET_WEIGHTS",
-    "epochs": "TL_EPOCHS",
-    "image_size": "TL_IMAGE_SIZE",
-    "batch_size": "TL_BATCH_SIZE",
-    "limit_per_class": "TL_LIMIT_PER_CLASS",
-    "seed": "TL_SEED",
-    "mixed_precision": "TL_MIXED_PRECISION",
-    "data_parallel": "TL_DATA_PARALLEL",
-}
-MIXED_PRECISION_CHOICES = ("auto", "on", "off")
-
-
 def resolve_settings(profile: str | None = None, **overrides) -> Settings:
-    """Build the Settings of a run: profile defaults, then TL_* environment variables, then `overrides`.
-
-    `profile` defaults to `$TL_PROFILE` or "quick". Overrides whose value is None are ignored.
-    `epochs` may be an int (all families) or a dict per family. `variants` may be a list of names.
+    """The Settings of a run: `profile`'s defaults (default "quick") with `overrides` (Settings field names)
+    on top; overrides whose value is None are ignored. `epochs` may be an int (all families) or a dict per
+    family; `variants` a list of names. Trigger params and CLI values go through
+    `tl_tasks.schema.settings_from_params` instead (which also knows that limit_per_class 0 means all images).
     """
-    name = profile or os.environ.get("TL_PROFILE") or "quick"
+    from tl_tasks.schema import refuse_removed_env
+
+    refuse_removed_env()
+    name = profile or DEFAULT_PROFILE
     if name not in PROFILES:
         raise BadInput(f"profile={name!r} is not a known profile; choose one of {', '.join(PROFILE_NAMES)}")
-    values: dict = {}
-    for key, env in ENV_OVERRIDES.items():
-        raw = os.environ.get(env)
-        if raw not in (None, ""):
-            values[key] = _parse_env(key, env, raw)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return _apply(PROFILES[name], values)
+    return apply_overrides(PROFILES[name], {k: v for k, v in overrides.items() if v is not None})
 
 
-def _parse_env(key: str, env: str, raw: str):
-    if key in ("dataset", "weights", "mixed_precision"):
-        return raw
-    if key == "data_parallel":
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise BadInput(f"{env}={raw!r}: use 1 (train one variant on all devices) or 0 (one device per task)")
-    if key == "limit_per_class" and raw.lower() in ("none", "all", "0"):
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadInput(f"{env}={raw!r} is not a whole number; unset it or give e.g. {env}=10") from None
+def apply_overrides(base: Settings, values: dict) -> Settings:
+    """`base` with `values` (Settings field names; None is a value here) applied, validated (`schema.validate`)."""
+    from tl_tasks.schema import validate
 
-
-def _apply(base: Settings, values: dict) -> Settings:
+    values = dict(values)
     unknown = set(values) - {f.name for f in dataclasses.fields(Settings)}
     if unknown:
         raise BadInput(f"unknown setting(s) {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(Settings)]}")
-    if "epochs" in values and isinstance(values["epochs"], int):
+    if "epochs" in values and isinstance(values["epochs"], int) and not isinstance(values["epochs"], bool):
         values["epochs"] = {family: values["epochs"] for family in base.epochs}
     if "variants" in values:
         values["variants"] = tuple(get_variant(v).name for v in values["variants"])
         if not values["variants"]:
             raise BadInput("variants is empty; choose at least one of " + ", ".join(VARIANT_NAMES))
     settings = dataclasses.replace(base, **values)
-    _validate(settings)
+    validate(settings)
     return settings
-
-
-def _validate(s: Settings) -> None:
-    for family, n in s.epochs.items():
-        if not isinstance(n, int) or n < 1:
-            raise BadInput(f"epochs={n!r} for {family} must be a whole number >= 1")
-    if not 8 <= s.image_size <= 512:
-        raise BadInput(f"image_size={s.image_size!r} must be between 8 and 512 pixels (ResNet50 uses 32 to 224)")
-    if s.image_size < 32 and s.weights != "none":
-        raise BadInput(f"image_size={s.image_size!r} is too small for ResNet50; use 32 or more")
-    if s.batch_size < 1:
-        raise BadInput(f"batch_size={s.batch_size!r} must be >= 1")
-    if s.limit_per_class is not None and s.limit_per_class < 2:
-        raise BadInput(f"limit_per_class={s.limit_per_class!r} must be >= 2 (or None for all images)")
-    if not 0.0 < s.val_fraction < 0.5:
-        raise BadInput(f"val_fraction={s.val_fraction!r} must be between 0 and 0.5 (0.1 = 10% of train)")
-    if s.head_warmup_epochs < 0:
-        raise BadInput(f"head_warmup_epochs={s.head_warmup_epochs!r} must be >= 0 (0 = no head warm-up)")
-    if s.mixed_precision not in MIXED_PRECISION_CHOICES:
-        raise BadInput(f"mixed_precision={s.mixed_precision!r}: use one of {', '.join(MIXED_PRECISION_CHOICES)} "
-                       f"(TL_MIXED_PRECISION)")
-    if not s.dataset:
-        raise BadInput("dataset is empty; use cifar10, cifar10:<path>, folder:<path> or synthetic")
-    if not s.weights:
-        raise BadInput("weights is empty; use imagenet, none, or a path to a .h5/.keras file")

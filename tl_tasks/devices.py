@@ -281,4 +281,5 @@ def data_parallel(enabled: bool) -> Iterator[int]:
             yield strategy.num_replicas_in_sync
     else:
         raise ValueError(f"data-parallel training supports the jax and tensorflow backends, not {backend!r}; "
-                         f"set KERAS_BACKEND or turn off data_parallel (TL_DATA_PARALLEL=0)")
+                         f"set KERAS_BACKEND or turn off data_parallel (--no-data-parallel, or the trigger "
+                         "form's Data parallel field)")

@@ -71,7 +71,8 @@ def resolve_weights(weights: str | None) -> str | None:
     if not path.is_file():
         if looks_like_path:
             raise MissingInput(
-                f"weights={weights!r}: no such file ({path.resolve()}); set TL_RESNET_WEIGHTS / --weights to an "
+                f"weights={weights!r}: no such file ({path.resolve()}); set --weights (the trigger form's "
+                f"'ResNet50 weights' field) to an "
                 f"existing .h5/.weights.h5/.keras file, or to 'imagenet', 'auto' or 'none'"
             )
         raise BadInput(
@@ -345,7 +346,8 @@ def _imagenet_weights_file() -> str:
         raise WeightsUnavailableError(
             f"weights='imagenet' needs the ResNet50 ImageNet weights, but {cached} is not in the Keras cache and "
             f"downloading {IMAGENET_NOTOP_URL} failed ({type(exc).__name__}: {exc}). Offline? Copy that file into "
-            f"{cached.parent}, or set TL_RESNET_WEIGHTS (or --weights) to a local .h5/.weights.h5/.keras file, to "
+            f"{cached.parent}, or set --weights (the trigger form's 'ResNet50 weights' field) to a local "
+            f".h5/.weights.h5/.keras file, to "
             f"'none' (random initialisation), or to 'auto' (ImageNet when available, else random)"
         ) from exc
     finally:

@@ -5,17 +5,15 @@ Heavy libraries (Keras, NumPy, SQLAlchemy) are imported inside the functions, so
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import platform
-import sys
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tl_tasks import config, devices, timeouts
+from tl_tasks import config, timeouts
 from tl_tasks.config import Settings
 from tl_tasks.errors import BadInput, MissingInput, RunFailed, first_line
 from tl_tasks.files import write_json_atomic
@@ -23,54 +21,19 @@ from tl_tasks.gate import (
     DEFAULT_ALPHA, DEFAULT_TOLERANCE, Decision, RegressionError, validate_alpha, validate_tolerance,
 )
 from tl_tasks.skip import skip_note
-from tl_tasks.variants import VARIANT_NAMES, get_variant
+from tl_tasks.variants import get_variant
 
 log = logging.getLogger(__name__)
 
-# Test hook: a comma-separated list of variants whose training raises ForcedFailure (e.g. resnet50_v2).
-FAIL_VARIANTS_ENV = "TL_FAIL_VARIANTS"
 SETTINGS_FILE = "settings.json"
-# Trigger-form / command-line names of the Settings fields a run may override (None = profile default).
-SETTING_PARAMS = ("dataset", "variants", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed")
-GATE_PARAMS = ("tolerance", "alpha", "fail_on_regression", "force_promote")
-RUN_PARAMS = ("force",)  # force: train even when data, settings and code equal the last successful run's
-
-
-class ForcedFailure(RuntimeError):
-    """Raised by train_stage for a variant listed in $TL_FAIL_VARIANTS (tests of failure handling)."""
 
 
 # Deterministic failures: retrying the task cannot help, so the DAG's retry policy fails these at once.
 # Everything else (network, database, a truncated checkpoint, a full disk, other ValueErrors) is retried.
-NO_RETRY_EXCEPTIONS = (BadInput, ForcedFailure, RegressionError, RunFailed)
+NO_RETRY_EXCEPTIONS = (BadInput, RegressionError, RunFailed)
 
 
 # ----------------------------------------------------------------------------------------- settings
-
-def settings_from_params(params: dict | None = None) -> Settings:
-    """Settings of a run from DAG params or CLI options: `profile` plus overrides; None = profile default.
-
-    `limit_per_class=0` means all images; `variants` is a list of variant names. Raises ValueError naming
-    the bad value.
-    """
-    params = dict(params or {})
-    unknown = set(params) - {"profile", *SETTING_PARAMS, *GATE_PARAMS, *RUN_PARAMS}
-    if unknown:
-        raise BadInput(f"unknown parameter(s) {sorted(unknown)}; valid: profile, "
-                         + ", ".join((*SETTING_PARAMS, *GATE_PARAMS)))
-    overrides = {k: params.get(k) for k in SETTING_PARAMS}
-    all_images = overrides.get("limit_per_class") == 0
-    if all_images:
-        overrides["limit_per_class"] = None
-    if overrides.get("variants") is not None:
-        overrides["variants"] = list(overrides["variants"])
-        if not overrides["variants"]:
-            raise BadInput("variants is empty; choose at least one of " + ", ".join(VARIANT_NAMES))
-    settings = config.resolve_settings(params.get("profile") or None, **overrides)
-    if all_images:
-        settings = dataclasses.replace(settings, limit_per_class=None)
-    return settings
-
 
 def load_settings(run_id: str) -> Settings:
     """The settings a run was prepared with (`runs/<key>/settings.json`, written by prepare_stage)."""
@@ -101,6 +64,7 @@ def prepare_stage(run_id: str, settings_dict: dict, *, dag_id: str | None = None
         `PreparedData.summary()` plus `data_dir` and `run_id`.
     """
     from tl_tasks.data import prepare_data
+    from tl_tasks.local_data import resolve_dataset
 
     settings = Settings.from_dict(settings_dict)
     write_json_atomic(config.run_dir(run_id) / SETTINGS_FILE, settings.to_dict())
@@ -114,16 +78,17 @@ def prepare_stage(run_id: str, settings_dict: dict, *, dag_id: str | None = None
         )
         out = config.data_dir(run_id)
         try:
-            prepared = prepare_data(settings.dataset, out, limit_per_class=settings.limit_per_class,
+            source = resolve_dataset(settings.dataset)  # e.g. cifar10 -> a local copy (recorded as data_source)
+            prepared = prepare_data(source, out, limit_per_class=settings.limit_per_class,
                                     val_fraction=settings.val_fraction, seed=settings.seed,
                                     image_size=settings.data_size, cache_dir=config.cache_dir())
         except Exception as exc:
             store.upsert_run(run_id, state="failed", ended_at=_now(), error=f"prepare_data failed: {_one_line(exc)}")
             raise
         summary = prepared.summary()
-        store.upsert_run(run_id, data_fingerprint=summary["fingerprint"], lineage=summary["test_fingerprint"],
-                         data_summary=summary, class_names=summary["class_names"])
-    log.info("prepared %s for run %s: %s images (fingerprint %s)", settings.dataset, run_id,
+        store.upsert_run(run_id, data_source=source, data_fingerprint=summary["fingerprint"],
+                         lineage=summary["test_fingerprint"], data_summary=summary, class_names=summary["class_names"])
+    log.info("prepared %s for run %s: %s images (fingerprint %s)", source, run_id,
              summary["counts"], summary["fingerprint"][:12])
     return {**summary, "data_dir": str(out), "run_id": run_id}
 
@@ -132,9 +97,10 @@ def prepare_jobs(run_id: str, params: dict | None, *, dag_id: str | None = None,
                  logical_date: datetime | str | None = None) -> list[dict]:
     """The DAG's prepare_data: resolve settings from the trigger params, prepare the data, and return one
     `{"variant", "settings"}` job per chosen variant (what `train` is mapped over)."""
+    from tl_tasks.schema import settings_from_params
+
     try:
-        settings = settings_from_params({k: v for k, v in (params or {}).items()
-                                         if k not in (*GATE_PARAMS, *RUN_PARAMS)})
+        settings = settings_from_params(params)
     except ValueError as exc:
         with _store() as store:  # keep a trace of the refused run, so its report can say why
             store.upsert_run(run_id, dag_id=dag_id, logical_date=logical_date or _now(), started_at=_now(),
@@ -178,12 +144,7 @@ def train_stage(run_id: str, variant: str, settings_dict: dict | None = None, *,
     settings = _settings(run_id, settings_dict)
     _require_prepared(run_id)
     try:
-        forced = [v.strip() for v in os.environ.get(FAIL_VARIANTS_ENV, "").split(",") if v.strip()]
-        if variant in forced:
-            raise ForcedFailure(f"{FAIL_VARIANTS_ENV}={os.environ[FAIL_VARIANTS_ENV]!r} forces variant {variant!r} "
-                                f"to fail (a test hook); unset {FAIL_VARIANTS_ENV} to train it")
-        devices.claim_for(settings.data_parallel)  # before Keras loads: CUDA_VISIBLE_DEVICES = the claimed GPU
-        _quiet_keras_import()
+        _set_up_process(settings)
         from tl_tasks.train import train_variant
 
         limit = timeouts.train_deadline(settings.profile, get_variant(variant).family, settings.epochs_for(variant))
@@ -214,8 +175,7 @@ def evaluate_stage(run_id: str, variant: str, settings_dict: dict | None = None)
     _require_prepared(run_id)
     model_dir = config.model_dir(run_id, variant)
     try:
-        devices.claim_for(settings.data_parallel)
-        _quiet_keras_import()
+        _set_up_process(settings)
         from tl_tasks.evaluate import evaluate_variant
 
         with timeouts.deadline(timeouts.evaluate_deadline(settings.profile), f"evaluate {variant} of run {run_id!r}"):
@@ -371,37 +331,10 @@ def versions() -> dict:
     return out
 
 
-def _quiet_keras_import() -> None:
-    """Import Keras (and TensorFlow, finding its devices) with file descriptor 2 silenced.
+def _set_up_process(settings: Settings) -> None:
+    from tl_tasks import runtime  # sets TF_CPP_MIN_LOG_LEVEL & co. before Keras loads
 
-    TensorFlow's C++ start-up lines (oneDNN notice, CUDA probing, "All log messages before
-    absl::InitializeLog()") go straight to fd 2 before TF_CPP_MIN_LOG_LEVEL applies; they would open every
-    task log. Errors still surface: an import failure raises after stderr is restored.
-    """
-    if "keras" in sys.modules:
-        return
-    from tl_tasks import runtime  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL & co. before the import)
-
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr to silence
-        import keras  # noqa: F401
-        return
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        import keras
-
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            devices.configure_tensorflow_cpus(tf)  # TL_CPU_DEVICES: before TF initialises its devices
-            tf.config.list_physical_devices()
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+    runtime.set_up_worker(settings.data_parallel)
 
 
 def _store():

@@ -1,4 +1,5 @@
-"""Process set-up shared by training and evaluation: quiet logs, polite GPU memory, seeds, device facts.
+"""Process set-up shared by training and evaluation: device claims, a quiet Keras import, polite GPU memory,
+seeds, device facts.
 
 Importing this module only sets environment variables (before Keras/TensorFlow/JAX load); the
 functions import Keras lazily and touch backend-specific APIs only when that backend is active.
@@ -9,6 +10,7 @@ import contextlib
 import logging
 import os
 import platform
+import sys
 from typing import Iterator
 
 # Must be set before TensorFlow or JAX is imported to have any effect:
@@ -25,6 +27,43 @@ devices.prepare_environment()  # TL_CPU_DEVICES: simulated devices must be set b
 
 log = logging.getLogger(__name__)
 _configured = False
+
+
+def set_up_worker(data_parallel: bool) -> None:
+    """Before a stage that computes (train, evaluate): claim this task's devices, then import Keras quietly."""
+    devices.claim_for(data_parallel)  # before Keras loads: CUDA_VISIBLE_DEVICES = the claimed GPU
+    import_keras_quietly()
+
+
+def import_keras_quietly() -> None:
+    """Import Keras (and TensorFlow, finding its devices) with file descriptor 2 silenced.
+
+    TensorFlow's C++ start-up lines (oneDNN notice, CUDA probing, "All log messages before
+    absl::InitializeLog()") go straight to fd 2 before TF_CPP_MIN_LOG_LEVEL applies; they would open every
+    task log. Errors still surface: an import failure raises after stderr is restored.
+    """
+    if "keras" in sys.modules:
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to silence
+        import keras  # noqa: F401
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            devices.configure_tensorflow_cpus(tf)  # TL_CPU_DEVICES: before TF initialises its devices
+            tf.config.list_physical_devices()
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def configure() -> None:

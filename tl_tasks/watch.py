@@ -3,8 +3,9 @@ modification times (no decoding, no TensorFlow), confirmed stable across two loo
 written is not reported half-written. The last reported signature lives in `$TL_HOME/watch/<key>.json`
 (written atomically), so a restart neither misses nor repeats a change.
 
-The source is `TL_WATCH_SOURCE`, else `TL_DATASET` when it names a path (`folder:<path>`, `cifar10:<path>`):
-a folder of images (or of archives) or one archive file (a new or rewritten archive changes its size/mtime).
+The source is `TL_WATCH_SOURCE` (a path, `folder:<path>` or `cifar10:<path>`): a folder of images (or of
+archives) or one archive file (a new or rewritten archive changes its size/mtime). The watcher's asset event
+names it as a `dataset` setting, and a run that event starts trains on it (`dataset_from_events`).
 """
 from __future__ import annotations
 
@@ -24,16 +25,30 @@ _SKIPPED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 
 
 def watched_source() -> Path | None:
-    """The path to watch: `TL_WATCH_SOURCE`, else the path inside `TL_DATASET`; None when there is none."""
+    """The path to watch, from `TL_WATCH_SOURCE`; None when it is not set."""
+    dataset = watched_dataset()
+    return Path(dataset.partition(":")[2]).expanduser() if dataset else None
+
+
+def watched_dataset() -> str | None:
+    """`TL_WATCH_SOURCE` as a `dataset` setting: `cifar10:<path>` or `folder:<path>` (a bare path); None unset."""
     value = (os.environ.get("TL_WATCH_SOURCE") or "").strip()
     if not value:
-        dataset = (os.environ.get("TL_DATASET") or "").strip()
-        kind, _, rest = dataset.partition(":")
-        value = rest if kind in ("folder", "cifar10") and rest else ""
-    else:
-        kind, _, rest = value.partition(":")
-        value = rest if kind in ("folder", "cifar10") and rest else value
-    return Path(value).expanduser() if value else None
+        return None
+    kind, _, rest = value.partition(":")
+    return value if kind in ("folder", "cifar10") and rest.strip() else f"folder:{value}"
+
+
+def dataset_from_events(triggering_asset_events) -> str | None:
+    """The `dataset` named by the newest watcher event among a run's triggering asset events (Airflow's
+    `triggering_asset_events`), or None (a run on the clock or from the trigger form)."""
+    found = None
+    for events in (triggering_asset_events or {}).values():
+        for event in events or ():
+            extra = getattr(event, "extra", None) or {}
+            if isinstance(extra, dict) and extra.get("dataset"):
+                found = str(extra["dataset"])
+    return found
 
 
 def signature(source: Path) -> dict:
@@ -73,7 +88,7 @@ def check(source: Path | None = None, *, settle_seconds: float | None = None) ->
     """
     source = source if source is not None else watched_source()
     if source is None:
-        return {"changed": False, "reason": "nothing to watch: set TL_WATCH_SOURCE (or TL_DATASET=folder:<path>)",
+        return {"changed": False, "reason": "nothing to watch: set TL_WATCH_SOURCE (a folder or an archive)",
                 "source": None, "signature": None, "previous": None}
     if settle_seconds is None:
         settle_seconds = float(os.environ.get("TL_WATCH_SETTLE_S") or SETTLE_SECONDS)
@@ -83,7 +98,7 @@ def check(source: Path | None = None, *, settle_seconds: float | None = None) ->
     second = signature(source)
     path = state_path(source)
     previous = _read_state(path)
-    out = {"changed": False, "source": str(source), "signature": second,
+    out = {"changed": False, "source": str(source), "dataset": watched_dataset(), "signature": second,
            "previous": previous.get("signature") if previous else None}
     if first["digest"] != second["digest"]:
         return {**out, "reason": "the source is changing; the next check looks again"}
