@@ -16,6 +16,8 @@ from PIL import Image
 from data_helpers import (CIFAR_NAMES, class_colour, make_tar, make_zip, write_cifar_batches,
                           write_image_folder)
 from tl_tasks import data
+from tl_tasks.data import storage
+from tl_tasks.data.sources import cifar, folders
 from tl_tasks.data import load_prepared, prepare_data
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -33,13 +35,13 @@ def real(tmp_path_factory, shared_cifar_jpg):
 def decode_calls(monkeypatch):
     """Counts calls of the image decoder."""
     calls = []
-    original = data._decode_image
+    original = folders.decode_image
 
     def counting(blob, image_size):
         calls.append(1)
         return original(blob, image_size)
 
-    monkeypatch.setattr(data, "_decode_image", counting)
+    monkeypatch.setattr(folders, "decode_image", counting)
     return calls
 
 
@@ -115,7 +117,7 @@ def test_cifar10_local_is_cached(tmp_path, monkeypatch):
     def boom(path):
         raise AssertionError("read the batches again despite the cache")
 
-    monkeypatch.setattr(data, "_read_cifar_batches", boom)
+    monkeypatch.setattr(cifar, "read_batches", boom)
     second = prepare_data(f"cifar10:{tmp_path / 'cifar-10-batches-py'}", tmp_path / "out")
     assert second.fingerprint == first.fingerprint
 
@@ -468,10 +470,10 @@ def test_a_crash_while_writing_keeps_the_previous_data(tmp_path, monkeypatch):
         saved.append(path)
         real_save(path, array, *args, **kwargs)
 
-    monkeypatch.setattr(data.np, "save", crash_after_two)
+    monkeypatch.setattr(storage.np, "save", crash_after_two)
     with pytest.raises(OSError, match="disk full"):
         prepare_data("synthetic", out, limit_per_class=20)
-    monkeypatch.setattr(data.np, "save", real_save)
+    monkeypatch.setattr(storage.np, "save", real_save)
     assert load_prepared(out).fingerprint == first.fingerprint
     assert load_prepared(out).y_train.shape == (first.counts["train"],)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "tl_home") == ["data"]
@@ -484,7 +486,7 @@ def test_load_prepared_round_trip(tmp_path):
     assert ds.meta == prepared.summary() and ds.num_classes == 10
     assert isinstance(ds.x_train, np.memmap) and not ds.x_train.flags.writeable
     arrays = {n: np.asarray(getattr(ds, n)) for n in data.ARRAY_NAMES}
-    assert data._fingerprint(arrays, ds.class_names) == prepared.fingerprint
+    assert storage.fingerprint_arrays(arrays, ds.class_names) == prepared.fingerprint
     assert json.loads(json.dumps(prepared.summary())) == prepared.summary()
 
 
