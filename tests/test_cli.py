@@ -11,6 +11,7 @@ import pytest
 
 from tl_tasks import config, pipeline
 from tl_tasks.__main__ import build_parser, main
+from tl_tasks.layout import RunLayout
 from tl_tasks.store import connect
 
 PROJECT_ROOT = config.PROJECT_ROOT
@@ -131,7 +132,7 @@ def test_stage_commands(capsys, monkeypatch):
     assert main(["-q", "prepare", "--run-id", "c1", "--profile", "smoke", "--variants", "cnn,resnet50_v2",
                  "--limit-per-class", "20", "--seed", "3"]) == 0
     prepared = json.loads(capsys.readouterr().out)
-    assert prepared["data_dir"] == str(config.data_dir("c1")) and prepared["seed"] == 3
+    assert prepared["data_dir"] == str(RunLayout("c1").data_dir) and prepared["seed"] == 3
     saved = pipeline.load_settings("c1")
     assert saved.variants == ("cnn", "resnet50_v2") and saved.limit_per_class == 20
 
@@ -151,7 +152,7 @@ def test_stage_commands(capsys, monkeypatch):
 
     assert main(["-q", "report", "--run-id", "c1"]) == 0
     path = capsys.readouterr().out.strip()
-    assert path == str(config.report_dir("c1") / "index.html") and os.path.isfile(path)
+    assert path == str(RunLayout("c1").report_dir / "index.html") and os.path.isfile(path)
 
     assert main(["-q", "runs"]) == 0
     table = capsys.readouterr().out

@@ -229,9 +229,10 @@ def _overrides(args) -> dict:
 
 def _stage_settings(args):
     """Settings for a stage after prepare: the run's saved ones (unless --profile), with options on top."""
-    from tl_tasks import config, pipeline
+    from tl_tasks import pipeline
+    from tl_tasks.layout import RunLayout
 
-    saved_path = config.run_dir(args.run_id) / pipeline.SETTINGS_FILE
+    saved_path = RunLayout(args.run_id).settings_file
     if args.profile is None and saved_path.is_file():
         saved = pipeline.load_settings(args.run_id)
         params = {k: getattr(saved, k) for k in pipeline.SETTING_PARAMS}

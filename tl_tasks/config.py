@@ -1,4 +1,4 @@
-"""Paths (TL_HOME and the run layout), environment overrides and run profiles (smoke, quick, full).
+"""TL_HOME and run keys (paths under TL_HOME: tl_tasks.layout), env overrides, run profiles (smoke, quick, full).
 
 Resolution order for every setting: profile default < environment variable < explicit override
 (command-line flag or DAG trigger param).
@@ -39,25 +39,18 @@ def run_key(run_id: str) -> str:
     return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
-def run_dir(run_id: str) -> Path:
-    return tl_home() / "runs" / run_key(run_id)
-
-
+# Transitional: reports/ still calls these two; it moves to tl_tasks.layout.RunLayout (which owns every path of
+# a run) when the reports split is merged, and then they go. New code uses RunLayout.
 def data_dir(run_id: str) -> Path:
-    return run_dir(run_id) / "data"
+    from tl_tasks.layout import RunLayout
 
-
-def model_dir(run_id: str, variant: str) -> Path:
-    return run_dir(run_id) / "models" / get_variant(variant).name
+    return RunLayout(run_id).data_dir
 
 
 def report_dir(run_id: str) -> Path:
-    return run_dir(run_id) / "report"
+    from tl_tasks.layout import RunLayout
 
-
-def cache_dir() -> Path:
-    """Decoded data sources, keyed by content fingerprint, shared between runs."""
-    return tl_home() / "cache"
+    return RunLayout(run_id).report_dir
 
 
 @dataclass(frozen=True)

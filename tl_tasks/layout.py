@@ -43,6 +43,17 @@ FINISHED_FILE = "finished.json"     # signature, epochs and model sha256 of a fi
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.npy"
 CHECKPOINTS_DIR = "checkpoints"
+# inside checkpoints/: the model after each completed epoch and the state file naming it
+CHECKPOINT_STATE_FILE = "state.json"
+CHECKPOINT_PREVIOUS_STATE_FILE = "state.previous.json"
+CHECKPOINT_INITIAL_MODEL = "initial.keras"
+CHECKPOINT_BEST_WEIGHTS = "best_weights.npz"
+CHECKPOINT_EPOCH_GLOB = "epoch_*.keras"
+
+
+def checkpoint_epoch_file(completed_epochs: int) -> str:
+    """The checkpoint model's file name after `completed_epochs` epochs: `epoch_003.keras`."""
+    return f"epoch_{completed_epochs:03d}.keras"
 
 
 # --- TL_HOME-level folders -------------------------------------------------------------------------
@@ -125,8 +136,12 @@ class ModelFiles:
 
     @property
     def checkpoints(self) -> Path:
-        """Per-epoch checkpoints and their state file (train's `_Checkpoints` names the files inside)."""
+        """Per-epoch checkpoints (`CHECKPOINT_*` names the files inside)."""
         return self.folder / CHECKPOINTS_DIR
+
+    @property
+    def checkpoint_state(self) -> Path:
+        return self.checkpoints / CHECKPOINT_STATE_FILE
 
     def training_outputs(self) -> tuple[Path, ...]:
         """The files that describe one trained model: a new training removes them first."""
@@ -141,14 +156,17 @@ class ModelFiles:
 class RunLayout:
     """Every path of one run: `RunLayout(run_id).data_dir`, `.data.array("x_test")`, `.model_dir("cnn")`, ..."""
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, *, folder: Path | None = None):
+        """`folder`: where the run's files are when not at `$TL_HOME/runs/<run_key>/` (a run of an older version,
+        see `run_folder_candidates`)."""
         self.run_id = run_id
         self.key = config.run_key(run_id)   # validates the id (BadInput when empty)
+        self._folder = Path(folder) if folder is not None else None
 
     @property
     def folder(self) -> Path:
         """`$TL_HOME/runs/<run_key>/`."""
-        return runs_root() / self.key
+        return self._folder if self._folder is not None else runs_root() / self.key
 
     @property
     def settings_file(self) -> Path:

@@ -19,6 +19,7 @@ from tl_tasks import config, devices, timeouts
 from tl_tasks.config import Settings
 from tl_tasks.errors import BadInput, MissingInput
 from tl_tasks.files import write_json_atomic
+from tl_tasks.layout import RunLayout, cache_root
 from tl_tasks.gate import (
     DEFAULT_ALPHA, DEFAULT_TOLERANCE, RegressionError, compare_paired, decide, summarize, validate_alpha, validate_tolerance,
 )
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 # Test hook: a comma-separated list of variants whose training raises ForcedFailure (e.g. resnet50_v2).
 FAIL_VARIANTS_ENV = "TL_FAIL_VARIANTS"
-SETTINGS_FILE = "settings.json"
 # Trigger-form / command-line names of the Settings fields a run may override (None = profile default).
 SETTING_PARAMS = ("dataset", "variants", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed")
 GATE_PARAMS = ("tolerance", "alpha", "fail_on_regression", "force_promote")
@@ -77,7 +77,7 @@ def settings_from_params(params: dict | None = None) -> Settings:
 
 def load_settings(run_id: str) -> Settings:
     """The settings a run was prepared with (`runs/<key>/settings.json`, written by prepare_stage)."""
-    path = config.run_dir(run_id) / SETTINGS_FILE
+    path = RunLayout(run_id).settings_file
     if not path.is_file():
         raise MissingInput(f"{path} is missing: run id {run_id!r} was never prepared; "
                                 f"run `python -m tl_tasks prepare --run-id {run_id}` (or the DAG's prepare_data) first")
@@ -89,8 +89,9 @@ def _settings(run_id: str, settings_dict: dict | None) -> Settings:
 
 
 def _require_prepared(run_id: str) -> None:
-    if not (config.data_dir(run_id) / "meta.json").is_file():
-        raise MissingInput(f"run id {run_id!r} was never prepared ({config.data_dir(run_id)} has no data); "
+    layout = RunLayout(run_id)
+    if not layout.data.meta.is_file():
+        raise MissingInput(f"run id {run_id!r} was never prepared ({layout.data_dir} has no data); "
                                 f"run `python -m tl_tasks prepare --run-id {run_id}` (or the DAG's prepare_data) first")
 
 
@@ -106,7 +107,8 @@ def prepare_stage(run_id: str, settings_dict: dict, *, dag_id: str | None = None
     from tl_tasks.data import prepare_data
 
     settings = Settings.from_dict(settings_dict)
-    write_json_atomic(config.run_dir(run_id) / SETTINGS_FILE, settings.to_dict())
+    layout = RunLayout(run_id)
+    write_json_atomic(layout.settings_file, settings.to_dict())
     started = _now()
     with _store() as store:
         store.upsert_run(
@@ -115,11 +117,11 @@ def prepare_stage(run_id: str, settings_dict: dict, *, dag_id: str | None = None
             data_source=settings.dataset, data_fingerprint=None, lineage=None, data_summary=None, class_names=None,
             versions=versions(), error=None, report_path=None,
         )
-        out = config.data_dir(run_id)
+        out = layout.data_dir
         try:
             prepared = prepare_data(settings.dataset, out, limit_per_class=settings.limit_per_class,
                                     val_fraction=settings.val_fraction, seed=settings.seed,
-                                    image_size=settings.data_size, cache_dir=config.cache_dir())
+                                    image_size=settings.data_size, cache_dir=cache_root())
         except Exception as exc:
             store.upsert_run(run_id, state="failed", ended_at=_now(), error=f"prepare_data failed: {_one_line(exc)}")
             raise
@@ -197,7 +199,8 @@ def train_stage(run_id: str, variant: str, settings_dict: dict | None = None, *,
 
         limit = timeouts.train_deadline(settings.profile, get_variant(variant).family, settings.epochs_for(variant))
         with timeouts.deadline(limit, f"train {variant} of run {run_id!r}"):
-            summary = train_variant(variant, config.data_dir(run_id), config.model_dir(run_id, variant), settings,
+            layout = RunLayout(run_id)
+            summary = train_variant(variant, layout.data_dir, layout.model_dir(variant), settings,
                                     verbose=verbose, reuse_finished=not _recorded(run_id, variant, "trained_at")
                                     ).summary()
     except Exception as exc:
@@ -221,14 +224,15 @@ def evaluate_stage(run_id: str, variant: str, settings_dict: dict | None = None)
     variant = get_variant(variant).name
     settings = _settings(run_id, settings_dict)
     _require_prepared(run_id)
-    model_dir = config.model_dir(run_id, variant)
+    layout = RunLayout(run_id)
+    model_dir = layout.model_dir(variant)
     try:
         devices.claim_for(settings.data_parallel)
         _quiet_keras_import()
         from tl_tasks.evaluate import evaluate_variant
 
         with timeouts.deadline(timeouts.evaluate_deadline(settings.profile), f"evaluate {variant} of run {run_id!r}"):
-            evaluation = evaluate_variant(variant, config.data_dir(run_id), model_dir, settings).to_dict()
+            evaluation = evaluate_variant(variant, layout.data_dir, model_dir, settings).to_dict()
     except Exception as exc:
         _record_failure(run_id, variant, "evaluate", exc)
         raise
@@ -238,7 +242,7 @@ def evaluate_stage(run_id: str, variant: str, settings_dict: dict | None = None)
     keys = ("variant", "accuracy", "loss", "top3_accuracy", "macro_f1", "inference_img_per_s",
             "params_total", "params_trainable", "model_size_bytes")
     return {**{k: evaluation.get(k) for k in keys}, "variant": variant,
-            "evaluation_path": str(model_dir / "evaluation.json")}
+            "evaluation_path": str(layout.evaluation_file(variant))}
 
 
 def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float = DEFAULT_TOLERANCE,
@@ -344,9 +348,9 @@ def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float 
 
 
 def _test_labels(run_id: str):
-    import numpy as np
+    from tl_tasks.data import load_array
 
-    return np.load(config.data_dir(run_id) / "y_test.npy")
+    return load_array(RunLayout(run_id), "y_test")
 
 
 def _paired(result: dict, champion: dict, y_test, alpha: float) -> tuple[dict | None, str | None]:

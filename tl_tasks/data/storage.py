@@ -110,6 +110,17 @@ def load_prepared(where) -> Dataset:
                    meta=meta)
 
 
+def load_array(where, name: str) -> np.ndarray:
+    """One prepared array (`y_test`, ...), memory-mapped read-only, without the other files: what the gate and
+    the report need. `where`: a `RunLayout` or a prepared data folder."""
+    if name not in ARRAY_NAMES:
+        raise ValueError(f"name={name!r} is not a prepared array; use one of {', '.join(ARRAY_NAMES)}")
+    path = DataFiles(Path(getattr(where, "data_dir", where)).expanduser()).array(name)
+    if not path.is_file():
+        raise MissingInput(f"{path} is missing: the run's prepared data is gone or incomplete; rerun prepare_data")
+    return np.load(path, mmap_mode="r")
+
+
 def _load_split(files: DataFiles, split: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """x (uint8 NHWC, memory-mapped) and y (int64) of one split, checked against the data contract."""
     x_path, y_path = files.array(f"x_{split}"), files.array(f"y_{split}")
