@@ -495,6 +495,30 @@ def test_load_prepared_missing(tmp_path):
         load_prepared(tmp_path / "nothing")
 
 
+def test_load_prepared_reads_a_run_layout_and_checks_the_contract(tmp_path):
+    from tl_tasks.data import load_array
+    from tl_tasks.errors import BadInput, MissingInput
+    from tl_tasks.layout import RunLayout
+
+    layout = RunLayout("reader-run")
+    prepared = prepare_data("synthetic", layout.data_dir, limit_per_class=10)
+    assert load_prepared(layout).fingerprint == prepared.fingerprint
+    np.testing.assert_array_equal(load_array(layout, "y_test"), load_prepared(layout.data_dir).y_test)
+    y_val = np.array(load_array(layout, "y_val"))
+    np.save(layout.data_file("y_val"), np.full(len(y_val), 10, dtype=np.int64))   # class 10 of 10
+    with pytest.raises(BadInput, match=r"y_val.npy has labels 10..10 .*expected whole numbers 0..9"):
+        load_prepared(layout)
+    np.save(layout.data_file("y_val"), y_val)
+    np.save(layout.data_file("x_test"), np.zeros((3, 8, 8, 3), np.float32))
+    with pytest.raises(BadInput, match=r"x_test.npy holds float32 \(3, 8, 8, 3\); expected uint8 images"):
+        load_prepared(layout)
+    layout.data_file("y_test").unlink()
+    with pytest.raises(MissingInput, match=r"y_test.npy is missing.*rerun prepare_data"):
+        load_array(layout, "y_test")
+    with pytest.raises(ValueError, match=r"name='z_test' is not a prepared array"):
+        load_array(layout, "z_test")
+
+
 def test_importing_data_does_not_import_keras_or_tensorflow():
     code = ("import sys, tl_tasks.data; "
             "bad = [m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules]; "

@@ -7,7 +7,7 @@
             models/<variant>/                .model_dir(variant)  (ModelFiles: model.keras, train_summary.json,
                                              finished.json, evaluation.json, predictions.npy, checkpoints/)
             report/index.html                .report_dir, .report_index
-        reports/                             reports_root()  (the paginated index of all runs)
+        reports/index.html, page-<n>.html    reports_root()  (the paginated index of all runs)
         cache/<kind>-<key>/                  cache_root()    (decoded sources; DataFiles: meta.json + *.npy)
         champions/<variant>/<lineage>/       champions_root()
         deployed/<variant>                   deployed_root()
@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path, PurePosixPath
 
 from tl_tasks import config
@@ -82,6 +83,16 @@ def deployed_root() -> Path:
 
 def watch_root() -> Path:
     return config.tl_home() / WATCH_DIR
+
+
+# URL-style paths relative to $TL_HOME (what the reports plugin serves), and links between pages
+REPORTS_INDEX_URL_PATH = f"{REPORTS_DIR}/{REPORT_INDEX}"
+
+
+def href(from_page: str, to_page: str) -> str:
+    """A relative link from one served page to another, both given relative to `$TL_HOME` (URL style):
+    `href("runs/a/report/index.html", "reports/index.html")` -> `"../../../reports/index.html"`."""
+    return posixpath.relpath(to_page, posixpath.dirname(from_page) or ".")
 
 
 # --- the files of one folder -----------------------------------------------------------------------

@@ -84,7 +84,7 @@ def read_cache(entry: Path) -> Raw | None:
     except OSError:
         pass
     return Raw(arrays["x_train"], arrays["y_train"], arrays.get("x_test"), arrays.get("y_test"),
-                tuple(meta["class_names"]), tuple(meta["skipped"]), int(meta["attempted"]))
+               tuple(meta["class_names"]), tuple(meta["skipped"]), int(meta["attempted"]))
 
 
 def write_cache(entry: Path, raw: Raw, *, source: str) -> None:

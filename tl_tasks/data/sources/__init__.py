@@ -42,7 +42,8 @@ def parse_source(source: str) -> tuple[str, Path | None]:
                            f"(relative paths are resolved from {os.getcwd()!r})")
     mode = os.stat(resolved).st_mode
     if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-        raise BadInput(f"source={source!r}: {str(resolved)!r} is {limits.file_kind(mode)}; give a folder or an archive file")
+        raise BadInput(f"source={source!r}: {str(resolved)!r} is {limits.file_kind(mode)}; give a folder or an "
+                       "archive file")
     if stat.S_ISREG(mode) and os.stat(resolved).st_size > limits.MAX_TOTAL_BYTES:
         raise BadInput(f"source={source!r}: {str(resolved)!r} is larger than {limits.MAX_TOTAL_BYTES} bytes, the limit "
                        "for one source")

@@ -31,8 +31,8 @@ def download_cifar10() -> Raw:
             "or source='folder:/path/to/images' (train/<class>/*.jpg, e.g. cifar-10-images-jpg.tar.gz)"
         ) from exc
     return Raw(np.asarray(x_train, np.uint8), np.asarray(y_train).reshape(-1).astype(np.int64),
-                np.asarray(x_test, np.uint8), np.asarray(y_test).reshape(-1).astype(np.int64),
-                CIFAR10_CLASSES, attempted=len(x_train) + len(x_test))
+               np.asarray(x_test, np.uint8), np.asarray(y_test).reshape(-1).astype(np.int64),
+               CIFAR10_CLASSES, attempted=len(x_train) + len(x_test))
 
 
 # --- cifar10:<path> (the python pickle batches) --------------------------------------------------
@@ -135,7 +135,7 @@ def read_cifar10(path: Path) -> Raw:
         ys.append(labels.astype(np.int64))
     x_train, y_train = np.concatenate(xs[:-1]), np.concatenate(ys[:-1])
     return Raw(np.ascontiguousarray(x_train), y_train, np.ascontiguousarray(xs[-1]), ys[-1], class_names,
-                attempted=len(x_train) + len(xs[-1]))
+               attempted=len(x_train) + len(xs[-1]))
 
 
 def read_batches(path: Path) -> dict[str, bytes]:
@@ -161,8 +161,10 @@ def read_batches(path: Path) -> dict[str, bytes]:
                     if member.isfile() and base in CIFAR10_BATCHES and base not in blobs:
                         if member.size > limits.MAX_BATCH_FILE_BYTES:
                             raise BadInput(f"{base} in {str(path)!r} is {member.size} bytes, more than a CIFAR-10 "
-                                           f"batch can be ({limits.MAX_BATCH_FILE_BYTES} bytes); is this a CIFAR-10 archive?")
-                        blobs[base] = limits.read_capped(tar.extractfile(member), limits.MAX_BATCH_FILE_BYTES, f"{path}/{base}")
+                                           f"batch can be ({limits.MAX_BATCH_FILE_BYTES} bytes); is this a CIFAR-10 "
+                                           "archive?")
+                        blobs[base] = limits.read_capped(tar.extractfile(member), limits.MAX_BATCH_FILE_BYTES,
+                                                         f"{path}/{base}")
         except limits.Skip as exc:
             raise BadInput(f"source cifar10:{path}: {exc}") from None
         except (tarfile.TarError, OSError, EOFError) as exc:

@@ -111,9 +111,9 @@ def _decode_folder(path: Path, image_size: int, dirs: set[str], decoded: dict, e
 def _walk_source(path: Path) -> Iterator[tuple[str, bool, Callable[[], bytes] | None]]:
     """(name relative to `path` with '/' separators, is_dir, read bytes) for a directory, tar or zip.
 
-    Bounded: at most limits.MAX_ENTRIES entries and limits.MAX_TOTAL_BYTES in all (BadInput beyond), and `read` returns at most
-    limits.MAX_IMAGE_FILE_BYTES of a regular file; it raises limits.Skip (an OSError) for anything else (symlink, FIFO,
-    device, a member too large), so that member is skipped and listed like an unreadable image.
+    Bounded: at most limits.MAX_ENTRIES entries and limits.MAX_TOTAL_BYTES in all (BadInput beyond), and `read`
+    returns at most limits.MAX_IMAGE_FILE_BYTES of a regular file; it raises limits.Skip (an OSError) for anything
+    else (symlink, FIFO, device, a member too large), so that member is skipped and listed like an unreadable image.
     """
     entries = 0
     if path.is_dir():
@@ -175,7 +175,8 @@ def _read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> 
     if info.create_system == 3 and stat.S_IFMT(mode) and not stat.S_ISREG(mode):   # 3 = Unix: a file type is set
         raise limits.Skip(f"{where} is not a regular file ({limits.file_kind(mode)}); only regular files are read")
     if info.file_size > limits.MAX_IMAGE_FILE_BYTES:
-        raise limits.Skip(f"{where} unpacks to {info.file_size} bytes, more than the limit of {limits.MAX_IMAGE_FILE_BYTES}")
+        raise limits.Skip(f"{where} unpacks to {info.file_size} bytes, more than the limit of "
+                          f"{limits.MAX_IMAGE_FILE_BYTES}")
     try:
         with zf.open(info) as f:
             return limits.read_capped(f, limits.MAX_IMAGE_FILE_BYTES, where)
@@ -186,7 +187,8 @@ def _read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> 
 def _read_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> bytes:
     where = f"{path}/{member.name}"
     if member.size > limits.MAX_IMAGE_FILE_BYTES:
-        raise limits.Skip(f"{where} is {member.size} bytes, more than the limit of {limits.MAX_IMAGE_FILE_BYTES} for one file")
+        raise limits.Skip(f"{where} is {member.size} bytes, more than the limit of {limits.MAX_IMAGE_FILE_BYTES} "
+                          "for one file")
     try:
         return limits.read_capped(tar.extractfile(member), limits.MAX_IMAGE_FILE_BYTES, where)
     except (tarfile.TarError, zlib.error, EOFError) as exc:
