@@ -85,6 +85,17 @@ def watch_root() -> Path:
     return config.tl_home() / WATCH_DIR
 
 
+# inside reports/: the front page (REPORT_INDEX), archive pages and the state of the last index build
+REPORTS_INDEX_STATE_FILE = "index-state.json"
+
+
+def reports_page_file(page: int) -> str:
+    """An archive page's file name in reports/: `page-3.html` (page 1 holds the oldest runs)."""
+    return f"page-{page}.html"
+
+
+REPORTS_PAGE_GLOB = "page-*.html"
+
 # URL-style paths relative to $TL_HOME (what the reports plugin serves), and links between pages
 REPORTS_INDEX_URL_PATH = f"{REPORTS_DIR}/{REPORT_INDEX}"
 
