@@ -361,11 +361,10 @@ def check_mode(mode: str) -> str:
 
 
 def write_json(path: Path, data: dict) -> Path:
+    from tl_tasks.files import write_text_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
     return path
 
 

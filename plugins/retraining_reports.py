@@ -17,7 +17,7 @@ from airflow.sdk import BaseOperatorLink
 
 URL_PREFIX = "/retraining-reports"
 DAG_ID = "cifar10_retraining"   # reports show this DAG's runs: reading them needs read access to it
-INDEX = "reports/index.html"
+INDEX = "reports/index.html"   # tl_tasks.layout: REPORTS_DIR/REPORT_INDEX (no tl_tasks import at plugin load)
 # Reports are self-contained pages: no scripts, inline styles, images as data: URIs. The policy makes a
 # page inert even if a string slipped past escaping; framing is allowed for the Airflow UI (same origin).
 SECURITY_HEADERS = {
@@ -69,11 +69,13 @@ def resolve_report_file(relative: str) -> Path | None:
     parts = Path(relative).parts
     if any(p in ("..", ".") for p in parts) or Path(relative).is_absolute():
         return None
+    from tl_tasks.layout import REPORT_DIR, REPORTS_DIR, RUNS_DIR
+
     home = reports_home()
     target = (home / relative).resolve()  # follows symlinks: a link pointing outside is refused below
-    allowed = [home / "reports"]
-    if len(parts) >= 3 and parts[0] == "runs" and parts[2] == "report":
-        allowed.append(home / "runs" / parts[1] / "report")
+    allowed = [home / REPORTS_DIR]
+    if len(parts) >= 3 and parts[0] == RUNS_DIR and parts[2] == REPORT_DIR:
+        allowed.append(home / RUNS_DIR / parts[1] / REPORT_DIR)
     if not any(target.is_relative_to(root.resolve()) for root in allowed):
         return None
     return target if target.is_file() else None

@@ -87,7 +87,7 @@ def _task_states(dr, task_order: list[str]) -> str:
 
 
 def _report_path(run_id: str) -> str | None:
-    from tl_tasks import config
+    from tl_tasks.layout import RunLayout
     from tl_tasks.store import connect
 
     try:
@@ -96,7 +96,7 @@ def _report_path(run_id: str) -> str | None:
         path = run.get("report_path")
     except Exception:
         path = None
-    path = path or str(config.report_dir(run_id) / "index.html")
+    path = path or str(RunLayout(run_id).report_index)
     return path if Path(path).is_file() else None
 
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from tl_tasks import config
+from tl_tasks.layout import RunLayout
 from tl_tasks.variants import VARIANT_NAMES
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -95,7 +95,7 @@ def write_test_images(run_id: str, class_names=CLASS_NAMES, n_test: int = TEST_I
         shape = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r)[..., None]
         img = np.where(shape, hue, background) + rng.normal(0, 8, (32, 32, 3))
         x[i] = np.clip(img, 0, 255).astype(np.uint8)
-    folder = config.data_dir(run_id)
+    folder = RunLayout(run_id).data_dir
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "x_test.npy", x)
     np.save(folder / "y_test.npy", y.astype(np.int64))
@@ -141,7 +141,7 @@ def seed_run(store, run_id: str, when: datetime, *, variants=VARIANT_NAMES, shif
         if detail:
             store.record_training(run_id, v, _train_summary(v, run_id, epochs, target, rng))
             evaluation = fake_evaluation(v, target, class_names, rng=rng,
-                                         predictions_path=config.model_dir(run_id, v) / "predictions.npy")
+                                         predictions_path=RunLayout(run_id).model_dir(v) / "predictions.npy")
         else:
             evaluation = {"accuracy": target, "loss": 2.3 * (1 - target) + 0.1, "top3_accuracy": min(1, target + 0.1),
                           "macro_f1": target - 0.01, "inference_img_per_s": 1000.0}
@@ -153,7 +153,7 @@ def seed_run(store, run_id: str, when: datetime, *, variants=VARIANT_NAMES, shif
 def _train_summary(variant: str, run_id: str, epochs: int, accuracy: float, rng) -> dict:
     history = fake_history(epochs, accuracy, rng)
     best = int(np.argmax([h["val_accuracy"] for h in history])) + 1
-    return {"variant": variant, "state": "success", "model_path": str(config.model_dir(run_id, variant) / "model.keras"),
+    return {"variant": variant, "state": "success", "model_path": str(RunLayout(run_id).model_dir(variant) / "model.keras"),
             "weights": "none" if variant == "cnn" else "imagenet", "epochs_run": epochs, "best_epoch": best,
             "train_seconds": float(sum(h["seconds"] for h in history)), "history": history,
             "resumed_from_epoch": None, "params_total": 23_850_000 if variant != "cnn" else 545_098,

@@ -13,6 +13,7 @@ import pytest
 
 from tl_tasks import champions, config, pipeline, schema
 from tl_tasks.__main__ import main
+from tl_tasks.layout import RunLayout
 from tl_tasks.store import connect
 
 # A separate process with plain TensorFlow (no Keras, no tl_tasks): what a serving system would run.
@@ -61,7 +62,7 @@ def test_promotion_publishes_a_servable_champion_and_keeps_history(promoted_cnn,
     assert (current / "model.keras").read_bytes() == Path(result["model_path"]).read_bytes()
 
     # The SavedModel loads with plain TensorFlow in another process and reproduces the stored predictions.
-    x_test = config.data_dir("champ-2") / "x_test.npy"
+    x_test = RunLayout("champ-2").data_dir / "x_test.npy"
     proc = subprocess.run([sys.executable, "-c", SERVE, str(current / "serving"), str(x_test)], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -104,7 +105,7 @@ def test_publish_refuses_a_model_that_changed_since_evaluation(tl_home):
     pipeline.prepare_stage("chg", settings.to_dict())
     pipeline.train_stage("chg", "cnn", settings.to_dict())
     pipeline.evaluate_stage("chg", "cnn", settings.to_dict())
-    model = config.model_dir("chg", "cnn") / "model.keras"
+    model = RunLayout("chg").model_dir("cnn") / "model.keras"
     model.write_bytes(model.read_bytes() + b"\0")  # e.g. a retrain that overwrote it after evaluate
     with pytest.raises(champions.ChampionError, match="changed since it was evaluated"):
         pipeline.gate_stage("chg", settings.to_dict())

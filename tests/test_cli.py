@@ -11,6 +11,7 @@ import pytest
 
 from tl_tasks import config, pipeline
 from tl_tasks.__main__ import build_parser, main
+from tl_tasks.layout import RunLayout
 from tl_tasks.store import connect
 
 PROJECT_ROOT = config.PROJECT_ROOT
@@ -132,7 +133,7 @@ def test_stage_commands(capsys, monkeypatch):
     assert main(["-q", "prepare", "--run-id", "c1", "--profile", "smoke", "--variants", "cnn,resnet50_v2",
                  "--limit-per-class", "20", "--seed", "3"]) == 0
     prepared = json.loads(capsys.readouterr().out)
-    assert prepared["data_dir"] == str(config.data_dir("c1")) and prepared["seed"] == 3
+    assert prepared["data_dir"] == str(RunLayout("c1").data_dir) and prepared["seed"] == 3
     saved = pipeline.load_settings("c1")
     assert saved.variants == ("cnn", "resnet50_v2") and saved.limit_per_class == 20
 
@@ -152,7 +153,7 @@ def test_stage_commands(capsys, monkeypatch):
 
     assert main(["-q", "report", "--run-id", "c1"]) == 0
     path = capsys.readouterr().out.strip()
-    assert path == str(config.report_dir("c1") / "index.html") and os.path.isfile(path)
+    assert path == str(RunLayout("c1").report_dir / "index.html") and os.path.isfile(path)
 
     assert main(["-q", "runs"]) == 0
     table = capsys.readouterr().out
@@ -166,7 +167,7 @@ def test_run_local_prints_report_and_exit_status(capsys, monkeypatch):
     report = out.strip().splitlines()[-1]
     assert report.startswith("report: ") and os.path.isfile(report.removeprefix("report: "))
 
-    blocker = config.model_dir("cli__broken", "cnn")  # a real fault: a file where the model's folder must go
+    blocker = RunLayout("cli__broken").model_dir("cnn")  # a real fault: a file where the model's folder must go
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a folder")
     assert main(["-q", "run", "--engine", "local", "--profile", "smoke", "--variants", "cnn",

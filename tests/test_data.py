@@ -16,6 +16,8 @@ from PIL import Image
 from data_helpers import (CIFAR_NAMES, class_colour, make_tar, make_zip, write_cifar_batches,
                           write_image_folder)
 from tl_tasks import data
+from tl_tasks.data import storage
+from tl_tasks.data.sources import cifar, folders
 from tl_tasks.data import load_prepared, prepare_data
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -33,13 +35,13 @@ def real(tmp_path_factory, shared_cifar_jpg):
 def decode_calls(monkeypatch):
     """Counts calls of the image decoder."""
     calls = []
-    original = data._decode_image
+    original = folders.decode_image
 
     def counting(blob, image_size):
         calls.append(1)
         return original(blob, image_size)
 
-    monkeypatch.setattr(data, "_decode_image", counting)
+    monkeypatch.setattr(folders, "decode_image", counting)
     return calls
 
 
@@ -115,7 +117,7 @@ def test_cifar10_local_is_cached(tmp_path, monkeypatch):
     def boom(path):
         raise AssertionError("read the batches again despite the cache")
 
-    monkeypatch.setattr(data, "_read_cifar_batches", boom)
+    monkeypatch.setattr(cifar, "read_batches", boom)
     second = prepare_data(f"cifar10:{tmp_path / 'cifar-10-batches-py'}", tmp_path / "out")
     assert second.fingerprint == first.fingerprint
 
@@ -468,10 +470,10 @@ def test_a_crash_while_writing_keeps_the_previous_data(tmp_path, monkeypatch):
         saved.append(path)
         real_save(path, array, *args, **kwargs)
 
-    monkeypatch.setattr(data.np, "save", crash_after_two)
+    monkeypatch.setattr(storage.np, "save", crash_after_two)
     with pytest.raises(OSError, match="disk full"):
         prepare_data("synthetic", out, limit_per_class=20)
-    monkeypatch.setattr(data.np, "save", real_save)
+    monkeypatch.setattr(storage.np, "save", real_save)
     assert load_prepared(out).fingerprint == first.fingerprint
     assert load_prepared(out).y_train.shape == (first.counts["train"],)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "tl_home") == ["data"]
@@ -484,13 +486,37 @@ def test_load_prepared_round_trip(tmp_path):
     assert ds.meta == prepared.summary() and ds.num_classes == 10
     assert isinstance(ds.x_train, np.memmap) and not ds.x_train.flags.writeable
     arrays = {n: np.asarray(getattr(ds, n)) for n in data.ARRAY_NAMES}
-    assert data._fingerprint(arrays, ds.class_names) == prepared.fingerprint
+    assert storage.fingerprint_arrays(arrays, ds.class_names) == prepared.fingerprint
     assert json.loads(json.dumps(prepared.summary())) == prepared.summary()
 
 
 def test_load_prepared_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not a prepared data folder \(missing x_train.npy.*run prepare_data"):
         load_prepared(tmp_path / "nothing")
+
+
+def test_load_prepared_reads_a_run_layout_and_checks_the_contract(tmp_path):
+    from tl_tasks.data import load_array
+    from tl_tasks.errors import BadInput, MissingInput
+    from tl_tasks.layout import RunLayout
+
+    layout = RunLayout("reader-run")
+    prepared = prepare_data("synthetic", layout.data_dir, limit_per_class=10)
+    assert load_prepared(layout).fingerprint == prepared.fingerprint
+    np.testing.assert_array_equal(load_array(layout, "y_test"), load_prepared(layout.data_dir).y_test)
+    y_val = np.array(load_array(layout, "y_val"))
+    np.save(layout.data_file("y_val"), np.full(len(y_val), 10, dtype=np.int64))   # class 10 of 10
+    with pytest.raises(BadInput, match=r"y_val.npy has labels 10..10 .*expected whole numbers 0..9"):
+        load_prepared(layout)
+    np.save(layout.data_file("y_val"), y_val)
+    np.save(layout.data_file("x_test"), np.zeros((3, 8, 8, 3), np.float32))
+    with pytest.raises(BadInput, match=r"x_test.npy holds float32 \(3, 8, 8, 3\); expected uint8 images"):
+        load_prepared(layout)
+    layout.data_file("y_test").unlink()
+    with pytest.raises(MissingInput, match=r"y_test.npy is missing.*rerun prepare_data"):
+        load_array(layout, "y_test")
+    with pytest.raises(ValueError, match=r"name='z_test' is not a prepared array"):
+        load_array(layout, "z_test")
 
 
 def test_importing_data_does_not_import_keras_or_tensorflow():

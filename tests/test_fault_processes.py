@@ -227,7 +227,7 @@ def test_celery_worker_killed_during_train_recovers_after_a_restart(tmp_path, tl
     from tests.airflow_harness import (DAG_ID, DAGS_FOLDER, PG_ADMIN_URL, REDIS_TEST_URL, AirflowHarness,
                                        _signal_group, flush_redis, pg_database, require_dag, stored_results,
                                        workflow_env)
-    from tl_tasks import config
+    from tl_tasks.layout import RunLayout
 
     require_dag()
     conf = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 20, "epochs": 40}
@@ -251,7 +251,7 @@ def test_celery_worker_killed_during_train_recovers_after_a_restart(tmp_path, tl
             gpu = harness.start_celery_worker("worker-gpu", "gpu", 1, "tl-test-gpu-worker")
             harness.wait_dag(DAG_ID)
             run_id = harness.trigger(DAG_ID, conf)
-            state_file = config.model_dir(run_id, "cnn") / "checkpoints" / "state.json"
+            state_file = RunLayout(run_id).model("cnn").checkpoint_state
             deadline = time.monotonic() + 900
             while not state_file.is_file():          # train is running and has checkpointed an epoch
                 harness.check_alive()

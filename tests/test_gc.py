@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import report_fixtures as rf
-from tl_tasks import config
 from tl_tasks.errors import BadInput
 from tl_tasks.gc import collect_garbage
+from tl_tasks.layout import RunLayout
 from tl_tasks.store import connect
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ VARIANTS = ("cnn", "resnet50_v1")
 
 def _files_of(run_id: str, variants=VARIANTS) -> dict[str, Path]:
     """The heavy and the small files a real run leaves, written for a seeded fake run."""
-    run = config.run_dir(run_id)
+    run = RunLayout(run_id).folder
     files = {"x_train": run / "data" / "x_train.npy", "meta": run / "data" / "meta.json",
              "settings": run / "settings.json", "report": run / "report" / "index.html"}
     for v in variants:

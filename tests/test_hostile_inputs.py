@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from data_helpers import write_cifar_batches, write_image_folder
-from tl_tasks import data
+from tl_tasks.data import limits
 from tl_tasks.data import prepare_data
 from tl_tasks.errors import BadInput
 
@@ -74,8 +74,8 @@ def test_pickle_file_too_large_is_refused_before_reading(tmp_path, monkeypatch):
     with open(tmp_path / "b" / "data_batch_4", "r+b") as f:   # sparse: 1 GiB on paper, nothing on disk
         f.truncate(2**30)
     read = []
-    original = data._read_capped
-    monkeypatch.setattr(data, "_read_capped", lambda f, limit, where: read.append(where) or original(f, limit, where))
+    original = limits.read_capped
+    monkeypatch.setattr(limits, "read_capped", lambda f, limit, where: read.append(where) or original(f, limit, where))
     with pytest.raises(BadInput, match=r"data_batch_4 is 1073741824 bytes, more than the limit of 67108864"):
         prepare_data(f"cifar10:{tmp_path / 'b'}", tmp_path / "out")
     assert read and not any(w.endswith("data_batch_4") for w in read)   # the others were read, not this one
@@ -158,7 +158,7 @@ def _tar_with(src: Path, dest: Path, extra: dict[str, int], mode: str = "w:gz") 
 
 
 def test_tar_member_too_large_is_skipped_unread(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(data, "MAX_IMAGE_FILE_BYTES", 2**20)
+    monkeypatch.setattr(limits, "MAX_IMAGE_FILE_BYTES", 2**20)
     src = write_image_folder(tmp_path / "imgs", CLASSES)
     archive = _tar_with(src, tmp_path / "imgs.tar.gz", {"train/a/huge.png": 3 * 2**20})
     prepared = prepare_data(f"folder:{archive}", tmp_path / "out", max_bad_fraction=0.1, cache_dir=tmp_path / "c")
@@ -167,7 +167,7 @@ def test_tar_member_too_large_is_skipped_unread(tmp_path, monkeypatch, caplog):
 
 
 def test_tar_whose_members_unpack_beyond_the_total_limit_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_TOTAL_BYTES", 4 * 2**20)
+    monkeypatch.setattr(limits, "MAX_TOTAL_BYTES", 4 * 2**20)
     src = write_image_folder(tmp_path / "imgs", CLASSES)
     archive = _tar_with(src, tmp_path / "imgs.tar.gz", {f"junk/{i}.bin": 2**20 for i in range(6)})
     with pytest.raises(BadInput, match=r"unpacks to more than 4194304 bytes"):
@@ -242,7 +242,7 @@ def test_zip_symlink_entry_is_skipped(tmp_path, caplog):
 
 
 def test_too_many_entries_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_ENTRIES", 50)
+    monkeypatch.setattr(limits, "MAX_ENTRIES", 50)
     src = write_image_folder(tmp_path / "imgs", CLASSES)          # 60 images + 4 folders
     with pytest.raises(BadInput, match=r"has more than 50 entries"):
         prepare_data(f"folder:{src}", tmp_path / "out", cache_dir=tmp_path / "c")
@@ -267,7 +267,7 @@ def test_huge_images_are_skipped_from_their_header(tmp_path, caplog, megapixels)
 
 
 def test_pil_decompression_bomb_warning_and_error_are_skips(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 10**12)           # only PIL's own guard left
+    monkeypatch.setattr(limits, "MAX_IMAGE_PIXELS", 10**12)           # only PIL's own guard left
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1100)            # warns above 1100 px, errors above 2200
     src = write_image_folder(tmp_path / "imgs", CLASSES)
     Image.new("RGB", (40, 40)).save(src / "train" / "a" / "warns.png")     # 1600 px

@@ -13,6 +13,7 @@ import pytest
 from tl_tasks import config, pipeline, schema
 from tl_tasks.files import write_json_atomic
 from tl_tasks.gate import RegressionError
+from tl_tasks.layout import RunLayout
 from tl_tasks.store import connect
 
 T0 = datetime(2026, 1, 5, tzinfo=timezone.utc)
@@ -45,8 +46,8 @@ def _fake_run(run_id: str, accuracies: dict, *, when: datetime, errors: dict | N
     from tl_tasks.predictions import write_predictions
 
     settings = schema.settings_from_params({"profile": "smoke", "variants": list(accuracies)})
-    write_json_atomic(config.run_dir(run_id) / pipeline.SETTINGS_FILE, settings.to_dict())
-    data = config.data_dir(run_id)
+    write_json_atomic(RunLayout(run_id).settings_file, settings.to_dict())
+    data = RunLayout(run_id).data_dir
     data.mkdir(parents=True, exist_ok=True)
     np.save(data / "y_test.npy", np.zeros(TEST_IMAGES, dtype=np.int64))
     with connect() as store:
@@ -58,7 +59,7 @@ def _fake_run(run_id: str, accuracies: dict, *, when: datetime, errors: dict | N
             if accuracy is None:
                 store.record_failure(run_id, variant, "train", (errors or {}).get(variant, "RuntimeError: boom"))
             else:
-                model_dir = config.model_dir(run_id, variant)
+                model_dir = RunLayout(run_id).model_dir(variant)
                 model_dir.mkdir(parents=True, exist_ok=True)
                 (model_dir / "model.keras").write_bytes(f"model {run_id} {variant}".encode())
                 predicted = (np.arange(TEST_IMAGES) >= round(accuracy * TEST_IMAGES)).astype(np.int64)
@@ -108,10 +109,10 @@ def test_settings_from_params_refuses_bad_values(params, match):
 def test_prepare_stage_writes_data_and_run_row_and_rerun_replaces():
     settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn"], "limit_per_class": 12})
     out = pipeline.prepare_stage("r1", settings.to_dict(), dag_id="d", logical_date=T0)
-    data_dir = config.data_dir("r1")
+    data_dir = RunLayout("r1").data_dir
     assert out["data_dir"] == str(data_dir) and out["counts"]["train"] > 0 and len(out["fingerprint"]) == 64
     assert (data_dir / "x_train.npy").is_file() and (data_dir / "meta.json").is_file()
-    assert json.loads((config.run_dir("r1") / "settings.json").read_text())["variants"] == ["cnn"]
+    assert json.loads((RunLayout("r1").folder / "settings.json").read_text())["variants"] == ["cnn"]
     run = _run("r1")
     assert run["state"] == "running" and run["dag_id"] == "d" and run["profile"] == "smoke"
     assert run["data_fingerprint"] == out["fingerprint"] and run["class_names"] == out["class_names"]
@@ -148,10 +149,10 @@ def test_train_and_evaluate_record_results_and_reruns_replace_rows():
     pipeline.prepare_stage("t1", settings)
     summary = pipeline.train_stage("t1", "cnn", settings, verbose=0)
     assert summary["variant"] == "cnn" and summary["state"] == "success" and summary["epochs_run"] == 1
-    assert (config.model_dir("t1", "cnn") / "model.keras").is_file()
+    assert (RunLayout("t1").model_dir("cnn") / "model.keras").is_file()
     evaluation = pipeline.evaluate_stage("t1", "cnn")  # settings from the run's settings.json
     assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["variant"] == "cnn"
-    assert (config.model_dir("t1", "cnn") / "evaluation.json").is_file()
+    assert (RunLayout("t1").model_dir("cnn") / "evaluation.json").is_file()
     # rerunning both replaces the rows
     pipeline.train_stage("t1", "cnn", settings, verbose=0)
     pipeline.evaluate_stage("t1", "cnn", settings)
@@ -166,7 +167,7 @@ def test_train_and_evaluate_record_results_and_reruns_replace_rows():
 def test_a_training_failure_is_recorded_and_raised():
     settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn"]}).to_dict()
     pipeline.prepare_stage("f1", settings)
-    blocker = config.model_dir("f1", "cnn")  # a real fault: a file where the model's folder must go
+    blocker = RunLayout("f1").model_dir("cnn")  # a real fault: a file where the model's folder must go
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a folder")
     with pytest.raises(FileExistsError):
@@ -262,7 +263,7 @@ def test_gate_compares_only_within_a_lineage():
 def test_gate_without_the_champions_predictions_keeps_it_and_says_why():
     _fake_run("p1", {"cnn": 0.60}, when=T0)
     pipeline.gate_stage("p1")
-    (config.model_dir("p1", "cnn") / "predictions.npy").write_bytes(b"altered")
+    (RunLayout("p1").model_dir("cnn") / "predictions.npy").write_bytes(b"altered")
     published = next((config.tl_home() / "champions" / "cnn").glob("*/versions/*/predictions.npy"))
     published.unlink()  # and no published copy either
     _fake_run("p2", {"cnn": 0.90}, when=T0 + timedelta(days=1))
@@ -275,7 +276,7 @@ def test_gate_uses_the_published_copy_when_the_run_folder_is_gone():
 
     _fake_run("q1", {"cnn": 0.60}, when=T0)
     pipeline.gate_stage("q1")
-    shutil.rmtree(config.model_dir("q1", "cnn"))  # e.g. removed by gc; the champion folder keeps a copy
+    shutil.rmtree(RunLayout("q1").model_dir("cnn"))  # e.g. removed by gc; the champion folder keeps a copy
     _fake_run("q2", {"cnn": 0.70}, when=T0 + timedelta(days=1))
     d = pipeline.gate_stage("q2")["decisions"]["cnn"]
     assert d["decision"] == "promoted" and d["fixed"] == 100 and d["broken"] == 0
@@ -309,7 +310,7 @@ def test_report_and_finish_success():
     _fake_run("s1", {"cnn": 0.5}, when=T0)
     pipeline.gate_stage("s1")
     path = pipeline.report_stage("s1")
-    assert path == str(config.report_dir("s1") / "index.html") and "cnn" in open(path).read()
+    assert path == str(RunLayout("s1").report_dir / "index.html") and "cnn" in open(path).read()
     run = _run("s1")
     assert run["state"] == "success" and run["report_path"] == path and run["ended_at"] and run["error"] is None
     assert pipeline.finish_stage("s1") == {"run_id": "s1", "state": "success", "report_path": path}
@@ -376,7 +377,7 @@ def test_dag_gate_leaves_a_fatal_regression_to_finalize_so_promotions_are_still_
 
 def test_a_model_that_cannot_be_published_is_kept_and_the_others_still_gated():
     _fake_run("u1", {"cnn": 0.60, "resnet50_v1": 0.50}, when=T0)
-    (config.model_dir("u1", "cnn") / "model.keras").unlink()  # e.g. a lost volume
+    (RunLayout("u1").model_dir("cnn") / "model.keras").unlink()  # e.g. a lost volume
     with pytest.raises(Exception, match="could not publish: cnn"):
         pipeline.gate_stage("u1")
     decisions = {v: r["gate"] for v, r in _run("u1")["results"].items()}

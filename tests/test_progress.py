@@ -51,10 +51,10 @@ def test_keras_verbosity_follows_the_terminal(monkeypatch):
 
 def test_decoding_a_folder_reports_progress_in_the_log(tmp_path, caplog):
     from tests.data_helpers import write_image_folder
-    from tl_tasks import data
+    from tl_tasks.data.sources import folders
 
     caplog.set_level(logging.INFO, logger="tl_tasks.progress")
     folder = write_image_folder(tmp_path / "imgs", {"train": {"cat": 6, "dog": 6}, "test": {"cat": 2, "dog": 2}})
-    raw = data._folder(folder, 32)
+    raw = folders.read_folder(folder, 32)
     assert len(raw.x_train) == 12
     assert caplog.records[-1].getMessage().startswith("decoding imgs: 16 images")

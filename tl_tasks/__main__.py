@@ -148,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _stage_settings(args):
     """Settings for a stage after prepare: the run's saved ones (unless --profile), with options on top."""
-    from tl_tasks import config, pipeline
+    from tl_tasks import pipeline
+    from tl_tasks.layout import RunLayout
 
-    saved_path = config.run_dir(args.run_id) / pipeline.SETTINGS_FILE
+    saved_path = RunLayout(args.run_id).settings_file
     base = pipeline.load_settings(args.run_id) if args.profile is None and saved_path.is_file() else None
     return schema.settings_from_params(_settings_values(args), base=base)
 
@@ -235,7 +236,6 @@ def cmd_db(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    from pathlib import Path
 
     from tl_tasks.gc import collect_garbage, default_airflow_logs
 

@@ -19,13 +19,13 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tl_tasks import config
-from tl_tasks.files import sha256_file, write_json_atomic
+from tl_tasks import config, layout
+from tl_tasks.files import publish_dir, replace_symlink, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 CHAMPION_FILE = "champion.json"
-MODEL_FILE = "model.keras"
+MODEL_FILE = layout.MODEL_FILE
 SERVING_DIR = "serving"
 CURRENT = "current"
 VERSIONS = "versions"
@@ -39,7 +39,7 @@ class ChampionError(RuntimeError):
 
 
 def champions_root() -> Path:
-    return config.tl_home() / "champions"
+    return layout.champions_root()
 
 
 def lineage_dir(variant: str, lineage: str) -> Path:
@@ -76,10 +76,8 @@ def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | N
     final = versions / config.run_key(run["run_id"])
     if _intact(final, model_sha):  # the gate ran again for this run: the same model is already published
         return final
-    tmp = versions / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+
+    def build(tmp: Path) -> None:
         shutil.copy2(model, tmp / MODEL_FILE)
         if result.get("predictions_path") and Path(result["predictions_path"]).is_file():
             shutil.copy2(result["predictions_path"], tmp / Path(result["predictions_path"]).name)
@@ -94,16 +92,9 @@ def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | N
             "predictions_sha256": result.get("predictions_sha256"), "serving": serving,
             "versions": _versions(), "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
-        old = None
-        if final.exists():  # a different model for the same run (it was retrained): set the old one aside
-            old = versions / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    # a different model for the same run (it was retrained) is replaced whole, in one rename
+    publish_dir(final, build)
     log.info("published %s of run %s (lineage %s): %s", variant, run["run_id"], lineage[:12], final)
     return final
 
@@ -168,12 +159,7 @@ def current_dir(variant: str, lineage: str) -> Path:
 
 def _point_current(home: Path, target: Path) -> None:
     """Swap the `current` symlink to `target` in one rename (readers see the old or the new, never none)."""
-    link = home / CURRENT
-    tmp = home / f".{CURRENT}.{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(os.path.relpath(target, home), tmp)
-    os.replace(tmp, link)
+    replace_symlink(home / CURRENT, os.path.relpath(target, home))
 
 
 def _export_serving(model_path: Path, out: Path, enabled: bool | None) -> dict:
@@ -244,7 +230,7 @@ def deploy(published: str | Path, variant: str, *, target_root: Path | None = No
         problems.append(f"run {meta.get('run_id')!r} has no promotion of {variant} in the metrics database")
     if problems:
         raise ChampionError(f"refusing to deploy {folder}: " + "; ".join(problems))
-    root = Path(target_root) if target_root else config.tl_home() / "deployed"
+    root = Path(target_root) if target_root else layout.deployed_root()
     link = root / variant
     wanted = lineage or (_deployed_lineage(link) if link.exists() else None)
     out = {"variant": variant, "lineage": meta["lineage"], "deployed": None, "skipped": None}
@@ -300,8 +286,4 @@ def _deployed_lineage(link: Path) -> str | None:
 
 
 def _point_current_named(home: Path, name: str, target: Path) -> None:
-    tmp = home / f".{name}.{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(Path(target).resolve(), tmp)
-    os.replace(tmp, home / name)
+    replace_symlink(home / name, Path(target).resolve())

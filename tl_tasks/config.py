@@ -1,4 +1,5 @@
-"""Paths (TL_HOME and the run layout), the Settings of a run and the run profiles (smoke, quick, full).
+"""TL_HOME, run keys (every path under TL_HOME: tl_tasks.layout), the Settings of a run and the run profiles
+(smoke, quick, full).
 
 Resolution order for every setting: profile default < explicit override (DAG trigger param or command-line
 option; see `tl_tasks.schema`, the one list of run parameters). The environment holds deployment facts only
@@ -41,25 +42,18 @@ def run_key(run_id: str) -> str:
     return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
-def run_dir(run_id: str) -> Path:
-    return tl_home() / "runs" / run_key(run_id)
-
-
+# Transitional: reports/ still calls these two; it moves to tl_tasks.layout.RunLayout (which owns every path of
+# a run) when the reports split is merged, and then they go. New code uses RunLayout.
 def data_dir(run_id: str) -> Path:
-    return run_dir(run_id) / "data"
+    from tl_tasks.layout import RunLayout
 
-
-def model_dir(run_id: str, variant: str) -> Path:
-    return run_dir(run_id) / "models" / get_variant(variant).name
+    return RunLayout(run_id).data_dir
 
 
 def report_dir(run_id: str) -> Path:
-    return run_dir(run_id) / "report"
+    from tl_tasks.layout import RunLayout
 
-
-def cache_dir() -> Path:
-    """Decoded data sources, keyed by content fingerprint, shared between runs."""
-    return tl_home() / "cache"
+    return RunLayout(run_id).report_dir
 
 
 @dataclass(frozen=True)

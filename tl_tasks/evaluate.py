@@ -14,14 +14,15 @@ import keras
 import numpy as np
 
 from tl_tasks.config import Settings
+from tl_tasks.data import load_prepared
 from tl_tasks.files import sha256_file, write_json_atomic
-from tl_tasks.predictions import PREDICTIONS_FILE, write_predictions
-from tl_tasks.train import MODEL_FILE, _count, _load_class_names, _load_split
+from tl_tasks.layout import ModelFiles
+from tl_tasks.predictions import write_predictions
+from tl_tasks.train import _count
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
 
-EVALUATION_FILE = "evaluation.json"
 MAX_MISCLASSIFIED = 50
 EPSILON = 1e-7  # as Keras clips probabilities in its cross-entropy
 
@@ -45,7 +46,7 @@ class EvalResult:
     model_size_bytes: int
     class_names: list[str]
     test_images: int
-    predictions_path: str           # PREDICTIONS_FILE beside evaluation.json
+    predictions_path: str           # predictions.npy beside evaluation.json (tl_tasks.layout.ModelFiles)
     predictions_sha256: str
     model_sha256: str
     batch_size: int
@@ -61,17 +62,18 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
     v = variant if isinstance(variant, Variant) else get_variant(variant)
     data_dir, model_dir = Path(data_dir), Path(model_dir)
     runtime.configure()
-    model_path = model_dir / MODEL_FILE
+    files = ModelFiles(model_dir)
+    model_path = files.model
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} is missing: train {v.name} first (train_variant / the train task)")
-    class_names = _load_class_names(data_dir)
-    x_test, y_test = _load_split(data_dir, "test", len(class_names))
-    x_test = np.ascontiguousarray(x_test)
+    data = load_prepared(data_dir)
+    class_names = list(data.class_names)
+    x_test, y_test = np.ascontiguousarray(data.x_test), data.y_test
 
     model = keras.models.load_model(model_path, compile=False, safe_mode=True)
     if model.output_shape[-1] != len(class_names):
-        raise ValueError(f"{model_path} predicts {model.output_shape[-1]} classes but {data_dir}/meta.json lists "
-                         f"{len(class_names)}; retrain {v.name} on this data")
+        raise ValueError(f"{model_path} predicts {model.output_shape[-1]} classes but the prepared data in "
+                         f"{data_dir} lists {len(class_names)}; retrain {v.name} on this data")
     batch = settings.batch_size
     # Warm-up on both batch shapes the timed pass sees (full and remainder): compiling is not inferring.
     for n in {min(batch, len(x_test)), len(x_test) % batch} - {0}:
@@ -83,7 +85,7 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
     log.info("evaluated %s: %d images in %.1f s", v.name, len(x_test), seconds)
 
     metrics = _metrics(y_test, probs, class_names, seed=settings.seed)
-    predictions_path = model_dir / PREDICTIONS_FILE
+    predictions_path = files.predictions
     predictions_sha256 = write_predictions(predictions_path, probs.argmax(axis=1))
     result = EvalResult(
         variant=v.name, **metrics,
@@ -95,7 +97,7 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
         model_sha256=sha256_file(model_path),
         batch_size=batch, backend=keras.backend.backend(), device=runtime.device_description(),
     )
-    write_json_atomic(model_dir / EVALUATION_FILE, result.to_dict())
+    write_json_atomic(files.evaluation, result.to_dict())
     return result
 
 

@@ -1,11 +1,16 @@
-"""Small file helpers shared by the stages; no heavy imports (the DAG parses modules that use them)."""
+"""Atomic, durable writes (the one owner of "temporary name, fsync, rename") and small file helpers.
+
+No heavy imports (the DAG parses modules that use them); NumPy is imported only by `save_npy_atomic`.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
 
 
 def unique_tmp(path: Path, *, keep_suffix: bool = False) -> Path:
@@ -30,17 +35,95 @@ def replace_durably(tmp: Path, path: Path) -> None:
     fsync_path(path.parent)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write `data` as JSON to `path` in one step: a reader or a crash never sees half a file."""
+def write_atomic(path: Path, write: Callable[[Path], None], *, keep_suffix: bool = False) -> None:
+    """Call `write(tmp)` on a unique temporary name beside `path`, then `replace_durably` it over `path`.
+
+    A reader or a crash sees the old file or the new one, whole, never half; on any error the temporary file
+    is removed and the error re-raised. `keep_suffix` keeps `path`'s suffix on the temporary name (Keras
+    insists on `.keras`).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = unique_tmp(path)
+    tmp = unique_tmp(path, keep_suffix=keep_suffix)
     try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
+        write(tmp)
         replace_durably(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_text_atomic(path: Path, text: str, *, encoding: str = "utf-8") -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding=encoding))
+
+
+def write_json_atomic(path: Path, data: dict, *, default: Callable | None = None) -> None:
+    """Write `data` as JSON to `path` in one step: a reader or a crash never sees half a file."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=default))
+
+
+def copy_file_atomic(src: Path, dest: Path) -> None:
+    """Copy `src` to `dest` durably (unique temporary name, fsync, rename)."""
+    write_atomic(dest, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def save_npy_atomic(path: Path, array) -> None:
+    """`numpy.save` of `array` to `path` (exactly that name: no `.npy` appended), atomically and durably."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    write_atomic(path, write)
+
+
+def publish_dir(target: Path, build: Callable[[Path], None], *, clean_stale: bool = False) -> None:
+    """Build a folder under a temporary name beside `target` (`build(tmp)` fills it), then rename it over
+    `target` in one step: readers see the old folder or the new one, whole; a crash leaves no half folder.
+
+    An existing `target` is set aside and removed after the swap. `clean_stale` first removes temporary folders
+    that crashed earlier attempts left beside `target` (only where one writer at a time publishes `target`).
+    """
+    target = Path(target)
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if clean_stale:
+        for stale in [*parent.glob(f".{target.name}.tmp-*"), *parent.glob(f".{target.name}.old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        build(tmp)
+        if target.exists():
+            old = parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        fsync_path(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_symlink(link: Path, points_to: str | Path) -> None:
+    """Point `link` at `points_to` in one rename: readers see the old target or the new one, never none."""
+    link = Path(link)
+    tmp = unique_tmp(link)
+    try:
+        os.symlink(points_to, tmp)
+        os.replace(tmp, link)
+    except BaseException:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        raise
+    fsync_path(link.parent)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

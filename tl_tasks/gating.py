@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tl_tasks import config
 from tl_tasks.errors import RunFailed, first_line
 from tl_tasks.gate import (
     Decision, RegressionError, compare_paired, decide, summarize, validate_alpha, validate_tolerance,
@@ -124,9 +123,10 @@ def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fa
 
 
 def _test_labels(run_id: str):
-    import numpy as np
+    from tl_tasks.data import load_array
+    from tl_tasks.layout import RunLayout
 
-    return np.load(config.data_dir(run_id) / "y_test.npy")
+    return load_array(RunLayout(run_id), "y_test")
 
 
 def _paired(result: dict, champion: dict, y_test, alpha: float) -> tuple[dict | None, str | None]:

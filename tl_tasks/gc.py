@@ -20,14 +20,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_tasks import config
+from tl_tasks import layout
 from tl_tasks.errors import BadInput
+from tl_tasks.layout import DataFiles, ModelFiles, RunLayout
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-CHECKPOINT_DIR = "checkpoints"
-KEEP_ALWAYS = ("predictions.npy",)
+KEEP_ALWAYS = (layout.PREDICTIONS_FILE,)
 DEFAULT_CACHE_DAYS = 30
 ENDED_STATES = ("success", "failed")
 
@@ -61,36 +60,37 @@ def collect_garbage(keep: int, *, dry_run: bool = False, cache_days: float = DEF
     """Remove what the newest `keep` runs and the champions do not need (see the module docstring)."""
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
         raise BadInput(f"keep={keep!r} must be a whole number >= 1 (the newest runs kept whole)")
-    home = config.tl_home()
-    champions_dir = home / "champions"
+    champions_dir = layout.champions_root()
     plan = GcPlan(dry_run=dry_run)
     runs = _runs(store)   # newest first
     champion_runs = _champion_runs(runs, champions_dir)
     plan.champion_runs = sorted(champion_runs)
     for i, run in enumerate(runs):
         run_id = run["run_id"]
-        folder = _run_folder(home, run_id)
+        folder = _run_folder(run_id)
+        run_files = RunLayout(run_id, folder=folder) if folder is not None else None
         if i < keep:
             plan.kept_runs.append(run_id)
-            if run.get("state") in ENDED_STATES:
+            if run_files is not None and run.get("state") in ENDED_STATES:
                 for variant, result in (run.get("results") or {}).items():
                     if result.get("state") == "failed":
-                        _plan(plan, folder / "models" / variant / CHECKPOINT_DIR, "checkpoints of a failed variant")
+                        _plan(plan, ModelFiles(run_files.models_dir / variant).checkpoints,
+                              "checkpoints of a failed variant")
             continue
         if folder is None or run.get("state") not in ENDED_STATES:
             continue   # never prepared here, or still running: nothing to thin
         plan.thinned_runs.append(run_id)
-        for array in sorted((folder / "data").glob("*.npy")):
+        for array in run_files.data.arrays():
             _plan(plan, array, f"data array of run {run_id!r}, older than the newest {keep}")
-        for model_dir in sorted(p for p in (folder / "models").glob("*") if p.is_dir()):
-            _plan(plan, model_dir / CHECKPOINT_DIR, "checkpoints of an old run")
+        for model_dir in sorted(p for p in run_files.models_dir.glob("*") if p.is_dir()):
+            files = ModelFiles(model_dir)
+            _plan(plan, files.checkpoints, "checkpoints of an old run")
             if run_id not in champion_runs:
-                _plan(plan, model_dir / MODEL_FILE, f"model of run {run_id!r}, older than the newest {keep}, "
-                                                    "never a champion")
+                _plan(plan, files.model, f"model of run {run_id!r}, older than the newest {keep}, never a champion")
         if airflow_logs is not None:
             for log_dir in sorted(airflow_logs.glob(f"dag_id=*/run_id={run_id}")):
                 _plan(plan, log_dir, f"Airflow task logs of run {run_id!r}")
-    _plan_cache(plan, home / "cache", cache_days)
+    _plan_cache(plan, layout.cache_root(), cache_days)
     for path, _, _ in plan.removals:
         if _inside(Path(path), champions_dir):   # belt and braces: champions are never deleted
             raise RuntimeError(f"gc planned to remove {path} under {champions_dir}; refusing (a bug)")
@@ -138,15 +138,9 @@ def _run_ids_in(data) -> list[str]:
     return []
 
 
-def _run_folder(home: Path, run_id: str) -> Path | None:
+def _run_folder(run_id: str) -> Path | None:
     """The run's folder: today's collision-free key, else the key of older versions (slug only)."""
-    import re
-
-    for key in (config.run_key(run_id), re.sub(r"[^A-Za-z0-9._-]+", "_", str(run_id).strip()).strip("._")[:200]):
-        folder = home / "runs" / key
-        if key and folder.is_dir():
-            return folder
-    return None
+    return next((folder for folder in layout.run_folder_candidates(run_id) if folder.is_dir()), None)
 
 
 def _plan(plan: GcPlan, path: Path | None, why: str) -> None:
@@ -161,7 +155,7 @@ def _plan_cache(plan: GcPlan, cache: Path, days: float) -> None:
     cutoff = time.time() - days * 86400
     for entry in sorted(cache.iterdir()):
         try:
-            used = (entry / "meta.json").stat().st_mtime if entry.is_dir() else entry.stat().st_mtime
+            used = DataFiles(entry).meta.stat().st_mtime if entry.is_dir() else entry.stat().st_mtime
         except OSError:
             used = 0
         if used < cutoff:

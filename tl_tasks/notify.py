@@ -81,9 +81,9 @@ def build_message(run: dict, *, run_failed: bool = False, run_error: str | None 
 
 def report_url(base_url: str, run_id: str) -> str:
     """The run's report inside the Airflow UI (served by the retraining-reports plugin)."""
-    from tl_tasks import config
+    from tl_tasks.layout import RunLayout
 
-    return f"{base_url.rstrip('/')}{REPORTS_URL_PREFIX}/runs/{quote(config.run_key(run_id))}/report/index.html"
+    return f"{base_url.rstrip('/')}{REPORTS_URL_PREFIX}/{quote(RunLayout(run_id).report_url_path)}"
 
 
 def send(message: dict, *, get_connection=None) -> dict:

@@ -13,10 +13,11 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tl_tasks import config, timeouts
+from tl_tasks import timeouts
 from tl_tasks.config import Settings
 from tl_tasks.errors import BadInput, MissingInput, RunFailed, first_line
 from tl_tasks.files import write_json_atomic
+from tl_tasks.layout import RunLayout, cache_root
 from tl_tasks.gate import (
     DEFAULT_ALPHA, DEFAULT_TOLERANCE, Decision, RegressionError, validate_alpha, validate_tolerance,
 )
@@ -25,7 +26,6 @@ from tl_tasks.variants import get_variant
 
 log = logging.getLogger(__name__)
 
-SETTINGS_FILE = "settings.json"
 
 
 # Deterministic failures: retrying the task cannot help, so the DAG's retry policy fails these at once.
@@ -37,7 +37,7 @@ NO_RETRY_EXCEPTIONS = (BadInput, RegressionError, RunFailed)
 
 def load_settings(run_id: str) -> Settings:
     """The settings a run was prepared with (`runs/<key>/settings.json`, written by prepare_stage)."""
-    path = config.run_dir(run_id) / SETTINGS_FILE
+    path = RunLayout(run_id).settings_file
     if not path.is_file():
         raise MissingInput(f"{path} is missing: run id {run_id!r} was never prepared; "
                                 f"run `python -m tl_tasks prepare --run-id {run_id}` (or the DAG's prepare_data) first")
@@ -49,8 +49,9 @@ def _settings(run_id: str, settings_dict: dict | None) -> Settings:
 
 
 def _require_prepared(run_id: str) -> None:
-    if not (config.data_dir(run_id) / "meta.json").is_file():
-        raise MissingInput(f"run id {run_id!r} was never prepared ({config.data_dir(run_id)} has no data); "
+    layout = RunLayout(run_id)
+    if not layout.data.meta.is_file():
+        raise MissingInput(f"run id {run_id!r} was never prepared ({layout.data_dir} has no data); "
                                 f"run `python -m tl_tasks prepare --run-id {run_id}` (or the DAG's prepare_data) first")
 
 
@@ -67,7 +68,8 @@ def prepare_stage(run_id: str, settings_dict: dict, *, dag_id: str | None = None
     from tl_tasks.local_data import resolve_dataset
 
     settings = Settings.from_dict(settings_dict)
-    write_json_atomic(config.run_dir(run_id) / SETTINGS_FILE, settings.to_dict())
+    layout = RunLayout(run_id)
+    write_json_atomic(layout.settings_file, settings.to_dict())
     started = _now()
     with _store() as store:
         store.upsert_run(
@@ -76,12 +78,12 @@ def prepare_stage(run_id: str, settings_dict: dict, *, dag_id: str | None = None
             data_source=settings.dataset, data_fingerprint=None, lineage=None, data_summary=None, class_names=None,
             versions=versions(), error=None, report_path=None,
         )
-        out = config.data_dir(run_id)
+        out = layout.data_dir
         try:
             source = resolve_dataset(settings.dataset)  # e.g. cifar10 -> a local copy (recorded as data_source)
             prepared = prepare_data(source, out, limit_per_class=settings.limit_per_class,
                                     val_fraction=settings.val_fraction, seed=settings.seed,
-                                    image_size=settings.data_size, cache_dir=config.cache_dir())
+                                    image_size=settings.data_size, cache_dir=cache_root())
         except Exception as exc:
             store.upsert_run(run_id, state="failed", ended_at=_now(), error=f"prepare_data failed: {_one_line(exc)}")
             raise
@@ -149,7 +151,8 @@ def train_stage(run_id: str, variant: str, settings_dict: dict | None = None, *,
 
         limit = timeouts.train_deadline(settings.profile, get_variant(variant).family, settings.epochs_for(variant))
         with timeouts.deadline(limit, f"train {variant} of run {run_id!r}"):
-            summary = train_variant(variant, config.data_dir(run_id), config.model_dir(run_id, variant), settings,
+            layout = RunLayout(run_id)
+            summary = train_variant(variant, layout.data_dir, layout.model_dir(variant), settings,
                                     verbose=verbose, reuse_finished=not _recorded(run_id, variant, "trained_at")
                                     ).summary()
     except Exception as exc:
@@ -173,13 +176,14 @@ def evaluate_stage(run_id: str, variant: str, settings_dict: dict | None = None)
     variant = get_variant(variant).name
     settings = _settings(run_id, settings_dict)
     _require_prepared(run_id)
-    model_dir = config.model_dir(run_id, variant)
+    layout = RunLayout(run_id)
+    model_dir = layout.model_dir(variant)
     try:
         _set_up_process(settings)
         from tl_tasks.evaluate import evaluate_variant
 
         with timeouts.deadline(timeouts.evaluate_deadline(settings.profile), f"evaluate {variant} of run {run_id!r}"):
-            evaluation = evaluate_variant(variant, config.data_dir(run_id), model_dir, settings).to_dict()
+            evaluation = evaluate_variant(variant, layout.data_dir, model_dir, settings).to_dict()
     except Exception as exc:
         _record_failure(run_id, variant, "evaluate", exc)
         raise
@@ -189,7 +193,7 @@ def evaluate_stage(run_id: str, variant: str, settings_dict: dict | None = None)
     keys = ("variant", "accuracy", "loss", "top3_accuracy", "macro_f1", "inference_img_per_s",
             "params_total", "params_trainable", "model_size_bytes")
     return {**{k: evaluation.get(k) for k in keys}, "variant": variant,
-            "evaluation_path": str(model_dir / "evaluation.json")}
+            "evaluation_path": str(layout.evaluation_file(variant))}
 
 
 def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float = DEFAULT_TOLERANCE,

@@ -1,18 +1,16 @@
-"""Per-image results: the predicted class of every test image, stored beside `evaluation.json`.
+"""Per-image results: the predicted class of every test image, stored beside `evaluation.json`
+(`tl_tasks.layout.ModelFiles.predictions`).
 
 With them any two models of one lineage (same test images) can be compared image by image, now or later.
 The metrics database keeps each file's sha256; a file that is missing or differs is refused with a clear error.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from tl_tasks.files import sha256_file
-
-PREDICTIONS_FILE = "predictions.npy"
+from tl_tasks.files import save_npy_atomic, sha256_file
 
 
 class PredictionsUnavailable(RuntimeError):
@@ -28,12 +26,7 @@ def write_predictions(path: Path, predicted) -> str:
     path = Path(path)
     predicted = np.asarray(predicted).reshape(-1)
     dtype = np.uint8 if predicted.size == 0 or int(predicted.max()) < 256 else np.uint16
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, predicted.astype(dtype))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    save_npy_atomic(path, predicted.astype(dtype))
     return sha256_file(path)
 
 

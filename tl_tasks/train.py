@@ -8,7 +8,6 @@ import errno
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,17 +19,15 @@ import keras
 import numpy as np
 
 from tl_tasks.config import Settings
-from tl_tasks.files import replace_durably, unique_tmp, write_json_atomic
+from tl_tasks.data import load_prepared
+from tl_tasks.files import copy_file_atomic, write_atomic, write_json_atomic
+from tl_tasks import layout
+from tl_tasks.layout import ModelFiles
 from tl_tasks.models import build_head, build_model, compile_recipe, one_hot, resolve_weights, set_base_frozen
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-SUMMARY_FILE = "train_summary.json"
-CHECKPOINT_DIR = "checkpoints"
-FINISHED_FILE = "finished.json"   # signature, epochs and model sha256 of a finished training (reuse on retry)
-STALE_OUTPUTS = (MODEL_FILE, SUMMARY_FILE, FINISHED_FILE, "evaluation.json")
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
@@ -96,9 +93,9 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
 
         verbose = keras_verbose()
 
-    class_names = _load_class_names(data_dir)
-    x_train, y_train = _load_split(data_dir, "train", len(class_names))
-    x_val, y_val = _load_split(data_dir, "val", len(class_names))
+    data = load_prepared(data_dir)
+    class_names = data.class_names
+    x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
     limit = settings.train_limit.get(v.family)
     if limit and limit < len(y_train):
         keep = _stratified_subset(y_train, limit, settings.seed)
@@ -113,14 +110,15 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     mixed = mixed_precision_enabled(settings)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints = _Checkpoints(out_dir / CHECKPOINT_DIR, _signature(v, settings, data_dir, y_train, y_val))
+    files = ModelFiles(out_dir)
+    checkpoints = _Checkpoints(files.checkpoints, _signature(v, settings, data.fingerprint, y_train, y_val))
     if reuse_finished:
-        finished = _reusable(out_dir, checkpoints.signature, epochs)
+        finished = _reusable(files, checkpoints.signature, epochs)
         if finished is not None:
             log.info("%s: reusing the finished model %s (same settings, data and epochs); not retraining",
                      v.name, finished.model_path)
             return finished
-    state = _previous_attempt(out_dir, checkpoints)
+    state = _previous_attempt(files, checkpoints)
     if state is not None:
         weights = state["weights"]
         log.info("%s: resuming after epoch %d from %s", v.name, state["completed_epochs"], checkpoints.directory)
@@ -135,7 +133,7 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     with runtime.dtype_policy(mixed), devices.data_parallel(settings.data_parallel) as replicas:
         model = run.fit_cached() if feature_cache else run.fit()
 
-    model_path = out_dir / MODEL_FILE
+    model_path = files.model
     _save_model_atomic(model, model_path)
     history = run.history
     attempt_seconds = sum(h["seconds"] for h in history[run.start_epoch:])
@@ -155,32 +153,21 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
         head_warmup_epochs=run.warmup_epochs, monitor=v.monitor, replicas=replicas,
         recipe={"variant": v.recipe(), "profile": settings.recipe(), "steps_per_epoch": run.steps_per_epoch},
     )
-    write_json_atomic(out_dir / SUMMARY_FILE, result.summary())
-    write_json_atomic(out_dir / FINISHED_FILE, {"signature": checkpoints.signature, "epochs": epochs,
-                                                "model_sha256": _sha256(model_path)})
+    write_json_atomic(files.train_summary, result.summary())
+    write_json_atomic(files.finished, {"signature": checkpoints.signature, "epochs": epochs,
+                                       "model_sha256": _sha256(model_path)})
     checkpoints.clear()
     return result
 
 
-def replace_durably_copy(src: Path, dest: Path) -> None:
-    """Copy `src` to `dest` durably (unique temporary name, fsync, rename)."""
-    tmp = unique_tmp(dest)
+def _reusable(files: ModelFiles, signature: dict, epochs: int) -> TrainResult | None:
+    """The finished training in `files` if it was made with `signature` and `epochs` and its model is intact."""
     try:
-        shutil.copyfile(src, tmp)
-        replace_durably(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _reusable(out_dir: Path, signature: dict, epochs: int) -> TrainResult | None:
-    """The finished training in `out_dir` if it was made with `signature` and `epochs` and its model is intact."""
-    try:
-        summary = json.loads((out_dir / SUMMARY_FILE).read_text())
-        finished = json.loads((out_dir / FINISHED_FILE).read_text())
+        summary = json.loads(files.train_summary.read_text())
+        finished = json.loads(files.finished.read_text())
     except (OSError, ValueError):
         return None
-    model_path = out_dir / MODEL_FILE
+    model_path = files.model
     if (summary.get("state") != "success" or finished.get("signature") != signature
             or finished.get("epochs") != epochs or not model_path.is_file()
             or finished.get("model_sha256") != _sha256(model_path)):
@@ -404,10 +391,10 @@ class _CheckpointEachEpoch(keras.callbacks.Callback):
 class _Checkpoints:
     """`checkpoints/`: the model after the last completed epoch plus `state.json` (epoch, history, signature)."""
 
-    STATE = "state.json"
-    PREVIOUS_STATE = "state.previous.json"
-    INITIAL_MODEL = "initial.keras"
-    BEST_WEIGHTS = "best_weights.npz"
+    STATE = layout.CHECKPOINT_STATE_FILE
+    PREVIOUS_STATE = layout.CHECKPOINT_PREVIOUS_STATE_FILE
+    INITIAL_MODEL = layout.CHECKPOINT_INITIAL_MODEL
+    BEST_WEIGHTS = layout.CHECKPOINT_BEST_WEIGHTS
 
     def __init__(self, directory: Path, signature: dict):
         self.directory = directory
@@ -469,28 +456,26 @@ class _Checkpoints:
     def save(self, model, completed: int, history: list[dict], weights: str, extra: dict,
              best_weights: list | None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"epoch_{completed:03d}.keras"
+        name = layout.checkpoint_epoch_file(completed)
         _save_model_atomic(model, self.directory / name)
         if best_weights is not None:
             target = self.directory / self.BEST_WEIGHTS
-            tmp = unique_tmp(target)
-            try:
+
+            def write(tmp: Path) -> None:
                 with open(tmp, "wb") as f:
                     np.savez(f, *best_weights, best_epoch=np.asarray(completed - 1))
-                replace_durably(tmp, target)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+
+            write_atomic(target, write)
         state = {"signature": self.signature, "completed_epochs": completed, "model_file": name,
                  "history": history, "weights": weights, **extra}
         # The state is written after the weights it names (both fsynced); the previous state is kept as a
         # fallback, so an epoch file that cannot be loaded falls back one epoch.
         current = self.directory / self.STATE
         if current.is_file():
-            replace_durably_copy(current, self.directory / self.PREVIOUS_STATE)
+            copy_file_atomic(current, self.directory / self.PREVIOUS_STATE)
         write_json_atomic(current, state)
         keep = {name, (self._read(self.directory / self.PREVIOUS_STATE) or {}).get("model_file")}
-        for old in self.directory.glob("epoch_*.keras"):
+        for old in self.directory.glob(layout.CHECKPOINT_EPOCH_GLOB):
             if old.name not in keep:
                 old.unlink(missing_ok=True)
 
@@ -498,34 +483,33 @@ class _Checkpoints:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _previous_attempt(out_dir: Path, checkpoints: _Checkpoints) -> dict | None:
+def _previous_attempt(files: ModelFiles, checkpoints: _Checkpoints) -> dict | None:
     """The checkpoint state to resume from, or None after cleaning up for a fresh training."""
-    if not _finished(out_dir):
+    if not _finished(files):
         state = checkpoints.load()
         if state is not None:
             return state
     checkpoints.clear()
-    for name in STALE_OUTPUTS:  # they describe the model being replaced
-        (out_dir / name).unlink(missing_ok=True)
+    for path in files.training_outputs():  # they describe the model being replaced
+        path.unlink(missing_ok=True)
     return None
 
 
-def _finished(out_dir: Path) -> bool:
+def _finished(files: ModelFiles) -> bool:
     try:
-        summary = json.loads((out_dir / SUMMARY_FILE).read_text())
+        summary = json.loads(files.train_summary.read_text())
     except (OSError, ValueError):
         return False
-    return summary.get("state") == "success" and (out_dir / MODEL_FILE).is_file()
+    return summary.get("state") == "success" and files.model.is_file()
 
 
-def _signature(v: Variant, settings: Settings, data_dir: Path, y_train: np.ndarray, y_val: np.ndarray) -> dict:
+def _signature(v: Variant, settings: Settings, fingerprint: str, y_train: np.ndarray, y_val: np.ndarray) -> dict:
     """What must match for a checkpoint to be resumable (epochs may change: a longer rerun continues)."""
-    meta = json.loads((data_dir / "meta.json").read_text())
     ignored = {"epochs", "variants", "profile"}
     sig = {
         "variant": dataclasses.asdict(v),
         "settings": {k: val for k, val in settings.to_dict().items() if k not in ignored},
-        "data": meta.get("fingerprint") or [int(len(y_train)), int(y_train.sum()), int(len(y_val))],
+        "data": fingerprint or [int(len(y_train)), int(y_train.sum()), int(len(y_val))],
         "backend": keras.backend.backend(),
     }
     return json.loads(json.dumps(sig))
@@ -540,35 +524,6 @@ def _stratified_subset(y: np.ndarray, limit: int, seed: int) -> np.ndarray:
         rank[members] = (np.arange(len(members)) + 0.5) / len(members)
     picked = order[np.argsort(rank[order], kind="stable")][:limit]
     return np.sort(picked)
-
-
-def _load_class_names(data_dir: Path) -> list[str]:
-    meta = Path(data_dir) / "meta.json"
-    if not meta.is_file():
-        raise FileNotFoundError(f"{meta} is missing: {data_dir} is not a prepared data folder; run prepare_data first")
-    names = json.loads(meta.read_text()).get("class_names")
-    if not isinstance(names, list) or len(names) < 2:
-        raise ValueError(f"{meta} has class_names={names!r}; expected a list of at least 2 names")
-    return [str(n) for n in names]
-
-
-def _load_split(data_dir: Path, split: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """x (uint8 NHWC, memory-mapped) and y (int64) of one split, checked against the data contract."""
-    x_path, y_path = Path(data_dir) / f"x_{split}.npy", Path(data_dir) / f"y_{split}.npy"
-    for path in (x_path, y_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: the prepared data in {data_dir} is incomplete; "
-                                    f"rerun prepare_data")
-    x, y = np.load(x_path, mmap_mode="r"), np.load(y_path)
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] != x.shape[2]:
-        raise ValueError(f"{x_path} holds {x.dtype} {x.shape}; expected uint8 images (n, size, size, 3)")
-    if len(x) != len(y) or len(y) == 0:
-        raise ValueError(f"{split} split of {data_dir} has {len(x)} images and {len(y)} labels; expected the "
-                         f"same number, at least 1")
-    if y.min() < 0 or y.max() >= num_classes:
-        raise ValueError(f"{y_path} has labels {int(y.min())}..{int(y.max())}; expected 0..{num_classes - 1} "
-                         f"(meta.json lists {num_classes} classes)")
-    return x, y.astype("int64", copy=False)
 
 
 def mixed_precision_enabled(settings: Settings) -> bool:
@@ -612,12 +567,9 @@ def _count(variables) -> int:
 def _save_model_atomic(model: keras.Model, path: Path) -> None:
     """Save to a unique temporary name (keeping the .keras suffix Keras insists on), fsync, rename, fsync the
     folder: a crash or a full disk leaves the previous file intact, never a truncated one under `path`."""
-    tmp = unique_tmp(path, keep_suffix=True)
     try:
-        model.save(tmp)
-        replace_durably(tmp, path)
+        write_atomic(path, model.save, keep_suffix=True)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
         if _disk_full(exc):
             free = shutil.disk_usage(path.parent).free
             raise OSError(errno.ENOSPC, f"no space left on the device while writing {path} ({free} bytes free "

@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tl_tasks import config
+from tl_tasks import config, layout
 from tl_tasks.files import write_json_atomic
 
 DATASET_ASSET = "tl_training_data"  # the Airflow Asset the retraining DAG is scheduled on
@@ -76,7 +76,7 @@ def signature(source: Path) -> dict:
 
 def state_path(source: Path) -> Path:
     key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
-    return config.tl_home() / "watch" / f"{config.run_key(source.name or 'source')}-{key}.json"
+    return layout.watch_root() / f"{config.run_key(source.name or 'source')}-{key}.json"
 
 
 def check(source: Path | None = None, *, settle_seconds: float | None = None) -> dict:
