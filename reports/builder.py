@@ -10,7 +10,8 @@ from pathlib import Path
 
 from reports.index import build_index
 from reports.render import render, write_page
-from tl_tasks import config
+from tl_tasks import layout
+from tl_tasks.layout import RunLayout
 
 __all__ = ["build_report", "build_index"]
 
@@ -33,12 +34,12 @@ def build_report(run_id: str, store=None) -> Path:
     if run is None:
         raise ValueError(
             f"run_id={run_id!r} is not in the metrics database; run the pipeline for it first "
-            f"or pick a recorded run id (see {config.tl_home() / 'reports' / 'index.html'})"
+            f"or pick a recorded run id (see {layout.reports_root() / layout.REPORT_INDEX})"
         )
     from reports.context import report_context
 
     html = render("report.html", report_context(run, store))
-    path = config.report_dir(run_id) / "index.html"
+    path = RunLayout(run_id).report_index
     write_page(path, html)
     build_index(store, run_id=run_id)
     return path

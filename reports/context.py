@@ -10,11 +10,11 @@ import base64
 import io
 import json
 from datetime import datetime, timezone
-from pathlib import Path
 
 from reports import formatting as fmt
-from tl_tasks import config
+from tl_tasks import layout
 from tl_tasks.gate import Decision
+from tl_tasks.layout import RunLayout
 from tl_tasks.variants import variant_sort_key
 
 TREND_LIMIT = 200              # trend points per variant of this run's lineage
@@ -45,7 +45,7 @@ def report_context(run: dict, store) -> dict:
         "run": {**run, "when": current_date},
         "lineage": lineage,
         "previous": _previous_link(previous, run_id),
-        "index_href": "../../../reports/index.html",
+        "index_href": layout.href(RunLayout(run_id).report_url_path, layout.REPORTS_INDEX_URL_PATH),
         "headline": _headline(rows, best, failed, previous, run.get("error")),
         "skipped": _skipped(run),
         "rows": rows,
@@ -63,9 +63,10 @@ def _skipped(run: dict) -> dict | None:
     if not note:
         return None
     same = note.get("same_as")
-    exists = bool(same) and (config.report_dir(same) / "index.html").is_file()
+    exists = bool(same) and RunLayout(same).report_index.is_file()
     return {"reason": note.get("reason") or "unchanged", "run_id": same,
-            "href": f"../../{config.run_key(same)}/report/index.html" if exists else None}
+            "href": layout.href(RunLayout(run["run_id"]).report_url_path, RunLayout(same).report_url_path)
+            if exists else None}
 
 
 def _lineage(run: dict, store) -> dict | None:
@@ -82,12 +83,13 @@ def _lineage(run: dict, store) -> dict | None:
 
 def _test_labels(run_id: str):
     """The run's test labels (for paired comparisons in the report), None when its data is gone."""
-    path = config.data_dir(run_id) / "y_test.npy"
-    if not path.is_file():
-        return None
-    import numpy as np
+    from tl_tasks.data import load_array
+    from tl_tasks.errors import MissingInput
 
-    return np.load(path)
+    try:
+        return load_array(RunLayout(run_id), "y_test")
+    except MissingInput:
+        return None
 
 
 def _test_images(r: dict, run: dict) -> int | None:
@@ -228,11 +230,10 @@ def _with_uncertainty(variant: str, delta, words: str) -> str:
 def _previous_link(previous: dict | None, run_id: str) -> dict | None:
     if not previous:
         return None
-    key = config.run_key(previous["run_id"])
-    exists = (config.report_dir(previous["run_id"]) / "index.html").is_file()
+    here, there = RunLayout(run_id).report_url_path, RunLayout(previous["run_id"])
     return {
         "run_id": previous["run_id"],
-        "href": f"../../{key}/report/index.html" if exists else "../../../reports/index.html",
+        "href": layout.href(here, there.report_url_path if there.report_index.is_file() else layout.REPORTS_INDEX_URL_PATH),
         "when": previous.get("logical_date") or previous.get("started_at"),
     }
 
@@ -419,8 +420,8 @@ def _misclassified(r: dict, class_names: list[str], run_id: str) -> dict:
         if r.get("accuracy") is not None:
             out["note"] = "No misclassified test images are recorded for this variant."
         return out
-    x_path = config.data_dir(run_id) / "x_test.npy"
-    images = _load_test_images(x_path)
+    x_path = RunLayout(run_id).data_file("x_test")
+    images = _load_test_images(run_id)
     if images is None:
         out["note"] = (f"The test images are no longer on disk ({x_path} is missing), "
                        "so the misclassified examples cannot be shown.")
@@ -439,14 +440,13 @@ def _misclassified(r: dict, class_names: list[str], run_id: str) -> dict:
     return out
 
 
-def _load_test_images(path: Path):
-    import numpy as np
+def _load_test_images(run_id: str):
+    from tl_tasks.data import load_array
+    from tl_tasks.errors import MissingInput
 
-    if not path.is_file():
-        return None
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError):
+        return load_array(RunLayout(run_id), "x_test")
+    except (MissingInput, OSError, ValueError):
         return None
 
 

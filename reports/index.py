@@ -10,11 +10,11 @@ from pathlib import Path
 
 from reports import formatting as fmt
 from reports.render import render, write_page
-from tl_tasks import config
+from tl_tasks import layout
+from tl_tasks.layout import RunLayout
 from tl_tasks.variants import variant_sort_key
 
 INDEX_PAGE_SIZE = 100          # runs per index page; the front page shows the newest ones
-INDEX_STATE = "index-state.json"  # run count at the last index build: tells which pages shifted
 
 
 def build_index(store=None, *, run_id: str | None = None, full: bool = False) -> Path:
@@ -32,7 +32,7 @@ def build_index(store=None, *, run_id: str | None = None, full: bool = False) ->
         from tl_tasks.store import connect
 
         store = connect()
-    folder = config.tl_home() / "reports"
+    folder = layout.reports_root()
     total = store.count_runs()
     pages = max(1, -(-total // INDEX_PAGE_SIZE))
     state = _index_state(folder)
@@ -52,17 +52,17 @@ def build_index(store=None, *, run_id: str | None = None, full: bool = False) ->
         runs = store.recent_runs(limit=count, offset=newest)
         write_page(folder / _page_name(page), render("index.html", index_context(runs, _nav(page, pages, total))))
     if total <= INDEX_PAGE_SIZE:  # one page: no archive pages (remove those of a larger past)
-        for stale in folder.glob("page-*.html"):
+        for stale in folder.glob(layout.REPORTS_PAGE_GLOB):
             stale.unlink(missing_ok=True)
     else:
-        for stale in folder.glob("page-*.html"):
+        for stale in folder.glob(layout.REPORTS_PAGE_GLOB):
             number = stale.stem.partition("-")[2]
             if number.isdigit() and int(number) > pages:
                 stale.unlink(missing_ok=True)
-    front = folder / "index.html"
+    front = folder / layout.REPORT_INDEX
     nav = _nav(None, pages, total) if total > INDEX_PAGE_SIZE else None
     write_page(front, render("index.html", index_context(store.recent_runs(limit=INDEX_PAGE_SIZE), nav)))
-    write_page(folder / INDEX_STATE, json.dumps({"runs": total, "page_size": INDEX_PAGE_SIZE}))
+    write_page(folder / layout.REPORTS_INDEX_STATE_FILE, json.dumps({"runs": total, "page_size": INDEX_PAGE_SIZE}))
     return front
 
 
@@ -72,12 +72,12 @@ def _page_of(position: int) -> int:
 
 
 def _page_name(page: int) -> str:
-    return f"page-{page}.html"
+    return layout.reports_page_file(page)
 
 
 def _index_state(folder: Path) -> dict | None:
     try:
-        state = json.loads((folder / INDEX_STATE).read_text(encoding="utf-8"))
+        state = json.loads((folder / layout.REPORTS_INDEX_STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(state, dict) or state.get("page_size") != INDEX_PAGE_SIZE or not isinstance(state.get("runs"), int):
@@ -93,8 +93,8 @@ def _nav(page: int | None, pages: int, total: int) -> dict:
                 "older": _page_name(older), "oldest": _page_name(1),
                 "pages": [{"href": _page_name(p), "text": str(p)} for p in range(pages, 0, -1)]}
     first, last = (page - 1) * INDEX_PAGE_SIZE + 1, min(page * INDEX_PAGE_SIZE, total)
-    return {"title": f"page {page}: runs {first:,} to {last:,} (counted from the oldest)", "newest": "index.html",
-            "newer": _page_name(page + 1) if page < pages else "index.html",
+    return {"title": f"page {page}: runs {first:,} to {last:,} (counted from the oldest)", "newest": layout.REPORT_INDEX,
+            "newer": _page_name(page + 1) if page < pages else layout.REPORT_INDEX,
             "older": _page_name(page - 1) if page > 1 else None, "oldest": _page_name(1) if page > 1 else None,
             "pages": None}
 
@@ -110,7 +110,6 @@ def index_context(runs: list[dict], nav: dict | None = None) -> dict:
     variants.sort(key=variant_sort_key)
     rows = []
     for run in runs:
-        key = config.run_key(run["run_id"])
         by_variant = _variant_map(run)
         cells, best = [], None
         for v in variants:
@@ -125,10 +124,11 @@ def index_context(runs: list[dict], nav: dict | None = None) -> dict:
                           "delta": fmt.delta(delta, 0.0) if delta is not None and acc is not None else None})
             if acc is not None and not failed and (best is None or acc > best[1]):
                 best = (v, acc)
-        has_report = (config.report_dir(run["run_id"]) / "index.html").is_file()  # one stat per listed run
+        report = RunLayout(run["run_id"])
+        has_report = report.report_index.is_file()  # one stat per listed run
         rows.append({
             "run_id": run["run_id"],
-            "href": f"../runs/{key}/report/index.html" if has_report else None,
+            "href": layout.href(layout.REPORTS_INDEX_URL_PATH, report.report_url_path) if has_report else None,
             "when": run.get("logical_date") or run.get("started_at"),
             "state": run.get("state"),
             "profile": run.get("profile"),

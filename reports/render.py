@@ -2,10 +2,10 @@
 reader (the Airflow plugin) never sees a half-written page."""
 from __future__ import annotations
 
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
+
+from tl_tasks.files import write_text_atomic
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
 
@@ -32,14 +32,6 @@ def render(template: str, context: dict) -> str:
 
 
 def write_page(path: Path, text: str) -> None:
-    """Replace `path` in one step, so a reader (the plugin) never sees a half-written page."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace `path` in one step (`tl_tasks.files.write_text_atomic`), so a reader (the plugin) never sees a
+    half-written page."""
+    write_text_atomic(path, text)

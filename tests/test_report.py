@@ -3,7 +3,6 @@ missing test images, and the page opened in headless Chromium from disk with the
 from __future__ import annotations
 
 import base64
-import markupsafe
 import json
 import os
 import re
@@ -14,11 +13,13 @@ import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 
+import markupsafe
 import pytest
 
 from reports.context import MISCLASSIFIED_SHOWN
 from tests import report_fixtures as rf
 from tl_tasks import config
+from tl_tasks.layout import RunLayout
 from tl_tasks.store import connect
 
 XSS = "<script>alert(1)</script>"
@@ -58,7 +59,7 @@ def _build(store, run_id: str) -> tuple[str, _Page]:
     from reports import build_report
 
     path = build_report(run_id, store)
-    assert path == config.report_dir(run_id) / "index.html"
+    assert path == RunLayout(run_id).report_index
     text = path.read_text(encoding="utf-8")
     return text, _Page(text)
 
@@ -119,10 +120,10 @@ def test_two_runs_show_deltas_trend_and_index(store, tl_home):
     assert "keras" in plain and "3.15.1" in plain and "CPU (2 cores)" in plain and "train cnn" in plain
 
     # Links: to the previous run's report, to the index; the index lists both runs, newest first.
-    report_path = config.report_dir(second) / "index.html"
+    report_path = RunLayout(second).report_index
     hrefs = [a["href"] for a in page.all("a") if a.get("href") and not a["href"].startswith("#")]
     targets = {_link_target(report_path, h) for h in hrefs}
-    assert config.report_dir(first).resolve() / "index.html" in targets
+    assert RunLayout(first).report_index.resolve() in targets
     index_path = (tl_home / "reports" / "index.html").resolve()
     assert index_path in targets and index_path.is_file()
     index_text = index_path.read_text(encoding="utf-8")
@@ -130,7 +131,7 @@ def test_two_runs_show_deltas_trend_and_index(store, tl_home):
     _assert_self_contained(index_text, index)
     links = [a["href"] for a in index.all("a")]
     assert [_link_target(index_path, h) for h in links] == [
-        (config.report_dir(second) / "index.html").resolve(), (config.report_dir(first) / "index.html").resolve()]
+        (RunLayout(second).report_index).resolve(), RunLayout(first).report_index.resolve()]
     assert index.plain.index(second) < index.plain.index(first)
     assert 'class="delta down bad"' in index_text and 'class="delta up good"' in index_text
 
@@ -216,7 +217,7 @@ def test_plot_text_from_data_is_not_mathtext():
 
 def test_missing_test_images_are_reported_not_fatal(store):
     rf.seed_run(store, "run-x", rf.run_date(0))
-    (config.data_dir("run-x") / "x_test.npy").unlink()
+    RunLayout("run-x").data_file("x_test").unlink()
     text, page = _build(store, "run-x")
     assert "The test images are no longer on disk" in page.plain
     assert not [i for i in page.all("img") if i["alt"].startswith("test image")]

@@ -42,20 +42,6 @@ def run_key(run_id: str) -> str:
     return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
-# Transitional: reports/ still calls these two; it moves to tl_tasks.layout.RunLayout (which owns every path of
-# a run) when the reports split is merged, and then they go. New code uses RunLayout.
-def data_dir(run_id: str) -> Path:
-    from tl_tasks.layout import RunLayout
-
-    return RunLayout(run_id).data_dir
-
-
-def report_dir(run_id: str) -> Path:
-    from tl_tasks.layout import RunLayout
-
-    return RunLayout(run_id).report_dir
-
-
 @dataclass(frozen=True)
 class Settings:
     """Everything one run needs besides the variant registry. JSON-serialisable via `to_dict()`."""
