@@ -369,14 +369,14 @@ def test_synthetic_is_learnable(tmp_path):
 # --- bad options and sources ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, pattern", [
-    ({"limit_per_class": 0}, r"limit_per_class=0 must be a whole number >= 2"),
-    ({"limit_per_class": 1.5}, r"limit_per_class=1.5 must be a whole number >= 2"),
+    ({"limit_per_class": 1}, r"limit_per_class=1 is out of range; give a value >= 2 \(or 0 for all\)"),
+    ({"limit_per_class": 1.5}, r"limit_per_class=1.5 is not a whole number; give a value >= 2"),
     ({"val_fraction": 0}, r"val_fraction=0 must be a number between 0 and 0.5"),
     ({"val_fraction": 0.7}, r"val_fraction=0.7 must be a number between 0 and 0.5"),
     ({"val_fraction": "0.1"}, r"val_fraction='0.1' must be a number"),
     ({"image_size": 4}, r"image_size=4 must be a whole number of pixels between 8 and 512"),
     ({"max_bad_fraction": 1.5}, r"max_bad_fraction=1.5 must be between 0 and 1"),
-    ({"seed": -1}, r"seed=-1 must be a whole number >= 0"),
+    ({"seed": -1}, r"seed=-1 is out of range; give a value >= 0 and <= 4,294,967,295"),
 ])
 def test_bad_options(tmp_path, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -526,3 +526,10 @@ def test_importing_data_does_not_import_keras_or_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
+
+
+def test_limit_per_class_zero_means_all_images_as_in_the_schema(tmp_path):
+    every = prepare_data("synthetic", tmp_path / "none", limit_per_class=None)
+    zero = prepare_data("synthetic", tmp_path / "zero", limit_per_class=0)
+    assert zero.summary()["counts"] == every.summary()["counts"]
+    assert zero.summary()["fingerprint"] == every.summary()["fingerprint"]

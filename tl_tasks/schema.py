@@ -216,12 +216,16 @@ def check(name: str, value):
     return value
 
 
+def _number(x) -> str:
+    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+
 def _bounds(p: Param) -> str:
     parts = []
     if p.minimum is not None:
-        parts.append(f"{'>' if p.exclusive_minimum else '>='} {p.minimum:g}")
+        parts.append(f"{'>' if p.exclusive_minimum else '>='} {_number(p.minimum)}")
     if p.maximum is not None:
-        parts.append(f"{'<' if p.exclusive_maximum else '<='} {p.maximum:g}")
+        parts.append(f"{'<' if p.exclusive_maximum else '<='} {_number(p.maximum)}")
     text = f"give a value {' and '.join(parts)}" if parts else "give a number"
     return text + (f" (or {p.all_value} for all)" if p.all_value is not None else "")
 
@@ -283,8 +287,7 @@ def validate(s: Settings) -> None:
     if s.image_size < 32 and s.weights != "none":
         raise BadInput(f"image_size={s.image_size!r} is too small for ResNet50 with weights={s.weights!r}; "
                        "use 32 or more, or weights=none")
-    if not 0.0 < s.val_fraction < 0.5:
-        raise BadInput(f"val_fraction={s.val_fraction!r} must be between 0 and 0.5 (0.1 = 10% of train)")
+    check_val_fraction(s.val_fraction)
     if s.head_warmup_epochs < 0:
         raise BadInput(f"head_warmup_epochs={s.head_warmup_epochs!r} must be >= 0 (0 = no head warm-up)")
 
@@ -390,3 +393,9 @@ def values_from_args(args: argparse.Namespace) -> dict:
     """The parameters given on the command line (options left out are absent, so the profile's apply)."""
     return {p.name: getattr(args, p.name) for p in PARAMS if getattr(args, p.name, None) is not None}
 
+
+def check_val_fraction(value) -> float:
+    """The validation share of train (not a form parameter: the profiles set it); BadInput unless 0 < value < 0.5."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 0.5:
+        raise BadInput(f"val_fraction={value!r} must be a number between 0 and 0.5 (0.1 = 10% of train)")
+    return value

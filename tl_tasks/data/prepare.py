@@ -39,7 +39,7 @@ def prepare_data(source: str, out_dir: Path, *, limit_per_class: int | None = No
     Returns:
         PreparedData; train and val are shuffled (seeded), test keeps source order (class, then file).
     """
-    _check_options(limit_per_class, val_fraction, seed, image_size, max_bad_fraction)
+    limit_per_class = _check_options(limit_per_class, val_fraction, seed, image_size, max_bad_fraction)
     kind, path = parse_source(source)
     if cache_dir is None:
         cache_dir = cache_root()
@@ -68,19 +68,29 @@ def prepare_data(source: str, out_dir: Path, *, limit_per_class: int | None = No
 
 # --- options ---------------------------------------------------------------------------------------
 
-def _check_options(limit_per_class, val_fraction, seed, image_size, max_bad_fraction) -> None:
-    if limit_per_class is not None and not (_is_int(limit_per_class) and limit_per_class >= 2):
-        raise BadInput(f"limit_per_class={limit_per_class!r} must be a whole number >= 2 (or None for all images)")
-    if not (_is_number(val_fraction) and 0 < val_fraction < 0.5):
-        raise BadInput(f"val_fraction={val_fraction!r} must be a number between 0 and 0.5 (0.1 = 10% of train)")
-    if not (_is_int(seed) and seed >= 0):
-        raise BadInput(f"seed={seed!r} must be a whole number >= 0, e.g. seed=42")
+def _check_options(limit_per_class, val_fraction, seed, image_size, max_bad_fraction) -> int | None:
+    """The settings through their one schema (tl_tasks.schema); the stored data size and the bad-image share are
+    data-only options, checked here. Returns limit_per_class with the schema's "all images" value as None."""
+    from tl_tasks import schema
+
+    limit_per_class, seed, val_fraction = (_plain(v) for v in (limit_per_class, seed, val_fraction))
+    limit_per_class = schema.check("limit_per_class", limit_per_class)
+    if limit_per_class == schema.get("limit_per_class").all_value:
+        limit_per_class = None
+    schema.check("seed", seed)
+    schema.check_val_fraction(val_fraction)
     if not (_is_int(image_size) and 8 <= image_size <= 512):
         raise BadInput(f"image_size={image_size!r} must be a whole number of pixels between 8 and 512 "
                          "(CIFAR-10 is 32)")
     if not (_is_number(max_bad_fraction) and 0 <= max_bad_fraction < 1):
         raise BadInput(f"max_bad_fraction={max_bad_fraction!r} must be between 0 and 1 "
                          "(0.01 = skip up to 1% unreadable images)")
+    return limit_per_class
+
+
+def _plain(value):
+    """A NumPy scalar as the Python number it holds (the schema checks Python types)."""
+    return value.item() if isinstance(value, (np.integer, np.floating)) else value
 
 
 def _is_int(value) -> bool:
