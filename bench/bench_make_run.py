@@ -127,10 +127,9 @@ def _variants(tl_home: Path) -> dict | None:
         return None
     from tl_tasks.store import connect
 
-    with common.env_vars(TL_HOME=str(tl_home), TL_METRICS_DB_URL=None):
-        with connect() as store:
-            runs = store.recent_runs(1)
-            run = store.get_run(runs[0]["run_id"]) if runs else None
+    with common.env_vars(TL_HOME=str(tl_home), TL_METRICS_DB_URL=None), connect() as store:
+        runs = store.recent_runs(1)
+        run = store.get_run(runs[0]["run_id"]) if runs else None
     if not run:
         return None
     out = {"run_state": run.get("state")}

@@ -9,7 +9,6 @@ under `skipped`, never silently dropped. The CNN trains at the data's 32 px only
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from bench import common

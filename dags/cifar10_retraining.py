@@ -5,9 +5,7 @@ this file stays cheap (no TensorFlow, Keras or matplotlib; a test checks).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,20 +13,17 @@ import pendulum
 from airflow.sdk import (Asset, AssetOrTimeSchedule, CronTriggerTimetable, ExceptionRetryPolicy, Param, RetryAction,
                          RetryRule, TriggerRule, dag, task)
 
-if importlib.util.find_spec("tl_tasks") is None:  # the project root, when only dags/ is on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tl_tasks.config import PROFILE_NAMES  # noqa: E402  (light modules: no heavy imports)
-from tl_tasks.assets import champion_alias, champion_asset  # noqa: E402
-from tl_tasks.gate import DEFAULT_ALPHA, DEFAULT_TOLERANCE  # noqa: E402
-from tl_tasks.notifier import RetrainingNotifier  # noqa: E402
-from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS  # noqa: E402
-from tl_tasks.timeouts import DAGRUN_TIMEOUT, HARD  # noqa: E402
-from tl_tasks.variants import VARIANT_NAMES, VARIANTS  # noqa: E402
-from tl_tasks.watch import DATASET_ASSET  # noqa: E402
+from tl_tasks.config import PROFILE_NAMES  # light modules: no heavy imports
+from tl_tasks.assets import champion_alias, champion_asset
+from tl_tasks.gate import DEFAULT_ALPHA, DEFAULT_TOLERANCE
+from tl_tasks.notifier import RetrainingNotifier
+from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS
+from tl_tasks.timeouts import DAGRUN_TIMEOUT, HARD
+from tl_tasks.variants import VARIANT_NAMES, VARIANTS
+from tl_tasks.watch import DATASET_ASSET
 
 DAG_ID = Path(__file__).stem
-GPU_POOL = "gpu"     # created by `make airflow` / `make run` (scripts/airflow_env.py): TL_GPU_POOL_SLOTS slots
+GPU_POOL = "gpu"     # created by `make airflow` / `make run` (tl_tasks/airflow_local/env.py): TL_GPU_POOL_SLOTS slots
 GPU_QUEUE = "gpu"    # Celery queue served by the GPU worker(s)
 
 

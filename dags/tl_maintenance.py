@@ -5,17 +5,11 @@ database rows are never removed (see tl_tasks/gc.py). Schedule: `TL_GC_SCHEDULE`
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 from airflow.sdk import dag, task
-
-if importlib.util.find_spec("tl_tasks") is None:  # the project root, when only dags/ is on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 KEEP = int(os.environ.get("TL_GC_KEEP", "10"))
 _schedule = os.environ.get("TL_GC_SCHEDULE", "@daily").strip()

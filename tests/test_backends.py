@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from backend_helpers import PROJECT_ROOT, backend_env, module_command, run_backend
-from ml_helpers import small_settings, write_prepared
+from tests.backend_helpers import PROJECT_ROOT, backend_env, module_command, run_backend
+from tests.ml_helpers import small_settings, write_prepared
 from tl_tasks.config import resolve_settings, run_key
 from tl_tasks.models import build_model
 from tl_tasks.train import train_variant

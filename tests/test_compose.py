@@ -130,7 +130,7 @@ def test_workers_serve_default_and_gpu_queues(config):
     assert "deploy" not in cpu
     # One train task per pool slot: the GPU worker's concurrency is the pool size airflow-init creates.
     assert gpu["environment"]["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == \
-        services["airflow-init"]["environment"]["GPU_POOL_SLOTS"]
+        services["airflow-init"]["environment"]["TL_GPU_POOL_SLOTS"]
 
 
 def test_postgres_creates_the_metrics_database(config):
@@ -186,8 +186,9 @@ def test_least_privilege_database_roles(config):
 def test_roles_script_really_confines_the_metrics_role(tmp_path, pg_url):
     """Run 02-roles.sh's SQL against the test PostgreSQL (in a scratch database pair) and check that role
     metrics can use its own database and cannot connect to Airflow's."""
-    import sqlalchemy as sa
     import uuid
+
+    import sqlalchemy as sa
 
     tag = uuid.uuid4().hex[:8]
     script = (PROJECT_ROOT / "docker" / "postgres-init" / "02-roles.sh").read_text()
@@ -243,7 +244,7 @@ def test_images_are_pinned_by_version(config):
         assert re.match(r"\d+\.\d+(\.\d+)?", tag), f"{name}: image {image!r} is not pinned to a version"
     redis = config["services"]["redis"]["image"]
     version = tuple(int(x) for x in re.match(r"redis:(\d+)\.(\d+)\.(\d+)", redis).groups())
-    assert version >= (7, 2, 11) and version < (7, 3, 0) or version >= (8, 2, 2), redis
+    assert (version >= (7, 2, 11) and version < (7, 3, 0)) or version >= (8, 2, 2), redis
     assert re.search(r"^ARG AIRFLOW_IMAGE=apache/airflow:\d+\.\d+\.\d+-python3\.11$", DOCKERFILE.read_text(), re.M)
 
 
@@ -261,4 +262,6 @@ def test_dockerfile_has_cpu_and_gpu_targets():
     assert {"cpu", "gpu"} <= stages, stages
     assert "apache/airflow:3.3.2-python3.11" in text
     assert "-r /opt/airflow/project/requirements.txt" in text
+    assert "pip install --no-cache-dir --no-deps -e /opt/airflow/project" in text  # the package, not PYTHONPATH
+    assert "PYTHONPATH" not in text
     assert 'tensorflow[and-cuda]==2.21.0' in text

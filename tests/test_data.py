@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_helpers import (CIFAR_NAMES, class_colour, make_tar, make_zip, write_cifar_batches,
-                          write_image_folder)
+from tests.data_helpers import CIFAR_NAMES, class_colour, make_tar, make_zip, write_cifar_batches, write_image_folder
 from tl_tasks import data
 from tl_tasks.data import load_prepared, prepare_data
 
@@ -54,9 +53,9 @@ def test_real_cifar_jpg_counts_and_classes(real):
     prepared, _ = real
     assert prepared.class_names == tuple(CIFAR_CLASSES)
     assert prepared.counts == {"train": 45_000, "val": 5_000, "test": 10_000}
-    assert prepared.class_counts["train"] == {c: 4_500 for c in CIFAR_CLASSES}
-    assert prepared.class_counts["val"] == {c: 500 for c in CIFAR_CLASSES}
-    assert prepared.class_counts["test"] == {c: 1_000 for c in CIFAR_CLASSES}
+    assert prepared.class_counts["train"] == dict.fromkeys(CIFAR_CLASSES, 4500)
+    assert prepared.class_counts["val"] == dict.fromkeys(CIFAR_CLASSES, 500)
+    assert prepared.class_counts["test"] == dict.fromkeys(CIFAR_CLASSES, 1000)
     assert prepared.skipped == ()
     meta = json.loads((prepared.path / "meta.json").read_text())
     assert meta == prepared.summary()

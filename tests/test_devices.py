@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from backend_helpers import PROJECT_ROOT, backend_env, run_backend
-from ml_helpers import small_settings, write_prepared
+from tests.backend_helpers import PROJECT_ROOT, backend_env, run_backend
+from tests.ml_helpers import small_settings, write_prepared
 
 _HOLD = """
 import sys, time

@@ -11,8 +11,19 @@ import pytest
 import sqlalchemy as sa
 
 from tests.airflow_harness import (
-    DAG_ID, DAGS_FOLDER, PG_ADMIN_URL, REDIS_TEST_URL, AirflowHarness, celery_executor_problem, flush_redis,
-    overlapping_pairs, pg_database, require_dag, smoke_conf, stored_results, workflow_env,
+    DAG_ID,
+    DAGS_FOLDER,
+    PG_ADMIN_URL,
+    REDIS_TEST_URL,
+    AirflowHarness,
+    celery_executor_problem,
+    flush_redis,
+    overlapping_pairs,
+    pg_database,
+    require_dag,
+    smoke_conf,
+    stored_results,
+    workflow_env,
 )
 
 GPU_POOL_SLOTS = 2

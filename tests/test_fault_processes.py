@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_helpers import small_settings, write_prepared
+from tests.ml_helpers import small_settings, write_prepared
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -197,12 +197,9 @@ def test_postgres_stopped_during_evaluate_fails_the_task_retryably_and_the_retry
     assert not isinstance(err.value, pipeline.NO_RETRY_EXCEPTIONS), f"would not be retried: {err.value!r}"
     from airflow.sdk import RetryAction
 
-    sys.path.insert(0, str(PROJECT_ROOT / "dags"))
-    try:
-        import cifar10_retraining as dag_module
-    finally:
-        sys.path.remove(str(PROJECT_ROOT / "dags"))
-    assert dag_module.RETRY_POLICY.evaluate(err.value, 1, 3).action == RetryAction.DEFAULT
+    from tl_tasks.airflow_local.run_dag import load_dag_module
+
+    assert load_dag_module("cifar10_retraining").RETRY_POLICY.evaluate(err.value, 1, 3).action == RetryAction.DEFAULT
 
     own_postgres.start()               # PostgreSQL is back: the retry (the same task again) completes the run
     monkeypatch.setattr(evaluate_module, "evaluate_variant", original)
@@ -224,9 +221,19 @@ def test_postgres_stopped_during_evaluate_fails_the_task_retryably_and_the_retry
 def test_celery_worker_killed_during_train_recovers_after_a_restart(tmp_path, tl_home, pg_url):
     import sqlalchemy as sa
 
-    from tests.airflow_harness import (DAG_ID, DAGS_FOLDER, PG_ADMIN_URL, REDIS_TEST_URL, AirflowHarness,
-                                       _signal_group, flush_redis, pg_database, require_dag, stored_results,
-                                       workflow_env)
+    from tests.airflow_harness import (
+        DAG_ID,
+        DAGS_FOLDER,
+        PG_ADMIN_URL,
+        REDIS_TEST_URL,
+        AirflowHarness,
+        _signal_group,
+        flush_redis,
+        pg_database,
+        require_dag,
+        stored_results,
+        workflow_env,
+    )
     from tl_tasks import config
 
     require_dag()

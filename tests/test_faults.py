@@ -8,10 +8,9 @@ from datetime import timedelta
 
 import pytest
 
-from ml_helpers import small_settings, write_prepared
+from tests.ml_helpers import small_settings, write_prepared
 from tl_tasks import config, pipeline, timeouts
 from tl_tasks.errors import BadInput, MissingInput
-
 
 # --- retry classification ------------------------------------------------------------------------
 
@@ -62,12 +61,13 @@ def test_deadlines_follow_profile_variant_and_epochs():
     assert timeouts.train_deadline("quick", "cnn", 2) < timeouts.train_deadline("quick", "resnet50", 2)
     assert timeouts.train_deadline("full", "resnet50", 3) < timeouts.train_deadline("full", "resnet50", 6)
     assert timeouts.train_deadline("full", "resnet50", 10_000) == timeouts.HARD["train"]
-    assert timeouts.DAGRUN_TIMEOUT < timedelta(days=7)        # a weekly run ends before the next is due
+    assert timedelta(days=7) > timeouts.DAGRUN_TIMEOUT        # a weekly run ends before the next is due
 
 
 def test_postgres_engine_has_connect_and_statement_timeouts(pg_url):
-    from tl_tasks.store.db import PG_STATEMENT_TIMEOUT_MS, create_store_engine
     import sqlalchemy as sa
+
+    from tl_tasks.store.db import PG_STATEMENT_TIMEOUT_MS, create_store_engine
 
     engine = create_store_engine(pg_url)
     with engine.connect() as conn:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import report_fixtures as rf
 from tl_tasks import config
+from tl_tasks import demo as rf
 from tl_tasks.errors import BadInput
 from tl_tasks.gc import collect_garbage
 from tl_tasks.store import connect

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_helpers import write_cifar_batches, write_image_folder
+from tests.data_helpers import write_cifar_batches, write_image_folder
 from tl_tasks import data
 from tl_tasks.data import prepare_data
 from tl_tasks.errors import BadInput

@@ -6,7 +6,7 @@ Training runs the small CNN only (seconds); gate/report tests use results writte
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -15,7 +15,7 @@ from tl_tasks.files import write_json_atomic
 from tl_tasks.gate import RegressionError
 from tl_tasks.store import connect
 
-T0 = datetime(2026, 1, 5, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 5, tzinfo=UTC)
 
 
 def _run(run_id):

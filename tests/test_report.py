@@ -3,22 +3,21 @@ missing test images, and the page opened in headless Chromium from disk with the
 from __future__ import annotations
 
 import base64
-import markupsafe
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 
+import markupsafe
 import pytest
 
 from reports.builder import MISCLASSIFIED_SHOWN
-from tests import report_fixtures as rf
 from tl_tasks import config
+from tl_tasks import demo as rf
 from tl_tasks.store import connect
 
 XSS = "<script>alert(1)</script>"
@@ -249,13 +248,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0"]
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    pytest.fail("headless Chromium is missing: run `make system-deps` (apt-get install chromium)")
-
-
 class _DevTools:
     """A minimal Chrome DevTools Protocol client over one page's websocket."""
 
@@ -293,9 +285,9 @@ class _DevTools:
         self.ws.close()
 
 
-def _open_devtools(tmp_path: Path) -> tuple[subprocess.Popen, _DevTools]:
+def _open_devtools(chromium: str, tmp_path: Path) -> tuple[subprocess.Popen, _DevTools]:
     profile = tmp_path / "chromium-profile"
-    proc = subprocess.Popen([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1300,900",
+    proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1300,900",
                              "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     port_file = profile / "DevToolsActivePort"
     deadline = time.monotonic() + 60
@@ -310,13 +302,14 @@ def _open_devtools(tmp_path: Path) -> tuple[subprocess.Popen, _DevTools]:
     return proc, _DevTools(pages[0]["webSocketDebuggerUrl"])
 
 
-def test_report_in_headless_chromium(store, tmp_path):
+@pytest.mark.browser
+def test_report_in_headless_chromium(store, tmp_path, chromium):
     rf.seed_run(store, "browser-a", rf.run_date(0), seed=1)
     rf.seed_run(store, f"browser-b{XSS}", rf.run_date(1), seed=2, failed={"resnet50_v2": ("train", f"OOM {XSS}")})
     from reports import build_report
 
     report = build_report(f"browser-b{XSS}", store)
-    proc, dt = _open_devtools(tmp_path)
+    proc, dt = _open_devtools(chromium, tmp_path)
     try:
         for domain in ("Page", "Runtime", "Log", "Network"):
             dt.call(f"{domain}.enable")

@@ -347,21 +347,16 @@ def cmd_run(args) -> int:
 
 
 def _run_dag(args) -> int:
-    """Hand over to scripts/run_dag.py (Airflow's environment must be set before Airflow is imported)."""
-    import importlib.util
+    """Hand over to tl_tasks.airflow_local.run_dag, which sets Airflow's environment before importing Airflow."""
+    from tl_tasks.airflow_local import run_dag
 
-    from tl_tasks.config import PROJECT_ROOT
-
-    path = PROJECT_ROOT / "scripts" / "run_dag.py"
-    if not path.is_file():
-        raise CLIError(f"{path} is missing: --engine airflow needs the project checkout; use --engine local")
-    spec = importlib.util.spec_from_file_location("tl_run_dag", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    if not run_dag.DAG_FILE.is_file():
+        raise CLIError(f"{run_dag.DAG_FILE} is missing: --engine airflow needs the project checkout; "
+                       "use --engine local")
     conf = {"profile": args.profile, **_overrides(args), "tolerance": args.tolerance, "alpha": args.alpha,
             "fail_on_regression": args.fail_on_regression, "force_promote": args.force_promote,
             "force": args.force or None}
-    return module.run_dag({k: v for k, v in conf.items() if v is not None}, out=_out)
+    return run_dag.run_dag({k: v for k, v in conf.items() if v is not None}, out=_out)
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "gate": cmd_gate,

@@ -1,4 +1,4 @@
-"""Seed a metrics store with realistic fake runs through the store API, for report tests and the benchmark.
+"""Demo data: seed a metrics store with realistic fake runs through the store API (report tests, benchmarks).
 
 A fake run has what the pipeline records: run metadata, per-variant train summaries (with epoch history),
 evaluations (per-class metrics, confusion matrix, misclassified test indices), gate decisions and failures,
@@ -6,7 +6,7 @@ plus the run's `data/x_test.npy` so the report can draw misclassified thumbnails
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from tl_tasks.variants import VARIANT_NAMES
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 BASE_ACCURACY = {"cnn": 0.62, "resnet50_v1": 0.80, "resnet50_v2": 0.88, "resnet50_v3": 0.90, "resnet50_v4": 0.91}
-START = datetime(2026, 1, 5, 2, 0, tzinfo=timezone.utc)
+START = datetime(2026, 1, 5, 2, 0, tzinfo=UTC)
 TEST_IMAGES = 200
 TOLERANCE = 0.01
 VERSIONS = {"python": "3.11.9", "keras": "3.15.1", "tensorflow": "2.21.0", "numpy": "2.4.6",
