@@ -79,7 +79,7 @@ def _command(mode: str, env: dict, notes: list[str]) -> tuple[list[str], str]:
         make += ["-o", "venv"]
         notes.append("the venv's install stamp was out of date, so `make -o venv run` skipped the (offline) "
                      "pip install step; the run itself is unchanged.")
-    return make + ["run"], "full: make run (quick profile: the goal measurement)"
+    return [*make, "run"], "full: make run (quick profile: the goal measurement)"
 
 
 def _dag_seconds(log_text: str) -> float | None:

@@ -259,7 +259,7 @@ def subprocess_env(**values: str) -> dict[str, str]:
     """This process's environment without TL_*/AIRFLOW* settings (a benchmark chooses its own), the project on
     PYTHONPATH, quiet TensorFlow, plus `values`."""
     env = {k: v for k, v in os.environ.items()
-           if not (k.startswith("TL_") or k.startswith("AIRFLOW") or k == "PROFILE")}
+           if not (k.startswith(("TL_", "AIRFLOW")) or k == "PROFILE")}
     pythonpath = [str(PROJECT_ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(pythonpath))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

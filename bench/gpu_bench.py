@@ -88,11 +88,11 @@ def throughput(size: dict, mixed: bool) -> dict:
         for key, variant in (("finetune", "resnet50_v2"), ("v1_frozen", "resnet50_v1")):
             model = build_model(variant, NUM_CLASSES, input_size=32, image_size=px, weights="none")
             compile_recipe(model, variant, NUM_CLASSES, steps=1000)
-            t = _time_steps(lambda: _sync(model.train_on_batch(x, y)), min_steps=size["min_steps"],
+            t = _time_steps(lambda model=model: _sync(model.train_on_batch(x, y)), min_steps=size["min_steps"],
                             budget_s=size["budget_s"])
             out[key] = {**t, "variant": variant, "img_per_s": round(batch * t["steps"] / t["seconds"], 1)}
             if key == "finetune":
-                t = _time_steps(lambda: _sync(model.predict_on_batch(x)), min_steps=size["min_steps"],
+                t = _time_steps(lambda model=model: _sync(model.predict_on_batch(x)), min_steps=size["min_steps"],
                                 budget_s=size["budget_s"])
                 out["inference"] = {**t, "variant": variant, "img_per_s": round(batch * t["steps"] / t["seconds"], 1)}
             del model

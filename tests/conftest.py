@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.airflow_harness import PG_ADMIN_URL, REDIS_TEST_URL
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR_JPG = PROJECT_ROOT.parent / "shared" / "data" / "cifar-10-images-jpg.tar.gz"
-PG_ADMIN_URL = os.environ.get("TL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_TEST_URL = os.environ.get("TL_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
 FORBID_SKIPS = os.environ.get("TL_TEST_FORBID_SKIPS") == "1"
 
 

@@ -138,5 +138,5 @@ def test_mixed_precision_off_and_auto_follow_the_setting(tmp_path):
     assert summary["mixed_precision"] is False
     auto = train_variant("cnn", data, tmp_path / "auto", small_settings(), verbose=0).summary()
     assert auto["mixed_precision"] is False  # "auto" on a machine without a GPU
-    with pytest.raises(ValueError, match="mixed_precision='fast'.*TL_MIXED_PRECISION"):
+    with pytest.raises(ValueError, match=r"mixed_precision='fast'.*TL_MIXED_PRECISION"):
         resolve_settings("smoke", mixed_precision="fast")

@@ -155,7 +155,7 @@ def test_no_literal_secrets_in_the_repository():
     secretish = re.compile(r"^\s*([A-Z0-9_]*(PASSWORD|SECRET|FERNET)[A-Z0-9_]*):\s*(.+)$", re.M)
     for match in secretish.finditer(text):
         key, value = match.group(1), match.group(3).strip()
-        assert value.startswith("${") or value.startswith("/"), f"{key}: {value} is a literal"
+        assert value.startswith(("${", "/")), f"{key}: {value} is a literal"
     for url in re.findall(r"\w+(?:\+\w+)*://[^\s'\"]+", text):
         if "@" in url:
             assert re.search(r"://[^/@]*\$\{[A-Z_]+:\?set it in \.env\}@", url), f"literal credentials in {url}"

@@ -254,7 +254,7 @@ def test_dag_test_end_to_end_smoke(airflow_home, tl_home):
     # every variant bootstrapped, so each champion asset got exactly one event, with the published folder
     events = _asset_events(airflow_home)
     assert sorted(name for name, _ in events) == sorted(f"tl_champion_{v}" for v in VARIANT_NAMES)
-    for name, extra in events:
+    for _name, extra in events:
         assert extra["run_id"] == run_id and Path(extra["published"]).is_relative_to(tl_home / "champions"), extra
     # task logs: one line per epoch, no progress bars, no TensorFlow start-up chatter
     log = proc.stdout + proc.stderr
@@ -335,5 +335,5 @@ def test_dag_test_skips_an_unchanged_run_and_force_retrains(airflow_home, tl_hom
     assert run["state"] == "skipped" and run["results"] == {}
     assert run["params"]["skipped"] == {"reason": "unchanged", "same_as": first_id}
     assert "Skipped: unchanged" in _report_line(second).read_text()
-    forced, forced_id = _dag_test(airflow_home, {**conf, "force": True})
+    forced, _ = _dag_test(airflow_home, {**conf, "force": True})
     assert forced.returncode == 0 and "train[cnn]: success" in forced.stdout, forced.stdout[-8000:]

@@ -44,7 +44,7 @@ def decode_calls(monkeypatch):
 
 def _pool(x: np.ndarray, y: np.ndarray) -> list:
     """Order-free view of (image, label) pairs."""
-    return sorted((img.tobytes(), int(label)) for img, label in zip(x, y))
+    return sorted((img.tobytes(), int(label)) for img, label in zip(x, y, strict=True))
 
 
 # --- real data -----------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def test_folder_source_forms(tmp_path, form):
                                      "test": {"cat": 2, "dog": 3, "emu": 4}}
     ds = load_prepared(tmp_path / "out")
     for x, y in ((ds.x_train, ds.y_train), (ds.x_val, ds.y_val), (ds.x_test, ds.y_test)):
-        for img, label in zip(x, y):   # each image's colour says which class folder it came from
+        for img, label in zip(x, y, strict=True):   # each image's colour says which class folder it came from
             assert tuple(img[5, 5]) == class_colour(int(label))
 
 
@@ -233,7 +233,7 @@ def test_folder_without_test_gets_a_stratified_test_split(tmp_path):
     assert prepared.class_counts["train"] == {"a": 9, "b": 27, "c": 45}
     ds = load_prepared(tmp_path / "out")
     for x, y in ((ds.x_test, ds.y_test), (ds.x_train, ds.y_train)):
-        assert all(tuple(img[0, 0]) == class_colour(int(label)) for img, label in zip(x, y))
+        assert all(tuple(img[0, 0]) == class_colour(int(label)) for img, label in zip(x, y, strict=True))
     again = prepare_data(f"folder:{src}", tmp_path / "again", val_fraction=0.1)
     assert again.fingerprint == prepared.fingerprint                           # seeded
     other = prepare_data(f"folder:{src}", tmp_path / "other", val_fraction=0.1, seed=7)

@@ -85,5 +85,5 @@ def test_evaluate_variant_writes_evaluation_json_consistent_with_the_model(tmp_p
 
 def test_evaluate_without_a_model_is_a_clear_error(tmp_path):
     data = write_prepared(tmp_path / "data", n_train=10, n_val=10, n_test=10)
-    with pytest.raises(FileNotFoundError, match="model.keras is missing: train cnn first"):
+    with pytest.raises(FileNotFoundError, match=r"model\.keras is missing: train cnn first"):
         evaluate_variant("cnn", data, tmp_path / "models" / "cnn", small_settings())

@@ -46,10 +46,10 @@ def test_run_key_is_collision_free_and_readable():
 
 def test_deadline_stops_a_hung_python_loop_and_is_retryable():
     started = time.perf_counter()
-    with pytest.raises(timeouts.StageTimeout, match=r"train cnn ran past its deadline of 0:00:00.300000"):
-        with timeouts.deadline(timedelta(seconds=0.3), "train cnn"):
-            while True:
-                time.sleep(0.01)
+    with (pytest.raises(timeouts.StageTimeout, match=r"train cnn ran past its deadline of 0:00:00\.300000"),  # noqa: PT012
+          timeouts.deadline(timedelta(seconds=0.3), "train cnn")):
+        while True:
+            time.sleep(0.01)
     assert time.perf_counter() - started < 5
     with timeouts.deadline(timedelta(seconds=5), "quick"):    # finishing in time raises nothing later
         pass

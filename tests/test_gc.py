@@ -103,7 +103,7 @@ def test_champions_are_never_deleted_and_old_runs_are_thinned(history, tl_home):
 
 
 def test_dry_run_removes_nothing_and_the_cli_prints_what_it_frees(history, tl_home):
-    ids, files, champ = history
+    ids, files, _ = history
     before = _snapshot(tl_home)
     out = subprocess.run([sys.executable, "-m", "tl_tasks", "gc", "--keep", "2", "--dry-run"], cwd=PROJECT_ROOT,
                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
@@ -119,7 +119,7 @@ def test_dry_run_removes_nothing_and_the_cli_prints_what_it_frees(history, tl_ho
 
 
 def test_airflow_logs_of_thinned_runs_go(history, tmp_path):
-    ids, files, _ = history
+    ids, _, _ = history
     logs = tmp_path / "logs"
     for run_id in ids:
         (logs / "dag_id=cifar10_retraining" / f"run_id={run_id}" / "task_id=train").mkdir(parents=True)

@@ -216,7 +216,7 @@ def test_plot_text_from_data_is_not_mathtext():
 def test_missing_test_images_are_reported_not_fatal(store):
     rf.seed_run(store, "run-x", rf.run_date(0))
     (config.data_dir("run-x") / "x_test.npy").unlink()
-    text, page = _build(store, "run-x")
+    _, page = _build(store, "run-x")
     assert "The test images are no longer on disk" in page.plain
     assert not [i for i in page.all("img") if i["alt"].startswith("test image")]
 
@@ -417,5 +417,5 @@ def test_trend_summarises_history_older_than_the_chart(store, monkeypatch):
     ids = [f"scheduled__w{i}" for i in range(6)]
     for i, run_id in enumerate(ids):
         rf.seed_run(store, run_id, rf.run_date(i), seed=i, variants=("cnn",), write_data=i == 5)
-    text, page = _build(store, ids[-1])
+    _, page = _build(store, ids[-1])
     assert "The chart draws the last 3 runs; older history on this test set: cnn: 3 earlier runs from" in page.plain

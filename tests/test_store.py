@@ -291,7 +291,7 @@ def test_run_fields_round_trip_and_partial_updates(store):
 
 
 def test_bad_writes_are_clear_errors(store):
-    with pytest.raises(ValueError, match="unknown field.*'colour'"):
+    with pytest.raises(ValueError, match=r"unknown field.*'colour'"):
         store.upsert_run("r1", colour="blue")
     with pytest.raises(ValueError, match="run_id"):
         store.upsert_run("")

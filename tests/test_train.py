@@ -199,5 +199,5 @@ def test_stratified_subset_keeps_class_proportions_and_is_seeded():
 
 
 def test_missing_data_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="meta.json is missing.*prepare_data"):
+    with pytest.raises(FileNotFoundError, match=r"meta\.json is missing.*prepare_data"):
         train_variant("cnn", tmp_path / "nothing", tmp_path / "out", small_settings(), verbose=0)
