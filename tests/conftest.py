@@ -38,6 +38,14 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """With TL_TEST_FORBID_SKIPS=1, a skip outside a test (a whole module skipped at collection) fails the run too."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if FORBID_SKIPS and reporter is not None and reporter.stats.get("skipped") and session.exitstatus == 0:
+        reporter.write_line("TL_TEST_FORBID_SKIPS=1: something was skipped (see above); failing the run", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(autouse=True)
 def tl_home(tmp_path, tmp_path_factory, monkeypatch) -> Path:
     """Every test writes under its own TL_HOME with a SQLite metrics database, and no stray TL_* settings."""

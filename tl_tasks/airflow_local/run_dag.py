@@ -72,14 +72,14 @@ def run_dag(conf: dict, *, setup: bool = True, out=print) -> int:
     Returns 0 when the run succeeded, 1 when it failed, 2 when `conf` is invalid.
     """
     os.environ.update(airflow_env.airflow_env())  # before Airflow is imported
-    if setup:
-        airflow_env.setup()
     dag = load_dag()
     try:
         validate_conf(dag, conf)
-    except ValueError as exc:
+    except ValueError as exc:  # before the set-up: a bad conf costs no database migration
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if setup:
+        airflow_env.setup()
     print(f"running DAG {dag.dag_id} with conf {json.dumps(conf)}", file=sys.stderr)
     started = time.monotonic()
     dr = dag.test(run_conf=conf)
