@@ -237,6 +237,7 @@ def _report_line(proc) -> Path:
     return Path(last.removeprefix("report: "))
 
 
+@pytest.mark.airflow
 def test_dag_test_end_to_end_smoke(airflow_home, tl_home):
     proc, run_id = _dag_test(airflow_home, {"profile": "smoke"})
     assert proc.returncode == 0, proc.stdout[-8000:]
@@ -277,6 +278,7 @@ def _asset_events(airflow_home: Path) -> list[tuple[str, dict]]:
     return [(name, json.loads(extra) if isinstance(extra, str) else extra) for name, extra in rows]
 
 
+@pytest.mark.airflow
 def test_dag_test_with_a_failing_variant(airflow_home, tl_home):
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -323,6 +325,7 @@ def test_dag_test_with_a_failing_variant(airflow_home, tl_home):
     assert [name for name, _ in new_events] == ["tl_champion_cnn"]
 
 
+@pytest.mark.airflow
 def test_dag_test_skips_an_unchanged_run_and_force_retrains(airflow_home, tl_home):
     conf = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 10}
     first, first_id = _dag_test(airflow_home, conf)

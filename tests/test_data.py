@@ -49,6 +49,7 @@ def _pool(x: np.ndarray, y: np.ndarray) -> list:
 
 # --- real data -----------------------------------------------------------------------------------
 
+@pytest.mark.full_data
 def test_real_cifar_jpg_counts_and_classes(real):
     prepared, _ = real
     assert prepared.class_names == tuple(CIFAR_CLASSES)
@@ -62,6 +63,7 @@ def test_real_cifar_jpg_counts_and_classes(real):
     assert meta["counts"]["test"] == 10_000 and meta["skipped_count"] == 0 and len(meta["fingerprint"]) == 64
 
 
+@pytest.mark.full_data
 def test_real_cifar_jpg_pixels_are_plausible(real):
     prepared, _ = real
     ds = load_prepared(prepared.path)
@@ -77,6 +79,7 @@ def test_real_cifar_jpg_pixels_are_plausible(real):
     assert len(np.unique(ds.y_train[:100])) > 5
 
 
+@pytest.mark.full_data
 def test_real_cifar_jpg_limit_reuses_the_cache(real, decode_calls, tmp_path):
     prepared, root = real
     small = prepare_data(f"folder:{prepared.source.split(':', 1)[1]}", tmp_path / "small", limit_per_class=50,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.airflow  # a migrated Airflow database behind the api-server app
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "/retraining-reports"
 RUN_ID = "scheduled__2026-02-02T02:00:00+00:00"
