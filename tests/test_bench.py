@@ -38,6 +38,7 @@ def _check_record(rec: dict, name: str) -> dict:
     return rec["results"]
 
 
+@pytest.mark.slow  # each benchmark end to end: trains and times models
 @pytest.mark.parametrize("name", ["history_scaling", "throughput", "input_pipeline", "feature_cache"])
 def test_benchmark_runs_in_tiny_mode(name):
     module = importlib.import_module(f"bench.bench_{name}")
@@ -96,6 +97,7 @@ def test_orchestration_commands_are_valid():
         assert json.loads(airflow[-1]) == conf
 
 
+@pytest.mark.slow
 def test_suite_writes_combined_results(tmp_path):
     from bench.__main__ import main
 

@@ -127,6 +127,7 @@ print(json.dumps({"replicas": summary["replicas"], "loss": summary["history"][-1
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "tensorflow"])
 def test_data_parallel_mode_trains_one_variant_across_simulated_devices(tmp_path, backend):
     data = write_prepared(tmp_path / "data", n_train=64, n_val=20, n_test=10)

@@ -552,6 +552,7 @@ def _concurrent_writer(url: str, variant: str, barrier, errors) -> None:
         raise
 
 
+@pytest.mark.slow
 def test_sixteen_processes_write_one_run_at_the_same_moment(db_url):
     """16 spawned processes start behind a barrier on an EMPTY database (so they also race the migration)."""
     ctx = multiprocessing.get_context("spawn")

@@ -93,6 +93,7 @@ def _accuracy(model, x, y) -> float:
     return float(np.mean(probs.argmax(axis=1) == y))
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_its_last_checkpoint_and_a_finished_one_retrains(tmp_path):
     data = write_prepared(tmp_path / "data", n_train=200, n_val=40, n_test=20)
     out = tmp_path / "cnn"
@@ -169,6 +170,7 @@ def test_fine_tuning_recipe_resumes_mid_warm_up_and_mid_fine_tune_with_its_sched
     assert all(item["reason"] for part in ("variant", "profile") for item in recipe[part].values())
 
 
+@pytest.mark.slow
 def test_frozen_v1_trains_on_cached_features_into_the_same_full_model(tmp_path):
     data = write_prepared(tmp_path / "data", n_train=120, n_val=40, n_test=20)
     out = tmp_path / "v1"
