@@ -265,3 +265,20 @@ def test_dockerfile_has_cpu_and_gpu_targets():
     assert "pip install --no-cache-dir --no-deps -e /opt/airflow/project" in text  # the package, not PYTHONPATH
     assert "PYTHONPATH" not in text
     assert 'tensorflow[and-cuda]==2.21.0' in text
+
+
+def test_compose_env_script_fills_every_secret_once_and_never_overwrites(tmp_path):
+    """scripts/compose_env.py (`make compose-env`): a fresh secret after every bare `NAME=`, mode 0600, no overwrite."""
+    import runpy
+
+    script = runpy.run_path(str(PROJECT_ROOT / "scripts" / "compose_env.py"))
+    (tmp_path / ".env.example").write_text(ENV_EXAMPLE.read_text())
+    assert script["main"](tmp_path) == 0
+    env = (tmp_path / ".env").read_text()
+    assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
+    assert not re.search(r"^[A-Z0-9_]+=$", env, re.M), "an empty value was left"
+    blanks = re.findall(r"^([A-Z0-9_]+)=$", ENV_EXAMPLE.read_text(), re.M)
+    values = dict(re.findall(r"^([A-Z0-9_]+)=(.+)$", env, re.M))
+    assert blanks and all(len(values[name]) >= 32 for name in blanks), blanks
+    assert len({values[name] for name in blanks}) == len(blanks)  # each secret drawn afresh
+    assert script["main"](tmp_path) == 1 and (tmp_path / ".env").read_text() == env  # refuses to overwrite

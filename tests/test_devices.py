@@ -25,7 +25,7 @@ time.sleep(600)  # hold the device until killed
 
 
 def _env(tmp_path, **extra) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), TL_GPU_LOCK_DIR=str(tmp_path / "locks"), TL_GPU_COUNT="2")
+    env = dict(os.environ, TL_GPU_LOCK_DIR=str(tmp_path / "locks"), TL_GPU_COUNT="2")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.update(extra)
     return env

@@ -106,14 +106,14 @@ def test_dry_run_removes_nothing_and_the_cli_prints_what_it_frees(history, tl_ho
     ids, files, _ = history
     before = _snapshot(tl_home)
     out = subprocess.run([sys.executable, "-m", "tl_tasks", "gc", "--keep", "2", "--dry-run"], cwd=PROJECT_ROOT,
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("[dry run] would free ") and "would remove" in out.stdout
     assert str(files[ids[1]]["x_train"]) in out.stdout and "champions" not in out.stdout.replace(
         "champion run", "")
     assert _snapshot(tl_home) == before
     real = subprocess.run([sys.executable, "-m", "tl_tasks", "gc", "--keep", "2"], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+                          capture_output=True, text=True, timeout=300)
     assert real.returncode == 0 and real.stdout.startswith("freed ")
     assert not files[ids[1]]["x_train"].exists()
 

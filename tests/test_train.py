@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -76,10 +75,9 @@ _CRASHING_TRAINING = textwrap.dedent("""
 
 def _train_and_kill(data: Path, out: Path, variant, settings, kill_after: int) -> dict:
     """Train in a subprocess that SIGKILLs itself right after epoch `kill_after`'s checkpoint; its state.json."""
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
     args = [str(data), str(out), str(kill_after), json.dumps(dataclasses.asdict(variant)),
             json.dumps(settings.to_dict())]
-    crashed = subprocess.run([sys.executable, "-c", _CRASHING_TRAINING, *args], env=env, cwd=PROJECT_ROOT,
+    crashed = subprocess.run([sys.executable, "-c", _CRASHING_TRAINING, *args], cwd=PROJECT_ROOT,
                              capture_output=True, text=True, timeout=600)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
     state = json.loads((out / "checkpoints" / "state.json").read_text())
