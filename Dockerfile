@@ -11,14 +11,17 @@ FROM ${AIRFLOW_IMAGE} AS base
 # that pip never up- or downgrades it while resolving the requirements.
 COPY --chown=airflow:root requirements.txt /opt/airflow/project/requirements.txt
 RUN pip install --no-cache-dir "apache-airflow==3.3.2" -r /opt/airflow/project/requirements.txt
+COPY --chown=airflow:root pyproject.toml requirements.in README.md /opt/airflow/project/
 COPY --chown=airflow:root tl_tasks /opt/airflow/project/tl_tasks
 COPY --chown=airflow:root reports /opt/airflow/project/reports
+# The project as a package (pyproject.toml), editable so that compose's development mounts of tl_tasks/ and
+# reports/ over these folders take effect; its dependencies came with requirements.txt above.
+RUN pip install --no-cache-dir --no-deps -e /opt/airflow/project
 COPY --chown=airflow:root dags /opt/airflow/dags
 COPY --chown=airflow:root plugins /opt/airflow/plugins
 # Mount points that must exist (owned by airflow) before named volumes are attached.
 RUN mkdir -p /opt/airflow/tl_home /opt/airflow/secrets /home/airflow/.keras
-ENV PYTHONPATH=/opt/airflow/project \
-    TL_HOME=/opt/airflow/tl_home \
+ENV TL_HOME=/opt/airflow/tl_home \
     KERAS_BACKEND=tensorflow \
     TF_CPP_MIN_LOG_LEVEL=2
 

@@ -1,23 +1,27 @@
-# Front door: `make run` (one whole retraining, quick profile) and `make test`.
+# Front door: `make run` (one whole retraining, quick profile), `make test` (lint + every test CI runs) and
+# `make test-fast` (the edit loop: no Airflow processes, Celery, Chromium or full-dataset decode).
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+# Reinstalled when the freeze or the package metadata changes.
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 SHARED_CIFAR := $(abspath ../shared/data/cifar-10-images-jpg.tar.gz)
 
 # No run settings here: the profiles work offline by themselves (quick: dataset cifar10 resolves to a local
 # copy such as $(SHARED_CIFAR) before Keras's download; weights auto = ImageNet when obtainable, else random).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test run airflow bench system-deps services clean
+.PHONY: venv test test-fast lint run airflow bench system-deps services clean
 
+# The pinned freeze, then this project as an editable package (pyproject.toml: tl_tasks, reports, `tl-tasks`).
 venv: $(STAMP)
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-deps -r requirements.txt  # a complete freeze: no resolver needed
+	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m pip check
 	rm -f $(VENV)/.installed-*; touch $@
 
@@ -28,8 +32,19 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing: install Debian's chromium package (sudo apt-get install chromium)"; exit 1; fi; }
 
-test: venv system-deps
+# ruff with the rules in pyproject.toml ([tool.ruff]).
+lint: venv
+	$(VENV)/bin/ruff check .
+
+# Everything CI needs: lint, then every test (tiers: the markers in pyproject.toml).
+test: venv system-deps lint
 	$(PY) -m pytest -q tests
+
+# The edit loop (under 90 s on two cores): no real Airflow components, no migrated Airflow database, no Chromium,
+# no decode of the whole CIFAR-10 archive.
+FAST_MARKERS := not slow and not airflow and not browser and not full_data
+test-fast: venv
+	$(PY) -m pytest -q tests -m "$(FAST_MARKERS)"
 
 # One whole retraining: the Airflow DAG once, headless (dag.test() on ./airflow_home), quick profile; ends with
 # the report's path. `make run PROFILE=smoke` for a fast check; `make run ARGS="--epochs 1"` for other options.
@@ -38,6 +53,7 @@ run: venv
 	$(PY) -m tl_tasks run --profile $(PROFILE) $(ARGS)
 
 # Airflow on http://127.0.0.1:8080 with this DAG (examples off, `gpu` pool of TL_GPU_POOL_SLOTS slots); Ctrl-C stops it.
+# Settings and set-up: tl_tasks/airflow_local/env.py.
 airflow: venv
 	PY=$(PY) scripts/airflow_standalone.sh
 
@@ -71,20 +87,4 @@ test-distributed: venv
 
 # .env for docker-compose.yaml: .env.example with every empty value filled by a fresh random secret.
 compose-env:
-	@test ! -e .env || { echo ".env exists: edit it, or delete it to generate a new one"; exit 1; }
-	@python3 -c "$$COMPOSE_ENV_PY"
-
-define COMPOSE_ENV_PY
-import base64, os, re, secrets
-def secret(name):
-    if name == "AIRFLOW_FERNET_KEY":
-        return base64.urlsafe_b64encode(os.urandom(32)).decode()
-    return secrets.token_hex(48 if name == "AIRFLOW_JWT_SECRET" else 24)
-lines = open(".env.example").read().splitlines()
-lines = [line + secret(line[:-1]) if re.fullmatch("[A-Z0-9_]+=", line) else line for line in lines]
-fd = os.open(".env", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-os.write(fd, ("\n".join(lines) + "\n").encode())
-os.close(fd)
-print("wrote .env with new secrets; log in as admin with AIRFLOW_ADMIN_PASSWORD from .env")
-endef
-export COMPOSE_ENV_PY
+	@python3 scripts/compose_env.py

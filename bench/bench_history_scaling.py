@@ -4,7 +4,7 @@ stored runs.
 For each size a fresh SQLite metrics database (in a throwaway TL_HOME) is bulk-loaded with the store
 benchmark's seeding (bench.bench_store: runs x 5 variants with epoch history, per-class metrics, confusion matrix,
 gate; from CHILDLESS_FROM runs on without epoch/per-class/confusion rows, which no history query reads), then one
-newer, complete run is recorded through the store API (tests/report_fixtures.seed_run, with test images for the
+newer, complete run is recorded through the store API (tl_tasks.demo.seed_run, with test images for the
 thumbnails). Timed through the public APIs: `build_report` (the run's page plus the incremental refresh of the
 paginated index, as the pipeline's report stage does), `build_index(run_id=...)` alone, `build_index(full=True)`
 (every index page, once after an upgrade), `trend`, `recent_runs`, `champion`, `previous_run`, `get_run`.
@@ -77,15 +77,15 @@ def _seeder() -> dict:
                 "fn": lambda store, n: seed(store, n, EPOCHS_PER_RESULT, children=n < CHILDLESS_FROM),
                 "t0": bench_store.T0, "step": timedelta(hours=6)}
     except (ImportError, AttributeError):
-        from tests import report_fixtures as rf
+        from tl_tasks import demo as rf
 
-        return {"name": "tests.report_fixtures.seed_history (store API, one run at a time)",
+        return {"name": "tl_tasks.demo.seed_history (store API, one run at a time)",
                 "fn": lambda store, n: rf.seed_history(store, n), "t0": rf.START, "step": timedelta(days=7)}
 
 
 def _measure(n: int, seeding: dict, repeat: int, builds: int) -> dict:
     from reports import builder, context
-    from tests import report_fixtures as rf
+    from tl_tasks import demo as rf
     from tl_tasks.store import connect
 
     store = connect()

@@ -10,7 +10,6 @@ The two are timed in alternating rounds (seeds, ours, ours, seeds, ...) so drift
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from bench import common
@@ -98,7 +97,6 @@ def _seeds_dataset(x: np.ndarray, y: np.ndarray, size: int, batch: int, backend:
     """The seeds' pipeline: an endless source of (float32 size x size preprocessed images, labels) batches."""
     if backend == "tensorflow":
         import tensorflow as tf
-
         from keras.applications.resnet50 import preprocess_input
 
         def resize(image, label):

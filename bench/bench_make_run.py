@@ -79,7 +79,7 @@ def _command(mode: str, env: dict, notes: list[str]) -> tuple[list[str], str]:
         make += ["-o", "venv"]
         notes.append("the venv's install stamp was out of date, so `make -o venv run` skipped the (offline) "
                      "pip install step; the run itself is unchanged.")
-    return make + ["run"], "full: make run (quick profile: the goal measurement)"
+    return [*make, "run"], "full: make run (quick profile: the goal measurement)"
 
 
 def _dag_seconds(log_text: str) -> float | None:
@@ -127,10 +127,9 @@ def _variants(tl_home: Path) -> dict | None:
         return None
     from tl_tasks.store import connect
 
-    with common.env_vars(TL_HOME=str(tl_home), TL_METRICS_DB_URL=None):
-        with connect() as store:
-            runs = store.recent_runs(1)
-            run = store.get_run(runs[0]["run_id"]) if runs else None
+    with common.env_vars(TL_HOME=str(tl_home), TL_METRICS_DB_URL=None), connect() as store:
+        runs = store.recent_runs(1)
+        run = store.get_run(runs[0]["run_id"]) if runs else None
     if not run:
         return None
     out = {"run_state": run.get("state")}

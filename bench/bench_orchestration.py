@@ -1,9 +1,9 @@
-"""Item 4: orchestration overhead: the DAG run headless by Airflow (`dag.test()` via scripts/run_dag.py) against
+"""Item 4: orchestration overhead: the DAG run headless by Airflow (`dag.test()` via tl_tasks.airflow_local.run_dag) against
 the same stages called directly (`python -m tl_tasks run --engine local`, i.e. `tl_tasks.pipeline.run_all`).
 
 Both sides run in a fresh subprocess with a fresh TL_HOME and the same settings, so imports and start-up count
 equally; sides alternate (direct, airflow, airflow, direct, ...) so drifting machine load hits both. Airflow's
-one-time set-up (`airflow db migrate` + the `gpu` pool, scripts/airflow_env.py --setup) is timed separately:
+one-time set-up (`airflow db migrate` + the `gpu` pool, python -m tl_tasks.airflow_local.env --setup) is timed separately:
 once on a fresh AIRFLOW_HOME and once more on the migrated one (what `make run` repeats before every run).
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def run(mode: str = "full") -> dict:
     with common.temp_home(NAME) as home:
         airflow_home = home / "airflow"
         env = common.subprocess_env(TL_AIRFLOW_HOME=str(airflow_home), TL_HOME=str(home / "setup_tl_home"))
-        setup_cmd = [sys.executable, "scripts/airflow_env.py", "--setup"]
+        setup_cmd = [sys.executable, "-m", "tl_tasks.airflow_local.env", "--setup"]
         fresh = common.run_timed(setup_cmd, env=env, log_path=logs / "setup_fresh.log", timeout=timeout)
         again = None
         if mode == "full":  # what `make run` repeats before every run
@@ -86,7 +86,7 @@ def run(mode: str = "full") -> dict:
         "direct_seconds / airflow_seconds: median wall time of the subprocess, start to exit (Python start-up, "
         "imports, every stage, report). ratio_airflow_over_direct = airflow_seconds / direct_seconds; *_cpu_seconds: "
         "user + system CPU time of the subprocess and its children (robust to other programs sharing the cores).",
-        "airflow side: scripts/run_dag.py --skip-setup (dag.test(): the DAG parsed, a DagRun and task instances "
+        "airflow side: python -m tl_tasks.airflow_local.run_dag --skip-setup (dag.test(): the DAG parsed, a DagRun and task instances "
         "in Airflow's SQLite database, each task run by Airflow's task runner in this process, XComs stored).",
         "airflow_dag_run_duration_seconds: Airflow's own run_duration from its log (start of the first task to "
         "the end of the last); the rest of airflow_seconds is start-up (imports, DAG parsing, serialisation).",
@@ -103,7 +103,7 @@ def run(mode: str = "full") -> dict:
 
 def _command(side: str, conf: dict) -> list[str]:
     if side == "airflow":
-        return [sys.executable, "scripts/run_dag.py", "--skip-setup", "--conf", json.dumps(conf)]
+        return [sys.executable, "-m", "tl_tasks.airflow_local.run_dag", "--skip-setup", "--conf", json.dumps(conf)]
     cmd = [sys.executable, "-m", "tl_tasks", "run", "--engine", "local"]
     for key, value in conf.items():
         flag = "--" + key.replace("_", "-")

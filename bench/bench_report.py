@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run(n_runs: int, repeat: int) -> dict:
-    from tests import report_fixtures as rf
+    from tl_tasks import demo as rf
     from tl_tasks.store import connect
 
     store = connect()

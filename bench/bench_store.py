@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 GOAL_MS = 50.0
@@ -27,8 +27,8 @@ OUT = Path(__file__).resolve().parent / "out" / "store.json"
 PG_ADMIN_URL = os.environ.get("TL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 VARIANTS = ("cnn", "resnet50_v1", "resnet50_v2", "resnet50_v3", "resnet50_v4")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-T0 = datetime(2020, 1, 1, tzinfo=timezone.utc)
-LINEAGE = "ab" * 32  # tests/report_fixtures' default lineage: the benchmarks' current run shares it
+T0 = datetime(2020, 1, 1, tzinfo=UTC)
+LINEAGE = "ab" * 32  # tl_tasks.demo's default lineage: the benchmarks' current run shares it
 CHUNK = 20_000
 
 
@@ -157,7 +157,7 @@ def _seed(store, n_runs: int, n_epochs: int, children: bool = True) -> dict:
     from tl_tasks.store.db import write_transaction
 
     rng = random.Random(42)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     counts = dict.fromkeys(("runs", "results", "epoch_metrics", "class_metrics", "confusion_matrices",
                             "gate_decisions"), 0)
     buffers: dict[str, list] = {k: [] for k in counts}

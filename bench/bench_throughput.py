@@ -9,7 +9,6 @@ under `skipped`, never silently dropped. The CNN trains at the data's 32 px only
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from bench import common
@@ -109,7 +108,8 @@ def _cells(variant: str, size: int, batches, mixed: bool, cell_s: float, budget:
             continue
         x = rng.integers(0, 256, (batch, DATA_SIZE, DATA_SIZE, 3), dtype=np.uint8)
         y = rng.integers(0, NUM_CLASSES, batch).astype("int64")
-        t = common.time_steps(lambda: model.train_on_batch(x, y), warmup=1, min_steps=1, max_steps=200,
+        t = common.time_steps(lambda model=model, x=x, y=y: model.train_on_batch(x, y), warmup=1,
+                              min_steps=1, max_steps=200,
                               budget_s=cell_s)
         out.append({"variant": variant, "image_size": size, "batch_size": batch, "mixed_precision": mixed,
                     "img_per_s": common.rate(batch * t["steps"], t["seconds"]),

@@ -20,11 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterator
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = BENCH_DIR.parent
@@ -42,7 +42,7 @@ class Stopwatch:
     """`with Stopwatch() as sw: ...` then `sw.seconds` (wall, perf_counter) and `sw.cpu_seconds` (this process's
     CPU time over all its threads: far less sensitive than wall time to other programs sharing the cores)."""
 
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         self.start, self.cpu_start = time.perf_counter(), time.process_time()
         self.seconds = self.cpu_seconds = 0.0
         return self
@@ -259,7 +259,7 @@ def subprocess_env(**values: str) -> dict[str, str]:
     """This process's environment without TL_*/AIRFLOW* settings (a benchmark chooses its own), the project on
     PYTHONPATH, quiet TensorFlow, plus `values`."""
     env = {k: v for k, v in os.environ.items()
-           if not (k.startswith("TL_") or k.startswith("AIRFLOW") or k == "PROFILE")}
+           if not (k.startswith(("TL_", "AIRFLOW")) or k == "PROFILE")}
     pythonpath = [str(PROJECT_ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(pythonpath))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -351,7 +351,7 @@ def _load_1m() -> float | None:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def check_mode(mode: str) -> str:

@@ -4,7 +4,8 @@
 # Keras runs on JAX. Our pure-Python dependencies that such a machine lacks come from bench/wheels/
 # (`make gpu-wheels` downloads them: bench/gpu-wheels.txt, well under 64 MiB) and are installed with --no-deps into
 # a scratch folder, only when `import keras` fails. The CIFAR-10 archive is taken from bench/data/ (copy it there
-# to carry it) or ../shared/data/. Writes bench/out/gpu.json (or OUT_JSON); see bench/gpu_bench.py.
+# to carry it) or ../shared/data/. Writes bench/out/gpu.json (or OUT_JSON); see bench/gpu_bench.py. The project
+# need not be installed there: `python -m bench.gpu_bench` runs from the checkout's root, which puts it on sys.path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -30,4 +31,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 "$PY" -c "import keras" || { echo "Keras is not importable: run 'make gpu-wheels' (GPU_PYVER = the machine's Python, e.g. 312) and carry bench/wheels"; exit 1; }
 "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"
-exec timeout "${GPU_BENCH_TIMEOUT_S:-470}" "$PY" bench/gpu_bench.py --out "$OUT" ${GPU_BENCH_SIZE:+--size "$GPU_BENCH_SIZE"}
+exec timeout "${GPU_BENCH_TIMEOUT_S:-470}" "$PY" -m bench.gpu_bench --out "$OUT" ${GPU_BENCH_SIZE:+--size "$GPU_BENCH_SIZE"}

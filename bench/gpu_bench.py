@@ -1,4 +1,5 @@
-"""The GPU benchmark (run by `bench/gpu.sh`): Keras on JAX, no TensorFlow, one JSON record.
+"""The GPU benchmark (`bench/gpu.sh` runs `python -m bench.gpu_bench` from the checkout, where tl_tasks imports
+without being installed): Keras on JAX, no TensorFlow, one JSON record.
 
 Measures, at `--size full` (a GPU; under 8 minutes on one H100/H200):
     1. ResNet50 fine-tuning throughput (resnet50_v2's recipe: AdamW, cosine, label smoothing) at 224 px,
@@ -22,11 +23,10 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # run as `python -m bench.gpu_bench` from here: tl_tasks imports
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 
@@ -88,11 +88,11 @@ def throughput(size: dict, mixed: bool) -> dict:
         for key, variant in (("finetune", "resnet50_v2"), ("v1_frozen", "resnet50_v1")):
             model = build_model(variant, NUM_CLASSES, input_size=32, image_size=px, weights="none")
             compile_recipe(model, variant, NUM_CLASSES, steps=1000)
-            t = _time_steps(lambda: _sync(model.train_on_batch(x, y)), min_steps=size["min_steps"],
+            t = _time_steps(lambda model=model: _sync(model.train_on_batch(x, y)), min_steps=size["min_steps"],
                             budget_s=size["budget_s"])
             out[key] = {**t, "variant": variant, "img_per_s": round(batch * t["steps"] / t["seconds"], 1)}
             if key == "finetune":
-                t = _time_steps(lambda: _sync(model.predict_on_batch(x)), min_steps=size["min_steps"],
+                t = _time_steps(lambda model=model: _sync(model.predict_on_batch(x)), min_steps=size["min_steps"],
                                 budget_s=size["budget_s"])
                 out["inference"] = {**t, "variant": variant, "img_per_s": round(batch * t["steps"] / t["seconds"], 1)}
             del model
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TL_HOME", str(work / "tl_home"))
 
-    record = {"name": "gpu", "size": args.size, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    record = {"name": "gpu", "size": args.size, "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
               "machine": {"device": runtime.device_description(), "gpu": gpu, "backend": keras.backend.backend(),
                           "keras": keras.__version__, "jax": _version("jax"), "python": platform.python_version(),
                           "tensorflow_loaded": "tensorflow" in sys.modules},

@@ -6,29 +6,33 @@ or matplotlib; a test checks).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import (Asset, AssetOrTimeSchedule, CronTriggerTimetable, ExceptionRetryPolicy, RetryAction,
-                         RetryRule, TriggerRule, dag, task)
+from airflow.sdk import (
+    Asset,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    ExceptionRetryPolicy,
+    RetryAction,
+    RetryRule,
+    TriggerRule,
+    dag,
+    task,
+)
 
-if importlib.util.find_spec("tl_tasks") is None:  # the project root, when only dags/ is on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tl_tasks import schema  # noqa: E402  (light modules: no heavy imports)
-from tl_tasks.assets import champion_alias, champion_asset  # noqa: E402
-from tl_tasks.notifier import RetrainingNotifier  # noqa: E402
-from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS  # noqa: E402
-from tl_tasks.timeouts import DAGRUN_TIMEOUT, HARD  # noqa: E402
-from tl_tasks.variants import VARIANT_NAMES  # noqa: E402
-from tl_tasks.watch import DATASET_ASSET  # noqa: E402
+from tl_tasks import schema  # light modules: no heavy imports
+from tl_tasks.assets import champion_alias, champion_asset
+from tl_tasks.notifier import RetrainingNotifier
+from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS
+from tl_tasks.timeouts import DAGRUN_TIMEOUT, HARD
+from tl_tasks.variants import VARIANT_NAMES
+from tl_tasks.watch import DATASET_ASSET
 
 DAG_ID = Path(__file__).stem
-GPU_POOL = "gpu"     # created by `make airflow` / `make run` (scripts/airflow_env.py): TL_GPU_POOL_SLOTS slots
+GPU_POOL = "gpu"     # created by `make airflow` / `make run` (tl_tasks/airflow_local/env.py): TL_GPU_POOL_SLOTS slots
 GPU_QUEUE = "gpu"    # Celery queue served by the GPU worker(s)
 
 
@@ -115,7 +119,7 @@ def cifar10_retraining():
             params["dataset"] = dataset_from_events(triggering_asset_events)
         return prepare_jobs(run_id, params, dag_id=DAG_ID, logical_date=dag_run.logical_date or dag_run.run_after)
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE, execution_timeout=HARD["train"],
+    @task(pool=GPU_POOL, queue=GPU_QUEUE, execution_timeout=HARD["train"], multiple_outputs=False,
           map_index_template="{{ task.op_kwargs['variant'] }}")
     def train(variant: str, settings: dict, run_id=None) -> dict:
         from tl_tasks.pipeline import train_stage
@@ -123,6 +127,7 @@ def cifar10_retraining():
         return train_stage(run_id, variant, settings, verbose=2)  # one log line per epoch
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE, trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["evaluate"],
+          multiple_outputs=False,
           map_index_template="{{ task.op_kwargs['trained']['variant'] }}")
     def evaluate(trained: dict, run_id=None) -> dict:
         # Mapped over train's results: only variants whose training succeeded are evaluated.
@@ -130,7 +135,7 @@ def cifar10_retraining():
 
         return evaluate_stage(run_id, trained["variant"])
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["gate"],
+    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["gate"], multiple_outputs=False,
           inlets=[champion_asset(v) for v in VARIANT_NAMES], outlets=[champion_alias()])
     def gate(params=None, run_id=None, outlet_events=None) -> dict:
         # The champion assets are declared (inlets register them); events go out only for promoted variants.
@@ -150,7 +155,7 @@ def cifar10_retraining():
 
         return report_stage(run_id)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["finalize"])
+    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["finalize"], multiple_outputs=False)
     def finalize(run_id=None) -> dict:
         # The run's only leaf: Airflow derives the run's state from it, so a failed variant fails the run
         # (its RunFailed is in NO_RETRY_EXCEPTIONS: no pointless retries).

@@ -6,18 +6,13 @@ deployed; champions of other test sets are skipped. Replace the task body with y
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pendulum
 from airflow.sdk import AssetAny, dag, task
 
-if importlib.util.find_spec("tl_tasks") is None:  # the project root, when only dags/ is on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tl_tasks.assets import champion_asset  # noqa: E402
-from tl_tasks.variants import VARIANT_NAMES  # noqa: E402
+from tl_tasks.assets import champion_asset
+from tl_tasks.variants import VARIANT_NAMES
 
 CHAMPION_ASSETS = [champion_asset(v) for v in VARIANT_NAMES]
 

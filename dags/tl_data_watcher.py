@@ -3,19 +3,14 @@ retraining DAG is scheduled on that asset (and on its clock). Light: no TensorFl
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pendulum
 from airflow.sdk import Asset, dag, task
 
-if importlib.util.find_spec("tl_tasks") is None:  # the project root, when only dags/ is on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tl_tasks.watch import DATASET_ASSET  # noqa: E402
+from tl_tasks.watch import DATASET_ASSET
 
 DAG_ID = Path(__file__).stem
 INTERVAL = timedelta(seconds=float(os.environ.get("TL_WATCH_INTERVAL_S", "300")))  # how often to look
@@ -32,7 +27,7 @@ INTERVAL = timedelta(seconds=float(os.environ.get("TL_WATCH_INTERVAL_S", "300"))
     default_args={"owner": "ml", "retries": 0},
 )
 def tl_data_watcher():
-    @task(outlets=[Asset(DATASET_ASSET)])
+    @task(outlets=[Asset(DATASET_ASSET)], multiple_outputs=False)
     def look(outlet_events=None) -> dict:
         """Succeeds (emitting the asset event) only on a confirmed change; otherwise skipped: no event."""
         from airflow.sdk.exceptions import AirflowSkipException

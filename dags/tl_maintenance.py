@@ -5,17 +5,11 @@ database rows are never removed (see tl_tasks/gc.py). Schedule: `TL_GC_SCHEDULE`
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 from airflow.sdk import dag, task
-
-if importlib.util.find_spec("tl_tasks") is None:  # the project root, when only dags/ is on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 KEEP = int(os.environ.get("TL_GC_KEEP", "10"))
 _schedule = os.environ.get("TL_GC_SCHEDULE", "@daily").strip()
@@ -36,9 +30,10 @@ SCHEDULE = None if _schedule.lower() in ("", "none", "off", "null") else _schedu
                   "execution_timeout": timedelta(hours=1)},
 )
 def tl_maintenance():
-    @task
+    @task(multiple_outputs=False)
     def collect_garbage() -> dict:
-        from tl_tasks.gc import collect_garbage as gc, default_airflow_logs
+        from tl_tasks.gc import collect_garbage as gc
+        from tl_tasks.gc import default_airflow_logs
 
         plan = gc(KEEP, airflow_logs=default_airflow_logs())
         print(plan.text())

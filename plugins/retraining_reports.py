@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from fastapi import Depends, FastAPI, HTTPException, Request, status
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from typing import ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 URL_PREFIX = "/retraining-reports"
 DAG_ID = "cifar10_retraining"   # reports show this DAG's runs: reading them needs read access to it
@@ -126,9 +126,9 @@ class RunReportLink(BaseOperatorLink):
 
 class RetrainingReportsPlugin(AirflowPlugin):
     name = "retraining_reports"
-    fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Retraining reports"}]
-    global_operator_extra_links = [RunReportLink()]
-    external_views = [{
+    fastapi_apps: ClassVar[list] = [{"app": app, "url_prefix": URL_PREFIX, "name": "Retraining reports"}]
+    global_operator_extra_links: ClassVar[list] = [RunReportLink()]
+    external_views: ClassVar[list] = [{
         "name": "Retraining reports",
         "href": URL_PREFIX.lstrip("/") + "/",   # relative to the UI's <base href>: works under a base_url path
         "url_route": "retraining-reports",

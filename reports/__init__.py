@@ -17,4 +17,4 @@ def build_index(store=None, *, run_id: str | None = None, full: bool = False):
     return index.build_index(store=store, run_id=run_id, full=full)
 
 
-__all__ = ["build_report", "build_index"]
+__all__ = ["build_index", "build_report"]

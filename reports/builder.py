@@ -13,7 +13,7 @@ from reports.render import render, write_page
 from tl_tasks import layout
 from tl_tasks.layout import RunLayout
 
-__all__ = ["build_report", "build_index"]
+__all__ = ["build_index", "build_report"]
 
 
 def build_report(run_id: str, store=None) -> Path:

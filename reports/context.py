@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from reports import formatting as fmt
 from tl_tasks import layout
@@ -53,7 +54,7 @@ def report_context(run: dict, store) -> dict:
         "variants": [v for v in (_variant_section(r, class_names, run_id) for r in results) if v],
         "failed": failed,
         "metadata": _metadata(run, results),
-        "generated_at": datetime.now(timezone.utc),
+        "generated_at": datetime.now(UTC),
     }
 
 
@@ -367,10 +368,10 @@ _BLUES = ((0.0, (247, 251, 255)), (0.2, (198, 219, 239)), (0.45, (107, 174, 214)
 def _heat(share: float) -> str:
     """Inline colours of a heat-map cell on the Blues scale; white text on dark cells."""
     share = max(0.0, min(1.0, share))
-    for (x0, c0), (x1, c1) in zip(_BLUES, _BLUES[1:]):
+    for (x0, c0), (x1, c1) in itertools.pairwise(_BLUES):
         if share <= x1:
             t = (share - x0) / (x1 - x0)
-            r, g, b = (round(a + (b_ - a) * t) for a, b_ in zip(c0, c1))
+            r, g, b = (round(a + (b_ - a) * t) for a, b_ in zip(c0, c1, strict=True))
             break
     return f"background:#{r:02x}{g:02x}{b:02x};color:{'#ffffff' if share > 0.5 else '#111827'}"
 

@@ -5,7 +5,7 @@ Only the pages that can have changed are rewritten on each build (`index-state.j
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from reports import formatting as fmt
@@ -137,7 +137,7 @@ def index_context(runs: list[dict], nav: dict | None = None) -> dict:
             "best": best,
         })
     return {"runs": rows, "variants": variants, "latest": rows[0] if rows else None, "nav": nav,
-            "generated_at": datetime.now(timezone.utc)}
+            "generated_at": datetime.now(UTC)}
 
 
 def _variant_map(run: dict) -> dict:
@@ -150,5 +150,5 @@ def _variant_map(run: dict) -> dict:
 
 def _run_sort_key(run: dict):
     when = fmt.as_datetime(run.get("logical_date") or run.get("started_at"))
-    return (when or datetime.min.replace(tzinfo=timezone.utc), str(run.get("run_id")))
+    return (when or datetime.min.replace(tzinfo=UTC), str(run.get("run_id")))
 

@@ -65,9 +65,9 @@ def training_curves(history: Sequence[Mapping], variant: str, best_epoch: int | 
         epochs = [int(h.get("epoch") or i + 1) for i, h in enumerate(history)]
         for ax, metric, title in ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", "Loss")):
             for key, label, color in ((metric, "train", TRAIN_COLOR), (f"val_{metric}", "validation", VAL_COLOR)):
-                points = [(e, h.get(key)) for e, h in zip(epochs, history) if h.get(key) is not None]
+                points = [(e, h.get(key)) for e, h in zip(epochs, history, strict=True) if h.get(key) is not None]
                 if points:
-                    xs, ys = zip(*points)
+                    xs, ys = zip(*points, strict=True)
                     ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.6, color=color, label=label)
             if best_epoch:
                 ax.axvline(best_epoch, color="#9ca3af", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
@@ -115,7 +115,7 @@ def accuracy_trend(series: Mapping[str, Sequence[Mapping]], current: datetime | 
                 opts = [(p["logical_date"], p["accuracy"]) for p in other
                         if p.get("logical_date") is not None and p.get("accuracy") is not None]
                 if opts:
-                    xs, ys = zip(*opts)
+                    xs, ys = zip(*opts, strict=True)
                     ax.plot(xs, ys, color=color, alpha=0.35, linewidth=1, linestyle="--", marker="x", markersize=3,
                             label=None if other_labelled else "other test sets")
                     other_labelled = True

@@ -4,15 +4,15 @@
 # Starts what `airflow standalone` starts (api-server, scheduler with the LocalExecutor, dag-processor,
 # triggerer) but without the log servers, which would listen on every network interface: tasks run on this
 # machine, so the api-server reads their logs straight from $AIRFLOW_HOME/logs. Settings and set-up (database,
-# `gpu` pool) come from scripts/airflow_env.py; component output is prefixed with the component's name.
+# `gpu` pool) come from tl_tasks/airflow_local/env.py; component output is prefixed with the component's name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 export PATH="$(cd "$(dirname "$PY")" && pwd):$PATH"
-eval "$("$PY" scripts/airflow_env.py)"
+eval "$("$PY" -m tl_tasks.airflow_local.env)"
 export AIRFLOW__CORE__EXECUTOR=LocalExecutor
 export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=False
-"$PY" scripts/airflow_env.py --setup
+"$PY" -m tl_tasks.airflow_local.env --setup
 
 # Each component runs in its own process group (setsid), so that stopping it reaches everything it started
 # (gunicorn/uvicorn workers, LocalExecutor task processes, the output filter), not just a wrapper shell.

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -211,7 +212,12 @@ class AirflowHarness:
             raise AirflowError(f"airflow {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
 
-    def migrate(self) -> None:
+    def migrate(self, template: Path | None = None) -> None:
+        """`airflow db migrate`; with the default SQLite database and `template` (a migrated airflow.db: conftest's
+        `migrated_airflow_db`), a copy of the template instead: one migration per test session."""
+        if template is not None and self.sql_alchemy_conn is None:
+            shutil.copyfile(template, self.home / "airflow.db")
+            return
         self.cli("db", "migrate", timeout=600)
 
     def create_pool(self, name: str, slots: int, description: str = "") -> None:
@@ -267,7 +273,7 @@ class AirflowHarness:
                 pass
         self.components.clear()
 
-    def __enter__(self) -> "AirflowHarness":
+    def __enter__(self) -> AirflowHarness:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -25,7 +25,7 @@ sys.meta_path.insert(0, _NoTensorFlow())
 
 def backend_env(backend: str, **extra: str) -> dict:
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "tests")]))
+               PYTHONPATH=str(PROJECT_ROOT))
     env.update(extra)
     return env
 

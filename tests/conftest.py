@@ -1,18 +1,49 @@
-"""Shared fixtures: an isolated TL_HOME per test, the shared real CIFAR-10 archive, throwaway PostgreSQL."""
+"""Shared fixtures: an isolated TL_HOME per test, the shared real CIFAR-10 archive, throwaway PostgreSQL, Redis,
+headless Chromium, and one migrated Airflow metadata database per test session.
+
+Helper libraries (plain functions) are modules of the `tests` package, imported one way: `from tests.x import y`.
+Anything with set-up or clean-up is a fixture here. A fixture whose external requirement is missing on a
+developer's machine skips with the reason; CI has them all and sets TL_TEST_FORBID_SKIPS=1, which turns every
+skip into a failure (see pytest_runtest_makereport below).
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.airflow_harness import PG_ADMIN_URL, REDIS_TEST_URL
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR_JPG = PROJECT_ROOT.parent / "shared" / "data" / "cifar-10-images-jpg.tar.gz"
-PG_ADMIN_URL = os.environ.get("TL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+FORBID_SKIPS = os.environ.get("TL_TEST_FORBID_SKIPS") == "1"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With TL_TEST_FORBID_SKIPS=1 (CI), a skipped test fails: CI has every requirement, so a skip hides a gap."""
+    report = yield
+    if FORBID_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but TL_TEST_FORBID_SKIPS=1 forbids skips (CI has every requirement): {reason}"
+    return report
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With TL_TEST_FORBID_SKIPS=1, a skip outside a test (a whole module skipped at collection) fails the run too."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if FORBID_SKIPS and reporter is not None and reporter.stats.get("skipped") and session.exitstatus == 0:
+        reporter.write_line("TL_TEST_FORBID_SKIPS=1: something was skipped (see above); failing the run", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(autouse=True)
@@ -32,9 +63,60 @@ def tl_home(tmp_path, tmp_path_factory, monkeypatch) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_cifar_jpg() -> Path:
-    """The real CIFAR-10 as JPEG image folders (../shared/data); the tests need it, so its absence fails."""
-    assert SHARED_CIFAR_JPG.is_file(), f"missing {SHARED_CIFAR_JPG}: the shared data folder must sit beside the checkout"
+    """The real CIFAR-10 as JPEG image folders (../shared/data, beside the checkout); skips where it is missing."""
+    if not SHARED_CIFAR_JPG.is_file():
+        pytest.skip(f"missing {SHARED_CIFAR_JPG}: put the shared data folder beside the checkout")
     return SHARED_CIFAR_JPG
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of a headless Chromium; skips where none is installed (`make system-deps` installs Debian's)."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    pytest.skip("headless Chromium is missing: run `make system-deps` (apt-get install chromium)")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A Redis database of its own for Celery tests (TL_TEST_REDIS_URL), flushed before; skips when unreachable."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=3)
+    try:
+        client.flushdb()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.skip(f"Redis at {REDIS_TEST_URL} is not reachable ({exc}); start it (.ci/run does)")
+    finally:
+        client.close()
+    return REDIS_TEST_URL
+
+
+@pytest.fixture(scope="session")
+def migrated_airflow_db(tmp_path_factory) -> Path:
+    """One `airflow db migrate` (plus the `gpu` pool) per test session: a SQLite metadata database to copy.
+
+    Use `airflow_home_with_db(folder)` (below) to get an AIRFLOW_HOME whose airflow.db is a copy of it.
+    """
+    home = tmp_path_factory.mktemp("airflow_template")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    proc = subprocess.run([sys.executable, "-m", "tl_tasks.airflow_local.env", "--setup"],
+                          capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT,
+                          env={**env, "TL_AIRFLOW_HOME": str(home)})
+    assert proc.returncode == 0, f"airflow set-up failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return home / "airflow.db"
+
+
+@pytest.fixture(scope="session")
+def airflow_home_with_db(migrated_airflow_db):
+    """`airflow_home_with_db(folder)`: create `folder` with a copy of the session's migrated airflow.db; returns it."""
+    def make(folder: Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(migrated_airflow_db, folder / "airflow.db")
+        return folder
+    return make
 
 
 def _pg_admin_engine():
@@ -53,8 +135,9 @@ def pg_url():
     try:
         with admin.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:  # the server is part of the test environment: fail, do not skip
-        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({exc.orig}); start it (.ci/run does)")
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({exc.orig}); start it (.ci/run does)")
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
         yield url

@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from backend_helpers import PROJECT_ROOT, backend_env, module_command, run_backend
-from ml_helpers import small_settings, write_prepared
+from tests.backend_helpers import PROJECT_ROOT, backend_env, module_command, run_backend
+from tests.ml_helpers import small_settings, write_prepared
 from tl_tasks.config import resolve_settings, run_key
 from tl_tasks.models import build_model
 from tl_tasks.train import train_variant
@@ -58,6 +58,7 @@ def test_the_whole_pipeline_runs_every_variant_on_jax_without_tensorflow(tmp_pat
     assert (run_dir / "report" / "index.html").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["resnet50_v1"])  # plain fit resumes are covered on TF (test_train.py)
 def test_a_killed_training_resumes_on_jax(tmp_path, variant):
     """SIGKILL after epoch 1, rerun: the JAX checkpoint resumes from v1's cached-feature head."""
@@ -84,6 +85,7 @@ if len(sys.argv) > 4:  # also save a model of our own for the other backend
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["cnn", "resnet50_v4"])
 def test_models_saved_under_one_backend_load_under_the_other(tmp_path, variant):
     x = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
@@ -119,6 +121,7 @@ print(json.dumps({"mixed": summary["mixed_precision"], "loss": summary["history"
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_mixed_precision_trains_on_both_backends_with_a_float32_output(tmp_path, backend):
     data = write_prepared(tmp_path / "data", n_train=64, n_val=20, n_test=10)

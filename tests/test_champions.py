@@ -37,6 +37,7 @@ def promoted_cnn(capsys):
     return first, second
 
 
+@pytest.mark.slow  # two whole pipeline runs per test (promoted_cnn)
 def test_promotion_publishes_a_servable_champion_and_keeps_history(promoted_cnn, tl_home):
     first, second = promoted_cnn
     assert first["decisions"]["cnn"]["decision"] == "bootstrap"
@@ -78,6 +79,7 @@ def test_promotion_publishes_a_servable_champion_and_keeps_history(promoted_cnn,
     assert np.array_equal(probs.argmax(axis=1)[clear], stored[clear])
 
 
+@pytest.mark.slow  # two whole pipeline runs per test (promoted_cnn)
 def test_champion_command_verifies_files(promoted_cnn, capsys):
     assert main(["champion", "show"]) == 0
     out = capsys.readouterr().out
@@ -112,6 +114,7 @@ def test_publish_refuses_a_model_that_changed_since_evaluation(tl_home):
     assert not list((tl_home / "champions").glob("cnn/*/current"))  # nothing half-published
 
 
+@pytest.mark.slow  # two whole pipeline runs per test (promoted_cnn)
 def test_example_deployment_points_at_a_verified_champion_of_one_lineage(promoted_cnn, tl_home):
     with connect() as store:
         published = store.champion_history("cnn")[0]["published"]
@@ -134,6 +137,7 @@ def test_example_deployment_points_at_a_verified_champion_of_one_lineage(promote
     assert target.resolve() == Path(other["published"]).resolve()
 
 
+@pytest.mark.slow  # two whole pipeline runs per test (promoted_cnn)
 def test_deployment_refuses_what_the_database_did_not_promote(promoted_cnn, tl_home):
     with connect() as store:
         published = store.champion_history("cnn")[0]["published"]
@@ -148,6 +152,7 @@ def test_deployment_refuses_what_the_database_did_not_promote(promoted_cnn, tl_h
         champions.deploy(published, "cnn")
 
 
+@pytest.mark.slow  # two whole pipeline runs per test (promoted_cnn)
 def test_deploy_dag_task_deploys_each_event_and_reports_refusals(promoted_cnn, tl_home, monkeypatch):
     from types import SimpleNamespace
 
@@ -163,6 +168,7 @@ def test_deploy_dag_task_deploys_each_event_and_reports_refusals(promoted_cnn, t
     assert (tl_home / "deployed" / "cnn").resolve() == Path(history[0]["published"]).resolve()
 
 
+@pytest.mark.slow  # two whole pipeline runs per test (promoted_cnn)
 def test_an_older_runs_gate_rerun_does_not_roll_current_back(promoted_cnn, tl_home):
     with connect() as store:
         run = store.get_run("champ-1")

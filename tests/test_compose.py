@@ -130,7 +130,7 @@ def test_workers_serve_default_and_gpu_queues(config):
     assert "deploy" not in cpu
     # One train task per pool slot: the GPU worker's concurrency is the pool size airflow-init creates.
     assert gpu["environment"]["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == \
-        services["airflow-init"]["environment"]["GPU_POOL_SLOTS"]
+        services["airflow-init"]["environment"]["TL_GPU_POOL_SLOTS"]
 
 
 def test_postgres_creates_the_metrics_database(config):
@@ -155,7 +155,7 @@ def test_no_literal_secrets_in_the_repository():
     secretish = re.compile(r"^\s*([A-Z0-9_]*(PASSWORD|SECRET|FERNET)[A-Z0-9_]*):\s*(.+)$", re.M)
     for match in secretish.finditer(text):
         key, value = match.group(1), match.group(3).strip()
-        assert value.startswith("${") or value.startswith("/"), f"{key}: {value} is a literal"
+        assert value.startswith(("${", "/")), f"{key}: {value} is a literal"
     for url in re.findall(r"\w+(?:\+\w+)*://[^\s'\"]+", text):
         if "@" in url:
             assert re.search(r"://[^/@]*\$\{[A-Z_]+:\?set it in \.env\}@", url), f"literal credentials in {url}"
@@ -186,8 +186,9 @@ def test_least_privilege_database_roles(config):
 def test_roles_script_really_confines_the_metrics_role(tmp_path, pg_url):
     """Run 02-roles.sh's SQL against the test PostgreSQL (in a scratch database pair) and check that role
     metrics can use its own database and cannot connect to Airflow's."""
-    import sqlalchemy as sa
     import uuid
+
+    import sqlalchemy as sa
 
     tag = uuid.uuid4().hex[:8]
     script = (PROJECT_ROOT / "docker" / "postgres-init" / "02-roles.sh").read_text()
@@ -243,7 +244,7 @@ def test_images_are_pinned_by_version(config):
         assert re.match(r"\d+\.\d+(\.\d+)?", tag), f"{name}: image {image!r} is not pinned to a version"
     redis = config["services"]["redis"]["image"]
     version = tuple(int(x) for x in re.match(r"redis:(\d+)\.(\d+)\.(\d+)", redis).groups())
-    assert version >= (7, 2, 11) and version < (7, 3, 0) or version >= (8, 2, 2), redis
+    assert (version >= (7, 2, 11) and version < (7, 3, 0)) or version >= (8, 2, 2), redis
     assert re.search(r"^ARG AIRFLOW_IMAGE=apache/airflow:\d+\.\d+\.\d+-python3\.11$", DOCKERFILE.read_text(), re.M)
 
 
@@ -261,4 +262,23 @@ def test_dockerfile_has_cpu_and_gpu_targets():
     assert {"cpu", "gpu"} <= stages, stages
     assert "apache/airflow:3.3.2-python3.11" in text
     assert "-r /opt/airflow/project/requirements.txt" in text
+    assert "pip install --no-cache-dir --no-deps -e /opt/airflow/project" in text  # the package, not PYTHONPATH
+    assert "PYTHONPATH" not in text
     assert 'tensorflow[and-cuda]==2.21.0' in text
+
+
+def test_compose_env_script_fills_every_secret_once_and_never_overwrites(tmp_path):
+    """scripts/compose_env.py (`make compose-env`): a fresh secret after every bare `NAME=`, mode 0600, no overwrite."""
+    import runpy
+
+    script = runpy.run_path(str(PROJECT_ROOT / "scripts" / "compose_env.py"))
+    (tmp_path / ".env.example").write_text(ENV_EXAMPLE.read_text())
+    assert script["main"](tmp_path) == 0
+    env = (tmp_path / ".env").read_text()
+    assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
+    assert not re.search(r"^[A-Z0-9_]+=$", env, re.M), "an empty value was left"
+    blanks = re.findall(r"^([A-Z0-9_]+)=$", ENV_EXAMPLE.read_text(), re.M)
+    values = dict(re.findall(r"^([A-Z0-9_]+)=(.+)$", env, re.M))
+    assert blanks and all(len(values[name]) >= 32 for name in blanks), blanks
+    assert len({values[name] for name in blanks}) == len(blanks)  # each secret drawn afresh
+    assert script["main"](tmp_path) == 1 and (tmp_path / ".env").read_text() == env  # refuses to overwrite

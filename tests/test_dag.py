@@ -2,20 +2,19 @@
 schedule, params schema), each task callable on its own, and dag.test() end to end on the smoke profile,
 including a run where one variant is forced to fail.
 
-The end-to-end runs go through scripts/run_dag.py (what `make run` uses) in a subprocess with their own
+The end-to-end runs go through tl_tasks.airflow_local.run_dag (what `make run` uses) in a subprocess with their own
 AIRFLOW_HOME, so this test process never configures Airflow against a real database or runs TensorFlow in it
 on Airflow's behalf.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +22,7 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DAG_FILE = PROJECT_ROOT / "dags" / "cifar10_retraining.py"
-RUN_DAG = PROJECT_ROOT / "scripts" / "run_dag.py"
+RUN_DAG = [sys.executable, "-m", "tl_tasks.airflow_local.run_dag"]
 # Importing Airflow in this process must not touch ~/airflow.
 os.environ.setdefault("AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / "tl-test-airflow-home"))
 
@@ -39,16 +38,11 @@ EDGES = {"prepare_data": {"train"}, "train": {"evaluate"}, "evaluate": {"gate"},
 HEAVY_MODULES = ("tensorflow", "keras", "matplotlib", "jax", "torch")
 
 
-def _load_run_dag_module():
-    spec = importlib.util.spec_from_file_location("tl_test_run_dag", RUN_DAG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def run_dag_module():
-    return _load_run_dag_module()
+    from tl_tasks.airflow_local import run_dag
+
+    return run_dag
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +180,7 @@ def test_params_schema_refuses_bad_values(dag, run_dag_module, conf, match):
 
 
 def test_run_dag_refuses_bad_conf_before_running(tmp_path):
-    proc = subprocess.run([sys.executable, str(RUN_DAG), "--skip-setup", "--conf", '{"epochs": 0}'],
+    proc = subprocess.run([*RUN_DAG, "--skip-setup", "--conf", '{"epochs": 0}'],
                           capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT,
                           env={**os.environ, "TL_AIRFLOW_HOME": str(tmp_path / "airflow")})
     assert proc.returncode == 2
@@ -198,7 +192,7 @@ def test_run_dag_refuses_bad_conf_before_running(tmp_path):
 def test_each_task_callable_runs_on_its_own(dag, run_dag_module, tl_home):
     run_id = "manual__2026-01-05T00:00:00+00:00"
     params = run_dag_module.validate_conf(dag, {"profile": "smoke", "variants": ["cnn"]})
-    dag_run = SimpleNamespace(logical_date=None, run_after=datetime(2026, 1, 5, tzinfo=timezone.utc))
+    dag_run = SimpleNamespace(logical_date=None, run_after=datetime(2026, 1, 5, tzinfo=UTC))
 
     jobs = dag.get_task("prepare_data").python_callable(params=params, run_id=run_id, dag_run=dag_run)
     assert [job["variant"] for job in jobs] == ["cnn"]
@@ -227,18 +221,13 @@ def test_each_task_callable_runs_on_its_own(dag, run_dag_module, tl_home):
 # ------------------------------------------------------------------------------------ dag.test() runs
 
 @pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory) -> Path:
-    """One migrated Airflow metadata database (with the gpu pool) for the dag.test() runs of this module."""
-    home = tmp_path_factory.mktemp("airflow_home")
-    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "airflow_env.py"), "--setup"],
-                          capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT,
-                          env={**os.environ, "TL_AIRFLOW_HOME": str(home)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return home
+def airflow_home(tmp_path_factory, airflow_home_with_db) -> Path:
+    """An Airflow home for the dag.test() runs of this module: a copy of the session's migrated database (gpu pool)."""
+    return airflow_home_with_db(tmp_path_factory.mktemp("airflow_home"))
 
 
 def _dag_test(airflow_home: Path, conf: dict, **env) -> tuple[subprocess.CompletedProcess, str]:
-    proc = subprocess.run([sys.executable, str(RUN_DAG), "--skip-setup", "--conf", json.dumps(conf)],
+    proc = subprocess.run([*RUN_DAG, "--skip-setup", "--conf", json.dumps(conf)],
                           capture_output=True, text=True, timeout=1500, cwd=PROJECT_ROOT,
                           env={**os.environ, "TL_AIRFLOW_HOME": str(airflow_home), **env})
     found = re.search(r"^DAG run (\S+): (\w+)", proc.stdout, re.M)
@@ -252,6 +241,7 @@ def _report_line(proc) -> Path:
     return Path(last.removeprefix("report: "))
 
 
+@pytest.mark.airflow
 def test_dag_test_end_to_end_smoke(airflow_home, tl_home):
     proc, run_id = _dag_test(airflow_home, {"profile": "smoke"})
     assert proc.returncode == 0, proc.stdout[-8000:]
@@ -269,7 +259,7 @@ def test_dag_test_end_to_end_smoke(airflow_home, tl_home):
     # every variant bootstrapped, so each champion asset got exactly one event, with the published folder
     events = _asset_events(airflow_home)
     assert sorted(name for name, _ in events) == sorted(f"tl_champion_{v}" for v in VARIANT_NAMES)
-    for name, extra in events:
+    for _name, extra in events:
         assert extra["run_id"] == run_id and Path(extra["published"]).is_relative_to(tl_home / "champions"), extra
     # task logs: one line per epoch, no progress bars, no TensorFlow start-up chatter
     log = proc.stdout + proc.stderr
@@ -292,6 +282,7 @@ def _asset_events(airflow_home: Path) -> list[tuple[str, dict]]:
     return [(name, json.loads(extra) if isinstance(extra, str) else extra) for name, extra in rows]
 
 
+@pytest.mark.airflow
 def test_dag_test_with_a_failing_variant(airflow_home, tl_home):
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -339,6 +330,7 @@ def test_dag_test_with_a_failing_variant(airflow_home, tl_home):
     assert [name for name, _ in new_events] == ["tl_champion_cnn"]
 
 
+@pytest.mark.airflow
 def test_dag_test_skips_an_unchanged_run_and_force_retrains(airflow_home, tl_home):
     conf = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 10}
     first, first_id = _dag_test(airflow_home, conf)
@@ -351,5 +343,5 @@ def test_dag_test_skips_an_unchanged_run_and_force_retrains(airflow_home, tl_hom
     assert run["state"] == "skipped" and run["results"] == {}
     assert run["params"]["skipped"] == {"reason": "unchanged", "same_as": first_id}
     assert "Skipped: unchanged" in _report_line(second).read_text()
-    forced, forced_id = _dag_test(airflow_home, {**conf, "force": True})
+    forced, _ = _dag_test(airflow_home, {**conf, "force": True})
     assert forced.returncode == 0 and "train[cnn]: success" in forced.stdout, forced.stdout[-8000:]

@@ -13,12 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_helpers import (CIFAR_NAMES, class_colour, make_tar, make_zip, write_cifar_batches,
-                          write_image_folder)
+from tests.data_helpers import CIFAR_NAMES, class_colour, make_tar, make_zip, write_cifar_batches, write_image_folder
 from tl_tasks import data
-from tl_tasks.data import storage
+from tl_tasks.data import load_prepared, prepare_data, storage
 from tl_tasks.data.sources import cifar, folders
-from tl_tasks.data import load_prepared, prepare_data
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -47,24 +45,26 @@ def decode_calls(monkeypatch):
 
 def _pool(x: np.ndarray, y: np.ndarray) -> list:
     """Order-free view of (image, label) pairs."""
-    return sorted((img.tobytes(), int(label)) for img, label in zip(x, y))
+    return sorted((img.tobytes(), int(label)) for img, label in zip(x, y, strict=True))
 
 
 # --- real data -----------------------------------------------------------------------------------
 
+@pytest.mark.full_data
 def test_real_cifar_jpg_counts_and_classes(real):
     prepared, _ = real
     assert prepared.class_names == tuple(CIFAR_CLASSES)
     assert prepared.counts == {"train": 45_000, "val": 5_000, "test": 10_000}
-    assert prepared.class_counts["train"] == {c: 4_500 for c in CIFAR_CLASSES}
-    assert prepared.class_counts["val"] == {c: 500 for c in CIFAR_CLASSES}
-    assert prepared.class_counts["test"] == {c: 1_000 for c in CIFAR_CLASSES}
+    assert prepared.class_counts["train"] == dict.fromkeys(CIFAR_CLASSES, 4500)
+    assert prepared.class_counts["val"] == dict.fromkeys(CIFAR_CLASSES, 500)
+    assert prepared.class_counts["test"] == dict.fromkeys(CIFAR_CLASSES, 1000)
     assert prepared.skipped == ()
     meta = json.loads((prepared.path / "meta.json").read_text())
     assert meta == prepared.summary()
     assert meta["counts"]["test"] == 10_000 and meta["skipped_count"] == 0 and len(meta["fingerprint"]) == 64
 
 
+@pytest.mark.full_data
 def test_real_cifar_jpg_pixels_are_plausible(real):
     prepared, _ = real
     ds = load_prepared(prepared.path)
@@ -80,6 +80,7 @@ def test_real_cifar_jpg_pixels_are_plausible(real):
     assert len(np.unique(ds.y_train[:100])) > 5
 
 
+@pytest.mark.full_data
 def test_real_cifar_jpg_limit_reuses_the_cache(real, decode_calls, tmp_path):
     prepared, root = real
     small = prepare_data(f"folder:{prepared.source.split(':', 1)[1]}", tmp_path / "small", limit_per_class=50,
@@ -224,7 +225,7 @@ def test_folder_source_forms(tmp_path, form):
                                      "test": {"cat": 2, "dog": 3, "emu": 4}}
     ds = load_prepared(tmp_path / "out")
     for x, y in ((ds.x_train, ds.y_train), (ds.x_val, ds.y_val), (ds.x_test, ds.y_test)):
-        for img, label in zip(x, y):   # each image's colour says which class folder it came from
+        for img, label in zip(x, y, strict=True):   # each image's colour says which class folder it came from
             assert tuple(img[5, 5]) == class_colour(int(label))
 
 
@@ -236,7 +237,7 @@ def test_folder_without_test_gets_a_stratified_test_split(tmp_path):
     assert prepared.class_counts["train"] == {"a": 9, "b": 27, "c": 45}
     ds = load_prepared(tmp_path / "out")
     for x, y in ((ds.x_test, ds.y_test), (ds.x_train, ds.y_train)):
-        assert all(tuple(img[0, 0]) == class_colour(int(label)) for img, label in zip(x, y))
+        assert all(tuple(img[0, 0]) == class_colour(int(label)) for img, label in zip(x, y, strict=True))
     again = prepare_data(f"folder:{src}", tmp_path / "again", val_fraction=0.1)
     assert again.fingerprint == prepared.fingerprint                           # seeded
     other = prepare_data(f"folder:{src}", tmp_path / "other", val_fraction=0.1, seed=7)

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from backend_helpers import PROJECT_ROOT, backend_env, run_backend
-from ml_helpers import small_settings, write_prepared
+from tests.backend_helpers import PROJECT_ROOT, backend_env, run_backend
+from tests.ml_helpers import small_settings, write_prepared
 
 _HOLD = """
 import sys, time
@@ -25,7 +25,7 @@ time.sleep(600)  # hold the device until killed
 
 
 def _env(tmp_path, **extra) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), TL_GPU_LOCK_DIR=str(tmp_path / "locks"), TL_GPU_COUNT="2")
+    env = dict(os.environ, TL_GPU_LOCK_DIR=str(tmp_path / "locks"), TL_GPU_COUNT="2")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.update(extra)
     return env
@@ -127,6 +127,7 @@ print(json.dumps({"replicas": summary["replicas"], "loss": summary["history"][-1
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "tensorflow"])
 def test_data_parallel_mode_trains_one_variant_across_simulated_devices(tmp_path, backend):
     data = write_prepared(tmp_path / "data", n_train=64, n_val=20, n_test=10)

@@ -11,8 +11,18 @@ import pytest
 import sqlalchemy as sa
 
 from tests.airflow_harness import (
-    DAG_ID, DAGS_FOLDER, PG_ADMIN_URL, REDIS_TEST_URL, AirflowHarness, celery_executor_problem, flush_redis,
-    overlapping_pairs, pg_database, require_dag, smoke_conf, stored_results, workflow_env,
+    DAG_ID,
+    DAGS_FOLDER,
+    PG_ADMIN_URL,
+    AirflowHarness,
+    celery_executor_problem,
+    flush_redis,
+    overlapping_pairs,
+    pg_database,
+    require_dag,
+    smoke_conf,
+    stored_results,
+    workflow_env,
 )
 
 GPU_POOL_SLOTS = 2
@@ -25,21 +35,20 @@ def test_celery_executor_loads():
 
 
 @pytest.mark.slow
-def test_celery_run_with_default_and_gpu_workers(tmp_path, tl_home, pg_url):
+def test_celery_run_with_default_and_gpu_workers(tmp_path, tl_home, pg_url, redis_url):
     require_dag()
     problem = celery_executor_problem()
     assert problem is None, problem
     conf = smoke_conf()
     variants = conf["variants"]
     metrics_url = pg_url
-    flush_redis(REDIS_TEST_URL)
     with pg_database(PG_ADMIN_URL) as metadata_url:
         harness = AirflowHarness(
             home=tmp_path / "airflow", dags_folder=DAGS_FOLDER, executor="CeleryExecutor",
             sql_alchemy_conn=metadata_url, parallelism=4,
             extra_env={
                 **workflow_env(tl_home, metrics_url),
-                "AIRFLOW__CELERY__BROKER_URL": REDIS_TEST_URL,
+                "AIRFLOW__CELERY__BROKER_URL": redis_url,
                 "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata_url}",
             },
         )
@@ -61,8 +70,7 @@ def test_celery_run_with_default_and_gpu_workers(tmp_path, tl_home, pg_url):
             engine.dispose()
         finally:
             harness.stop()
-            flush_redis(REDIS_TEST_URL)
-
+            flush_redis(redis_url)
     summary = [(ti["task_id"], ti["rendered_map_index"], ti["state"], ti["queue"], ti["hostname"]) for ti in tis]
     assert all(ti["state"] == "success" for ti in tis), summary
     train = [ti for ti in tis if ti["task_id"] == "train"]

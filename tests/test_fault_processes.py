@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_helpers import small_settings, write_prepared
+from tests.ml_helpers import small_settings, write_prepared
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def test_make_airflow_stops_every_component_within_10_s_of_sigterm(tmp_path):
     env = {**os.environ, "TL_AIRFLOW_HOME": str(home), "TL_AIRFLOW_PORT": str(_free_port()),
            "PY": sys.executable, "TL_HOME": str(tmp_path / "tl_home"), "TL_SCHEDULE": "none"}
     env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW")}
-    log = open(tmp_path / "airflow.log", "w")
+    log = open(tmp_path / "airflow.log", "w")  # noqa: SIM115 (the script writes to it until it stops; closed below)
     proc = subprocess.Popen(["bash", str(PROJECT_ROOT / "scripts" / "airflow_standalone.sh")], cwd=PROJECT_ROOT,
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     marker = f"AIRFLOW_HOME={home}"
@@ -197,12 +197,9 @@ def test_postgres_stopped_during_evaluate_fails_the_task_retryably_and_the_retry
     assert not isinstance(err.value, pipeline.NO_RETRY_EXCEPTIONS), f"would not be retried: {err.value!r}"
     from airflow.sdk import RetryAction
 
-    sys.path.insert(0, str(PROJECT_ROOT / "dags"))
-    try:
-        import cifar10_retraining as dag_module
-    finally:
-        sys.path.remove(str(PROJECT_ROOT / "dags"))
-    assert dag_module.RETRY_POLICY.evaluate(err.value, 1, 3).action == RetryAction.DEFAULT
+    from tl_tasks.airflow_local.run_dag import load_dag_module
+
+    assert load_dag_module("cifar10_retraining").RETRY_POLICY.evaluate(err.value, 1, 3).action == RetryAction.DEFAULT
 
     own_postgres.start()               # PostgreSQL is back: the retry (the same task again) completes the run
     monkeypatch.setattr(evaluate_module, "evaluate_variant", original)
@@ -221,23 +218,31 @@ def test_postgres_stopped_during_evaluate_fails_the_task_retryably_and_the_retry
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_celery_worker_killed_during_train_recovers_after_a_restart(tmp_path, tl_home, pg_url):
+def test_celery_worker_killed_during_train_recovers_after_a_restart(tmp_path, tl_home, pg_url, redis_url):
     import sqlalchemy as sa
 
-    from tests.airflow_harness import (DAG_ID, DAGS_FOLDER, PG_ADMIN_URL, REDIS_TEST_URL, AirflowHarness,
-                                       _signal_group, flush_redis, pg_database, require_dag, stored_results,
-                                       workflow_env)
+    from tests.airflow_harness import (
+        DAG_ID,
+        DAGS_FOLDER,
+        PG_ADMIN_URL,
+        AirflowHarness,
+        _signal_group,
+        flush_redis,
+        pg_database,
+        require_dag,
+        stored_results,
+        workflow_env,
+    )
     from tl_tasks.layout import RunLayout
 
     require_dag()
     conf = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 20, "epochs": 40}
-    flush_redis(REDIS_TEST_URL)
     with pg_database(PG_ADMIN_URL) as metadata_url:
         harness = AirflowHarness(
             home=tmp_path / "airflow", dags_folder=DAGS_FOLDER, executor="CeleryExecutor",
             sql_alchemy_conn=metadata_url, parallelism=4,
             extra_env={**workflow_env(tl_home, pg_url),
-                       "AIRFLOW__CELERY__BROKER_URL": REDIS_TEST_URL,
+                       "AIRFLOW__CELERY__BROKER_URL": redis_url,
                        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata_url}",
                        # notice the dead worker's task within seconds, not the default 5 minutes
                        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
@@ -267,7 +272,7 @@ def test_celery_worker_killed_during_train_recovers_after_a_restart(tmp_path, tl
             tis = harness.task_instances(DAG_ID, run_id)
         finally:
             harness.stop()
-            flush_redis(REDIS_TEST_URL)
+            flush_redis(redis_url)
     train = [ti for ti in tis if ti["task_id"] == "train"]
     assert len(train) == 1 and train[0]["try_number"] >= 2 and train[0]["hostname"] == "tl-test-gpu-worker-2", train
     results = stored_results(pg_url, run_id)

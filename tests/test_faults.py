@@ -8,10 +8,9 @@ from datetime import timedelta
 
 import pytest
 
-from ml_helpers import small_settings, write_prepared
+from tests.ml_helpers import small_settings, write_prepared
 from tl_tasks import config, pipeline, schema, timeouts
 from tl_tasks.errors import BadInput, MissingInput
-
 
 # --- retry classification ------------------------------------------------------------------------
 
@@ -28,7 +27,7 @@ def test_only_bad_input_is_not_retried():
 def test_bad_settings_are_bad_input():
     with pytest.raises(BadInput, match="epochs=0"):
         schema.settings_from_params({"profile": "smoke", "epochs": 0})
-    with pytest.raises(BadInput, match="profile=.huge. is not one of smoke, quick, full"):
+    with pytest.raises(BadInput, match=r"profile=.huge. is not one of smoke, quick, full"):
         schema.settings_from_params({"profile": "huge"})
 
 
@@ -47,10 +46,10 @@ def test_run_key_is_collision_free_and_readable():
 
 def test_deadline_stops_a_hung_python_loop_and_is_retryable():
     started = time.perf_counter()
-    with pytest.raises(timeouts.StageTimeout, match=r"train cnn ran past its deadline of 0:00:00.300000"):
-        with timeouts.deadline(timedelta(seconds=0.3), "train cnn"):
-            while True:
-                time.sleep(0.01)
+    with (pytest.raises(timeouts.StageTimeout, match=r"train cnn ran past its deadline of 0:00:00\.300000"),  # noqa: PT012
+          timeouts.deadline(timedelta(seconds=0.3), "train cnn")):
+        while True:
+            time.sleep(0.01)
     assert time.perf_counter() - started < 5
     with timeouts.deadline(timedelta(seconds=5), "quick"):    # finishing in time raises nothing later
         pass
@@ -62,12 +61,13 @@ def test_deadlines_follow_profile_variant_and_epochs():
     assert timeouts.train_deadline("quick", "cnn", 2) < timeouts.train_deadline("quick", "resnet50", 2)
     assert timeouts.train_deadline("full", "resnet50", 3) < timeouts.train_deadline("full", "resnet50", 6)
     assert timeouts.train_deadline("full", "resnet50", 10_000) == timeouts.HARD["train"]
-    assert timeouts.DAGRUN_TIMEOUT < timedelta(days=7)        # a weekly run ends before the next is due
+    assert timedelta(days=7) > timeouts.DAGRUN_TIMEOUT        # a weekly run ends before the next is due
 
 
 def test_postgres_engine_has_connect_and_statement_timeouts(pg_url):
-    from tl_tasks.store.db import PG_STATEMENT_TIMEOUT_MS, create_store_engine
     import sqlalchemy as sa
+
+    from tl_tasks.store.db import PG_STATEMENT_TIMEOUT_MS, create_store_engine
 
     engine = create_store_engine(pg_url)
     with engine.connect() as conn:

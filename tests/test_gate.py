@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 
 from tl_tasks.gate import (
-    DECISIONS, DEFAULT_ALPHA, DEFAULT_TOLERANCE, PROMOTING, compare_paired, decide, describe_delta, summarize,
-    validate_alpha, validate_tolerance, wilson_interval,
+    DECISIONS,
+    DEFAULT_ALPHA,
+    DEFAULT_TOLERANCE,
+    PROMOTING,
+    compare_paired,
+    decide,
+    describe_delta,
+    summarize,
+    validate_alpha,
+    validate_tolerance,
+    wilson_interval,
 )
 
 CHAMPION = {"run_id": "run-1", "accuracy": 0.60}
@@ -66,7 +75,7 @@ def test_a_two_point_drop_on_100_images_is_not_a_regression():
     """On 100 images a 2-point drop is noise: whatever the split into fixed and broken images (b - c = -2),
     it is never called regressed. Simulated with a true 2-point drop (seed 4, 1000 trials), the gate calls
     it regressed only when the sample shows a much larger drop (measured: 5.4%), and never promotes."""
-    for fixed in range(0, 29):  # the champion gets 30 of 100 wrong
+    for fixed in range(29):  # the champion gets 30 of 100 wrong
         p = _paired(fixed=fixed, broken=fixed + 2, n=100, champion_correct=70)
         assert decide(p["accuracy"], CHAMPION, paired=p)["decision"] == "kept", p
     rates = _decisions(100, 0.70, 0.68, trials=1000, seed=4)
@@ -183,6 +192,7 @@ def test_describe_delta_in_plain_words():
 def test_the_store_takes_the_gate_vocabulary_and_its_champions_are_the_promoting_decisions():
     from tl_tasks.store import connect
 
+    champion_before = None
     with connect() as store:
         for i, decision in enumerate(DECISIONS):
             run_id = f"run{i}"

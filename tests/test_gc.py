@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import report_fixtures as rf
+from tl_tasks import demo as rf
 from tl_tasks.errors import BadInput
 from tl_tasks.gc import collect_garbage
 from tl_tasks.layout import RunLayout
@@ -103,23 +103,23 @@ def test_champions_are_never_deleted_and_old_runs_are_thinned(history, tl_home):
 
 
 def test_dry_run_removes_nothing_and_the_cli_prints_what_it_frees(history, tl_home):
-    ids, files, champ = history
+    ids, files, _ = history
     before = _snapshot(tl_home)
     out = subprocess.run([sys.executable, "-m", "tl_tasks", "gc", "--keep", "2", "--dry-run"], cwd=PROJECT_ROOT,
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("[dry run] would free ") and "would remove" in out.stdout
     assert str(files[ids[1]]["x_train"]) in out.stdout and "champions" not in out.stdout.replace(
         "champion run", "")
     assert _snapshot(tl_home) == before
     real = subprocess.run([sys.executable, "-m", "tl_tasks", "gc", "--keep", "2"], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+                          capture_output=True, text=True, timeout=300)
     assert real.returncode == 0 and real.stdout.startswith("freed ")
     assert not files[ids[1]]["x_train"].exists()
 
 
 def test_airflow_logs_of_thinned_runs_go(history, tmp_path):
-    ids, files, _ = history
+    ids, _, _ = history
     logs = tmp_path / "logs"
     for run_id in ids:
         (logs / "dag_id=cifar10_retraining" / f"run_id={run_id}" / "task_id=train").mkdir(parents=True)

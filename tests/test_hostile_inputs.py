@@ -21,9 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_helpers import write_cifar_batches, write_image_folder
-from tl_tasks.data import limits
-from tl_tasks.data import prepare_data
+from tests.data_helpers import write_cifar_batches, write_image_folder
+from tl_tasks.data import limits, prepare_data
 from tl_tasks.errors import BadInput
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -326,9 +325,8 @@ def test_every_bomb_at_once_stays_within_bounded_memory_and_time(tmp_path):
     side = int(150e6 ** 0.5)
     (special / "train" / "b" / "huge.png").write_bytes(_png_header_only(side, side))
     sources.append(f"folder:{special}")
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     out = subprocess.run([sys.executable, "-c", BOMBS_SCRIPT, *sources], capture_output=True, text=True,
-                         timeout=240, env=env, cwd=tmp_path)
+                         timeout=240, cwd=tmp_path)  # tl_tasks imports as the installed package
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])
     print(json.dumps(results, indent=1))

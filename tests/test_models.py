@@ -52,7 +52,7 @@ def test_every_variant_builds_with_the_expected_layers(name):
         start = [layer.name for layer in base.layers].index(v.trainable_from)
         assert all(not layer.trainable for layer in base.layers[:start])
         is_bn = [isinstance(layer, keras.layers.BatchNormalization) for layer in base.layers[start:]]
-        assert all(layer.trainable != bn for layer, bn in zip(base.layers[start:], is_bn)) and any(is_bn)
+        assert all(layer.trainable != bn for layer, bn in zip(base.layers[start:], is_bn, strict=True)) and any(is_bn)
         assert _count(model.trainable_weights) > head_params + 20_000_000
 
 
@@ -94,7 +94,7 @@ def test_unfrozen_base_keeps_batchnorm_in_inference_mode():
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy", run_eagerly=True)
     model.train_on_batch(x, np.arange(4))
     stats_after = [keras.ops.convert_to_numpy(w) for bn in bns for w in (bn.moving_mean, bn.moving_variance)]
-    for before, after in zip(stats_before, stats_after):
+    for before, after in zip(stats_before, stats_after, strict=True):
         np.testing.assert_array_equal(before, after)
     kernel_after = keras.ops.convert_to_numpy(base.get_layer("conv2_block1_1_conv").kernel)
     assert not np.allclose(kernel_before, kernel_after)  # the base is unfrozen: its convolutions do learn
@@ -111,7 +111,7 @@ def test_unknown_trainable_from_is_a_clear_error():
     import dataclasses
 
     bad = dataclasses.replace(get_variant("resnet50_v2"), trainable_from="conv9_block1")
-    with pytest.raises(ValueError, match="trainable_from='conv9_block1'.*block boundary"):
+    with pytest.raises(ValueError, match=r"trainable_from='conv9_block1'.*block boundary"):
         build_model(bad, NUM_CLASSES, weights="none")
 
 
@@ -136,7 +136,7 @@ def saved_base(tmp_path_factory):
 def _assert_base_weights(model, expected):
     got = model.get_layer("resnet50").get_weights()
     assert len(got) == len(expected)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         np.testing.assert_array_equal(g, e)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.airflow  # a migrated Airflow database behind the api-server app
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "/retraining-reports"
 RUN_ID = "scheduled__2026-02-02T02:00:00+00:00"
@@ -22,7 +24,7 @@ HEAVY = ("matplotlib", "tensorflow", "keras", "jax", "torch", "reports", "report
 
 
 @pytest.fixture(scope="module")
-def probe(tmp_path_factory) -> dict:
+def probe(tmp_path_factory, airflow_home_with_db) -> dict:
     """Run `_probe` in a fresh interpreter configured like an api-server with the project's plugins folder."""
     root = tmp_path_factory.mktemp("plugin")
     password = "pw-" + os.urandom(8).hex()
@@ -41,14 +43,12 @@ def probe(tmp_path_factory) -> dict:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(root / "passwords.json"),
         "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
         "TL_HOME": str(root / "tl_home"),
-        "PYTHONPATH": str(PROJECT_ROOT),
+        "PYTHONPATH": str(PROJECT_ROOT),  # the `tests` package (auth manager, probe) is not installed
         "PROBE_PASSWORD": password,
         "PROBE_OUT": str(root / "probe.json"),
     })
-    # The api-server checks tokens against Airflow's metadata database (revoked tokens): create it first.
-    migrate = subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], cwd=root, env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert migrate.returncode == 0, f"airflow db migrate failed:\n{migrate.stdout[-3000:]}\n{migrate.stderr[-3000:]}"
+    # The api-server checks tokens against Airflow's metadata database (revoked tokens): a copy of the migrated one.
+    airflow_home_with_db(root)
     done = subprocess.run([sys.executable, "-c", "from tests.test_plugin import _probe; _probe()"], cwd=PROJECT_ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"probe failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
@@ -121,8 +121,8 @@ def _probe() -> None:
     app = create_app()
     out["heavy_at_startup"] = [m for m in HEAVY if m in sys.modules]
 
-    from tests import report_fixtures as rf
     from tl_tasks import config
+    from tl_tasks import demo as rf
     from tl_tasks.store import connect
 
     with TestClient(app) as client:

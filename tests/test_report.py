@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -17,8 +16,8 @@ import markupsafe
 import pytest
 
 from reports.context import MISCLASSIFIED_SHOWN
-from tests import report_fixtures as rf
 from tl_tasks import config
+from tl_tasks import demo as rf
 from tl_tasks.layout import RunLayout
 from tl_tasks.store import connect
 
@@ -218,7 +217,7 @@ def test_plot_text_from_data_is_not_mathtext():
 def test_missing_test_images_are_reported_not_fatal(store):
     rf.seed_run(store, "run-x", rf.run_date(0))
     RunLayout("run-x").data_file("x_test").unlink()
-    text, page = _build(store, "run-x")
+    _, page = _build(store, "run-x")
     assert "The test images are no longer on disk" in page.plain
     assert not [i for i in page.all("img") if i["alt"].startswith("test image")]
 
@@ -248,13 +247,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   # network off: no DNS, and every connection goes to a closed local port
                   "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9",
                   "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0"]
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    pytest.fail("headless Chromium is missing: run `make system-deps` (apt-get install chromium)")
 
 
 class _DevTools:
@@ -294,9 +286,9 @@ class _DevTools:
         self.ws.close()
 
 
-def _open_devtools(tmp_path: Path) -> tuple[subprocess.Popen, _DevTools]:
+def _open_devtools(chromium: str, tmp_path: Path) -> tuple[subprocess.Popen, _DevTools]:
     profile = tmp_path / "chromium-profile"
-    proc = subprocess.Popen([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1300,900",
+    proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1300,900",
                              "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     port_file = profile / "DevToolsActivePort"
     deadline = time.monotonic() + 60
@@ -311,13 +303,14 @@ def _open_devtools(tmp_path: Path) -> tuple[subprocess.Popen, _DevTools]:
     return proc, _DevTools(pages[0]["webSocketDebuggerUrl"])
 
 
-def test_report_in_headless_chromium(store, tmp_path):
+@pytest.mark.browser
+def test_report_in_headless_chromium(store, tmp_path, chromium):
     rf.seed_run(store, "browser-a", rf.run_date(0), seed=1)
     rf.seed_run(store, f"browser-b{XSS}", rf.run_date(1), seed=2, failed={"resnet50_v2": ("train", f"OOM {XSS}")})
     from reports import build_report
 
     report = build_report(f"browser-b{XSS}", store)
-    proc, dt = _open_devtools(tmp_path)
+    proc, dt = _open_devtools(chromium, tmp_path)
     try:
         for domain in ("Page", "Runtime", "Log", "Network"):
             dt.call(f"{domain}.enable")
@@ -425,5 +418,5 @@ def test_trend_summarises_history_older_than_the_chart(store, monkeypatch):
     ids = [f"scheduled__w{i}" for i in range(6)]
     for i, run_id in enumerate(ids):
         rf.seed_run(store, run_id, rf.run_date(i), seed=i, variants=("cnn",), write_data=i == 5)
-    text, page = _build(store, ids[-1])
+    _, page = _build(store, ids[-1])
     assert "The chart draws the last 3 runs; older history on this test set: cnn: 3 earlier runs from" in page.plain

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from data_helpers import write_image_folder
+from tests.data_helpers import write_image_folder
 from tl_tasks import config, pipeline, schema
 from tl_tasks.data import prepare_data
 from tl_tasks.errors import BadInput

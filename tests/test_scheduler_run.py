@@ -9,7 +9,14 @@ from __future__ import annotations
 import pytest
 
 from tests.airflow_harness import (
-    DAG_ID, DAGS_FOLDER, AirflowHarness, max_concurrent, overlapping_pairs, require_dag, smoke_conf, stored_results,
+    DAG_ID,
+    DAGS_FOLDER,
+    AirflowHarness,
+    max_concurrent,
+    overlapping_pairs,
+    require_dag,
+    smoke_conf,
+    stored_results,
     workflow_env,
 )
 
@@ -17,7 +24,7 @@ GPU_POOL_SLOTS = 2
 
 
 @pytest.mark.slow
-def test_scheduler_runs_mapped_train_tasks_in_parallel(tmp_path, tl_home):
+def test_scheduler_runs_mapped_train_tasks_in_parallel(tmp_path, tl_home, migrated_airflow_db):
     require_dag()
     conf = smoke_conf()
     variants = conf["variants"]
@@ -25,7 +32,7 @@ def test_scheduler_runs_mapped_train_tasks_in_parallel(tmp_path, tl_home):
     harness = AirflowHarness(home=tmp_path / "airflow", dags_folder=DAGS_FOLDER, executor="LocalExecutor",
                              parallelism=4, extra_env=workflow_env(tl_home, metrics_url))
     try:
-        harness.migrate()
+        harness.migrate(migrated_airflow_db)
         harness.create_pool("gpu", GPU_POOL_SLOTS)
         harness.start_core()
         harness.wait_dag(DAG_ID)

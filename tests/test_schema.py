@@ -28,7 +28,7 @@ def test_form_cli_and_validation_list_the_same_parameters():
     assert len(names) == len(set(names))
     params = schema.dag_params()
     assert list(params) == names
-    fields = {f for f in config.Settings.__dataclass_fields__}
+    fields = set(config.Settings.__dataclass_fields__)
     for p in schema.PARAMS:
         assert p.section in schema.SECTIONS and p.type in schema.TYPES
         assert p.field is None or p.field in fields, p.name
@@ -112,7 +112,7 @@ def test_a_new_schema_entry_shows_up_in_the_form_and_the_cli(monkeypatch):
     monkeypatch.setattr(schema, "PARAMS", (*schema.PARAMS, new))
     params = schema.dag_params()
     assert params["warmup"].value == 7 and params["warmup"].schema["maximum"] == 100
-    assert "Warm-up steps. Default: 7." == params["warmup"].description
+    assert params["warmup"].description == "Warm-up steps. Default: 7."
     parser = argparse.ArgumentParser()
     schema.add_cli_options(parser, run=True)
     assert parser.parse_args(["--warmup", "3"]).warmup == 3 and parser.parse_args([]).warmup == 7

@@ -2,6 +2,8 @@
 run -> recorded as `skipped: unchanged` with a link to that run, nothing trained; `force` trains anyway."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tl_tasks import config, pipeline, skip
@@ -40,7 +42,7 @@ def test_unchanged_run_is_skipped_with_a_link_and_force_retrains(tl_home, monkey
     assert run["state"] == "skipped" and run["params"]["skipped"] == {"reason": "unchanged", "same_as": "r2"}
     assert pipeline.gate_stage("r3", None)["skipped"]["same_as"] == "r2"
     report = pipeline.report_stage("r3")
-    html = open(report, encoding="utf-8").read()
+    html = Path(report).read_text(encoding="utf-8")
     assert "Skipped: unchanged" in html and f'href="../../{config.run_key("r2")}/report/index.html"' in html
     assert pipeline.finish_stage("r3")["state"] == "skipped"  # the run succeeds, with nothing trained
     with connect() as store:

@@ -7,12 +7,11 @@ import sqlite3
 import subprocess
 import sys
 import traceback
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 
-from tl_tasks.store.db import SCHEMA_REVISION
 from tl_tasks.store import (
     DatabaseUnavailableError,
     DatabaseURLError,
@@ -22,8 +21,9 @@ from tl_tasks.store import (
     mask_url,
     resolve_url,
 )
+from tl_tasks.store.db import SCHEMA_REVISION
 
-T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 N_WRITERS = 16
 
 
@@ -131,9 +131,8 @@ def test_db_upgrade_command_and_second_connect_is_a_no_op(db_url, monkeypatch):
 
 
 def test_database_newer_than_the_code_is_a_clear_error(db_url):
-    with connect(db_url) as store:
-        with store.engine.begin() as conn:
-            conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_future'"))
+    with connect(db_url) as store, store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_future'"))
     with pytest.raises(SchemaVersionError, match=r"'9999_future'.*does not know.*newest is '0002_lineage'") as err:
         connect(db_url)
     assert mask_url(db_url) in str(err.value)
@@ -292,7 +291,7 @@ def test_run_fields_round_trip_and_partial_updates(store):
 
 
 def test_bad_writes_are_clear_errors(store):
-    with pytest.raises(ValueError, match="unknown field.*'colour'"):
+    with pytest.raises(ValueError, match=r"unknown field.*'colour'"):
         store.upsert_run("r1", colour="blue")
     with pytest.raises(ValueError, match="run_id"):
         store.upsert_run("")
@@ -553,6 +552,7 @@ def _concurrent_writer(url: str, variant: str, barrier, errors) -> None:
         raise
 
 
+@pytest.mark.slow
 def test_sixteen_processes_write_one_run_at_the_same_moment(db_url):
     """16 spawned processes start behind a barrier on an EMPTY database (so they also race the migration)."""
     ctx = multiprocessing.get_context("spawn")

@@ -107,7 +107,8 @@ def test_a_watcher_event_names_the_dataset_of_the_run_it_starts():
 
 
 def test_watcher_dag_is_light_and_the_retraining_dag_listens_to_its_asset(tmp_path):
-    code = ("import sys; sys.path.insert(0, 'dags'); import tl_data_watcher as w, cifar10_retraining as r; "
+    code = ("import sys; from tl_tasks.airflow_local.run_dag import load_dag_module; "
+            "w, r = load_dag_module('tl_data_watcher'), load_dag_module('cifar10_retraining'); "
             "from airflow.sdk import AssetOrTimeSchedule; "
             "assert isinstance(r.retraining_dag.timetable, AssetOrTimeSchedule), r.retraining_dag.timetable; "
             "assert [o.name for o in w.watcher_dag.get_task('look').outlets] == ['tl_training_data']; "
@@ -136,7 +137,7 @@ def _wait_watcher_runs(harness, at_least: int, timeout: float = 300) -> None:
 
 
 @pytest.mark.slow
-def test_real_scheduler_new_images_start_exactly_one_retraining_run(tmp_path, tl_home, folder):
+def test_real_scheduler_new_images_start_exactly_one_retraining_run(tmp_path, tl_home, folder, migrated_airflow_db):
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from threading import Thread
@@ -163,7 +164,7 @@ def test_real_scheduler_new_images_start_exactly_one_retraining_run(tmp_path, tl
     # prepare_data, no training.
     harness = AirflowHarness(home=tmp_path / "airflow", dags_folder=DAGS_FOLDER, parallelism=2, extra_env=env)
     try:
-        harness.migrate()
+        harness.migrate(migrated_airflow_db)
         harness.create_pool("gpu", 1)
         harness.start_core()
         harness.wait_dag("tl_data_watcher")

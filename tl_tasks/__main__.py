@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tl_tasks import schema
@@ -53,13 +53,13 @@ def _int_at_least(text: str, minimum: int) -> int:
 
 
 def _iso_date(text: str):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date such as 2026-11-01 or 2026-11-01T06:00") from None
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
 def _positive_int(text: str) -> int:
@@ -251,7 +251,7 @@ def cmd_run(args) -> int:
         return _run_dag(args)
     from tl_tasks import pipeline
 
-    run_id = args.run_id or "cli__" + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+    run_id = args.run_id or "cli__" + datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
     settings = schema.settings_from_params(_settings_values(args))
     log.info("run %s: profile %s, variants %s", run_id, settings.profile, ", ".join(settings.variants))
     result = pipeline.run_all(run_id, settings, tolerance=args.tolerance, alpha=args.alpha,
@@ -265,18 +265,13 @@ def cmd_run(args) -> int:
 
 
 def _run_dag(args) -> int:
-    """Hand over to scripts/run_dag.py (Airflow's environment must be set before Airflow is imported)."""
-    import importlib.util
+    """Hand over to tl_tasks.airflow_local.run_dag, which sets Airflow's environment before importing Airflow."""
+    from tl_tasks.airflow_local import run_dag
 
-    from tl_tasks.config import PROJECT_ROOT
-
-    path = PROJECT_ROOT / "scripts" / "run_dag.py"
-    if not path.is_file():
-        raise CLIError(f"{path} is missing: --engine airflow needs the project checkout; use --engine local")
-    spec = importlib.util.spec_from_file_location("tl_run_dag", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.run_dag(schema.values_from_args(args), out=_out)
+    if not run_dag.DAG_FILE.is_file():
+        raise CLIError(f"{run_dag.DAG_FILE} is missing: --engine airflow needs the project checkout; "
+                       "use --engine local")
+    return run_dag.run_dag(schema.values_from_args(args), out=_out)
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "gate": cmd_gate,

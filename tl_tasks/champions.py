@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tl_tasks import config, layout
@@ -90,7 +90,7 @@ def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | N
             "decision": decision.get("decision"), "forced": bool(decision.get("forced")),
             "reason": decision.get("reason"), "model_file": MODEL_FILE, "model_sha256": model_sha,
             "predictions_sha256": result.get("predictions_sha256"), "serving": serving,
-            "versions": _versions(), "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(), "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
         })
 
     # a different model for the same run (it was retrained) is replaced whole, in one rename

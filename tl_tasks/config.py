@@ -88,7 +88,7 @@ class Settings:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Settings":
+    def from_dict(cls, d: dict) -> Settings:
         d = dict(d)
         d["variants"] = tuple(d.get("variants") or VARIANT_NAMES)
         known = {f.name for f in dataclasses.fields(cls)}
@@ -174,7 +174,7 @@ def apply_overrides(base: Settings, values: dict) -> Settings:
     if unknown:
         raise BadInput(f"unknown setting(s) {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(Settings)]}")
     if "epochs" in values and isinstance(values["epochs"], int) and not isinstance(values["epochs"], bool):
-        values["epochs"] = {family: values["epochs"] for family in base.epochs}
+        values["epochs"] = dict.fromkeys(base.epochs, values["epochs"])
     if "variants" in values:
         values["variants"] = tuple(get_variant(v).name for v in values["variants"])
         if not values["variants"]:

@@ -8,11 +8,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl_tasks import devices, runtime  # noqa: F401  (runtime sets TF/XLA environment variables before Keras loads)
-
 import keras
 import numpy as np
 
+from tl_tasks import devices, runtime
 from tl_tasks.config import Settings
 from tl_tasks.data import load_prepared
 from tl_tasks.files import sha256_file, write_json_atomic
@@ -92,7 +91,7 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
         inference_img_per_s=round(len(y_test) / seconds, 1) if seconds > 0 else float("nan"),
         inference_timing=devices.inference_timing(),
         params_total=int(model.count_params()), params_trainable=_count(model.trainable_weights),
-        model_size_bytes=model_path.stat().st_size, class_names=list(class_names), test_images=int(len(y_test)),
+        model_size_bytes=model_path.stat().st_size, class_names=list(class_names), test_images=len(y_test),
         predictions_path=str(predictions_path), predictions_sha256=predictions_sha256,
         model_sha256=sha256_file(model_path),
         batch_size=batch, backend=keras.backend.backend(), device=runtime.device_description(),

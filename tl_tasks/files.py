@@ -9,8 +9,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def unique_tmp(path: Path, *, keep_suffix: bool = False) -> Path:

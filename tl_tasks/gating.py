@@ -10,7 +10,13 @@ from pathlib import Path
 
 from tl_tasks.errors import RunFailed, first_line
 from tl_tasks.gate import (
-    Decision, RegressionError, compare_paired, decide, summarize, validate_alpha, validate_tolerance,
+    Decision,
+    RegressionError,
+    compare_paired,
+    decide,
+    summarize,
+    validate_alpha,
+    validate_tolerance,
 )
 from tl_tasks.skip import skip_note
 

@@ -11,11 +11,10 @@ import os
 import socket
 from pathlib import Path
 
-from tl_tasks import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
-
 import keras
 from keras import layers
 
+from tl_tasks import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
 from tl_tasks.errors import BadInput, MissingInput
 from tl_tasks.roots import check_allowed
 from tl_tasks.variants import Variant, get_variant

@@ -10,17 +10,22 @@ import logging
 import os
 import platform
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tl_tasks import timeouts
 from tl_tasks.config import Settings
 from tl_tasks.errors import BadInput, MissingInput, RunFailed, first_line
 from tl_tasks.files import write_json_atomic
-from tl_tasks.layout import RunLayout, cache_root
 from tl_tasks.gate import (
-    DEFAULT_ALPHA, DEFAULT_TOLERANCE, Decision, RegressionError, validate_alpha, validate_tolerance,
+    DEFAULT_ALPHA,
+    DEFAULT_TOLERANCE,
+    Decision,
+    RegressionError,
+    validate_alpha,
+    validate_tolerance,
 )
+from tl_tasks.layout import RunLayout, cache_root
 from tl_tasks.skip import skip_note
 from tl_tasks.variants import get_variant
 
@@ -375,4 +380,4 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -37,7 +37,7 @@ class Progress:
         self._next_log = self.step
         self._started = self._last_log = self._last_draw = time.monotonic()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -11,7 +11,7 @@ import logging
 import os
 import platform
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 # Must be set before TensorFlow or JAX is imported to have any effect:
 # - TF_CPP_MIN_LOG_LEVEL=2 hides TensorFlow's C++ INFO/WARNING start-up chatter;
@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from tl_tasks import devices  # noqa: E402  (light: no framework import)
+from tl_tasks import devices
 
 devices.prepare_environment()  # TL_CPU_DEVICES: simulated devices must be set before JAX starts
 
@@ -47,7 +47,7 @@ def import_keras_quietly() -> None:
     try:
         saved = os.dup(2)
     except OSError:  # no stderr to silence
-        import keras  # noqa: F401
+        import keras
         return
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -188,9 +188,8 @@ def check(name: str, value):
         if not isinstance(value, bool):
             raise BadInput(f"{where} is not true or false; give {p.flag} or leave it out")
         return value
-    if p.type == "string":
-        if not isinstance(value, str) or not value.strip():
-            raise BadInput(f"{where} is empty or not text; {p.help}")
+    if p.type == "string" and (not isinstance(value, str) or not value.strip()):
+        raise BadInput(f"{where} is empty or not text; {p.help}")
     if p.type == "list":
         if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
             raise BadInput(f"{where} must be a non-empty list; choose from {', '.join(p.choices)}")

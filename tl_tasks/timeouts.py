@@ -8,9 +8,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_tasks import devices, runtime  # noqa: F401  (runtime sets TF/XLA environment variables before Keras loads)
-
 import keras
 import numpy as np
 
+from tl_tasks import devices, layout, runtime
 from tl_tasks.config import Settings
 from tl_tasks.data import load_prepared
 from tl_tasks.files import copy_file_atomic, write_atomic, write_json_atomic
-from tl_tasks import layout
 from tl_tasks.layout import ModelFiles
 from tl_tasks.models import build_head, build_model, compile_recipe, one_hot, resolve_weights, set_base_frozen
 from tl_tasks.variants import Variant, get_variant
@@ -147,7 +145,7 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
         params_total=int(model.count_params()), params_trainable=_count(model.trainable_weights),
         feature_cache=feature_cache, feature_seconds=run.feature_seconds,
         train_img_per_s=round(len(y_train) * attempt_epochs / attempt_seconds, 1) if attempt_seconds > 0 else None,
-        train_images=int(len(y_train)), val_images=int(len(y_val)), input_size=input_size, image_size=image_size,
+        train_images=len(y_train), val_images=len(y_val), input_size=input_size, image_size=image_size,
         batch_size=settings.batch_size, seed=settings.seed, early_stopping=v.early_stopping, train_limit=limit,
         mixed_precision=mixed, backend=keras.backend.backend(), device=runtime.device_description(),
         head_warmup_epochs=run.warmup_epochs, monitor=v.monitor, replicas=replicas,
@@ -198,7 +196,7 @@ class _Run:
     epochs: int
     settings: Settings
     verbose: int
-    checkpoints: "_Checkpoints"
+    checkpoints: _Checkpoints
     state: dict | None
     x_train: np.ndarray
     y_train: np.ndarray
@@ -354,7 +352,7 @@ class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     _resume: dict | None = None
 
-    def resume_from(self, state: dict | None, checkpoints: "_Checkpoints") -> None:
+    def resume_from(self, state: dict | None, checkpoints: _Checkpoints) -> None:
         saved = (state or {}).get("early_stopping")
         if saved:
             # the weights file must be the snapshot's best epoch (after a fallback it may be a later one's)
@@ -509,7 +507,7 @@ def _signature(v: Variant, settings: Settings, fingerprint: str, y_train: np.nda
     sig = {
         "variant": dataclasses.asdict(v),
         "settings": {k: val for k, val in settings.to_dict().items() if k not in ignored},
-        "data": fingerprint or [int(len(y_train)), int(y_train.sum()), int(len(y_val))],
+        "data": fingerprint or [len(y_train), int(y_train.sum()), len(y_val)],
         "backend": keras.backend.backend(),
     }
     return json.loads(json.dumps(sig))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tl_tasks import config, layout
@@ -126,4 +126,4 @@ def _read_state(path: Path) -> dict | None:
 
 def _write_state(path: Path, source: Path, sig: dict) -> None:
     write_json_atomic(path, {"source": str(source), "signature": sig,
-                             "recorded_at": datetime.now(timezone.utc).isoformat()})
+                             "recorded_at": datetime.now(UTC).isoformat()})

@@ -15,7 +15,13 @@ from tl_tasks.data.prepare import prepare_data
 from tl_tasks.data.sources import SOURCES
 from tl_tasks.data.sources.cifar import CIFAR10_CLASSES
 from tl_tasks.data.storage import (
-    ARRAY_NAMES, SPLITS, Dataset, PreparedData, fingerprint_test_set, load_array, load_prepared,
+    ARRAY_NAMES,
+    SPLITS,
+    Dataset,
+    PreparedData,
+    fingerprint_test_set,
+    load_array,
+    load_prepared,
 )
 
 __all__ = [

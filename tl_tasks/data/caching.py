@@ -8,8 +8,8 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -53,8 +53,8 @@ def prepare_data(source: str, out_dir: Path, *, limit_per_class: int | None = No
     names = raw.class_names
     prepared = PreparedData(
         path=Path(out_dir).expanduser().resolve(), source=source, class_names=names,
-        counts={s: int(len(arrays[f"y_{s}"])) for s in SPLITS},
-        class_counts={s: {n: int(c) for n, c in zip(names, np.bincount(arrays[f"y_{s}"], minlength=len(names)))}
+        counts={s: len(arrays[f"y_{s}"]) for s in SPLITS},
+        class_counts={s: {n: int(c) for n, c in zip(names, np.bincount(arrays[f"y_{s}"], minlength=len(names)), strict=True)}
                       for s in SPLITS},
         fingerprint=fingerprint, test_fingerprint=fingerprint_test_set(arrays["x_test"], arrays["y_test"], names),
         skipped=raw.skipped, image_size=image_size, seed=seed,

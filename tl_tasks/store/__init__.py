@@ -28,12 +28,20 @@ from tl_tasks.store.db import (
 from tl_tasks.store.writes import RUN_WRITABLE_FIELDS
 
 __all__ = [
-    "connect", "MetricsStore", "StoreError", "DatabaseURLError", "DatabaseUnavailableError", "SchemaVersionError",
-    "RUN_WRITABLE_FIELDS", "mask_url", "resolve_url", "head_revision",
+    "RUN_WRITABLE_FIELDS",
+    "DatabaseURLError",
+    "DatabaseUnavailableError",
+    "MetricsStore",
+    "SchemaVersionError",
+    "StoreError",
+    "connect",
+    "head_revision",
+    "mask_url",
+    "resolve_url",
 ]
 
 
-def connect(url: str | None = None, *, migrate: bool = True) -> "MetricsStore":
+def connect(url: str | None = None, *, migrate: bool = True) -> MetricsStore:
     """Open the metrics database at `url` (default `config.metrics_db_url()`), migrating it to the current schema.
 
     Raises DatabaseURLError (malformed/unsupported URL), DatabaseUnavailableError (cannot connect),
@@ -60,7 +68,7 @@ class MetricsStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> "MetricsStore":
+    def __enter__(self) -> MetricsStore:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
@@ -165,7 +165,7 @@ def _set_wal(cur) -> None:
             cur.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
 
@@ -173,9 +173,8 @@ def _set_wal(cur) -> None:
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A connection inside a write transaction (BEGIN IMMEDIATE on SQLite), committed on success."""
-    with engine.connect().execution_options(tl_write=True) as conn:
-        with conn.begin():
-            yield conn
+    with engine.connect().execution_options(tl_write=True) as conn, conn.begin():
+        yield conn
 
 
 @contextmanager
@@ -187,9 +186,8 @@ def read_connection(engine: Engine) -> Iterator[Connection]:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             yield conn
         return
-    with engine.connect() as conn:
-        with conn.begin():
-            yield conn
+    with engine.connect() as conn, conn.begin():
+        yield conn
 
 
 # --- migrations --------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ The Alembic migrations in `migrations/versions/` create exactly this schema; a t
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -41,7 +41,7 @@ class UTCDateTime(sa.types.TypeDecorator):
     def process_result_value(self, value, dialect):
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def to_utc(value, name: str = "date") -> datetime:
@@ -53,16 +53,16 @@ def to_utc(value, name: str = "date") -> datetime:
             raise ValueError(f"{name}={value!r} is not an ISO 8601 date-time such as 2026-01-31T12:00:00+00:00") from None
     if not isinstance(value, datetime):
         raise ValueError(f"{name}={value!r} must be a datetime or an ISO 8601 string such as 2026-01-31T12:00:00+00:00")
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {
+    type_annotation_map = {  # noqa: RUF012 (SQLAlchemy reads this class attribute; never mutated)
         datetime: UTCDateTime,
         dict: sa.JSON,
         list: sa.JSON,
@@ -100,7 +100,7 @@ class Run(Base):
     # Ordering key: coalesce(logical_date, started_at, created_at), kept in step by every write.
     sort_time: Mapped[datetime]
 
-    results: Mapped[list["Result"]] = relationship(back_populates="run", cascade="all, delete-orphan",
+    results: Mapped[list[Result]] = relationship(back_populates="run", cascade="all, delete-orphan",
                                                    passive_deletes=True)
 
     __table_args__ = (sa.Index("ix_runs_sort_time_id", "sort_time", "id"), sa.Index("ix_runs_lineage", "lineage"))

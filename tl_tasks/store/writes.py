@@ -18,7 +18,14 @@ from tl_tasks.gate import DECISIONS, Decision
 from tl_tasks.store import queries
 from tl_tasks.store.models import to_utc, utcnow
 from tl_tasks.store.rows import (
-    classes_t, confusion_t, epochs_t, gate_dict, gates_t, results_t, run_dict, runs_t,
+    classes_t,
+    confusion_t,
+    epochs_t,
+    gate_dict,
+    gates_t,
+    results_t,
+    run_dict,
+    runs_t,
 )
 
 RUN_WRITABLE_FIELDS = ("dag_id", "logical_date", "started_at", "ended_at", "state", "profile", "params",

@@ -15,7 +15,7 @@ from tl_tasks.data.raw import Raw
 from tl_tasks.errors import BadInput, MissingInput
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CIFAR10_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+CIFAR10_BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
 
 def download_cifar10() -> Raw:
@@ -87,7 +87,7 @@ def _safe_frombuffer(buf, dtype, shape, order):
     return np.frombuffer(buf, dtype).reshape(shape, order=order)
 
 
-class _CifarUnpickler(pickle.Unpickler):
+class _CifarUnpickler(pickle.Unpickler):  # noqa: S301 (an allow-list unpickler: find_class refuses the rest)
     """Only what the CIFAR-10 batches hold (dicts, lists, bytes, numeric numpy arrays), nothing that runs code
     or grows memory beyond the file's size: no codecs but latin-1, no object arrays, no arrays allocated from a
     shape alone (the file size itself is capped before reading)."""

@@ -1,9 +1,9 @@
 """Run the cifar10_retraining DAG once, headless, in this process (Airflow's `dag.test()`); print the report.
 
-    python scripts/run_dag.py --profile quick            # what `make run` does (via python -m tl_tasks run)
-    python scripts/run_dag.py --conf '{"profile": "smoke", "variants": ["cnn"]}'
+    python -m tl_tasks run --profile quick                          # what `make run` does (calls run_dag below)
+    python -m tl_tasks.airflow_local.run_dag --conf '{"profile": "smoke", "variants": ["cnn"]}'
 
-Uses the project's Airflow settings (scripts/airflow_env.py: ./airflow_home, ./dags), migrates Airflow's
+Uses the project's Airflow settings (tl_tasks.airflow_local.env: ./airflow_home, ./dags), migrates Airflow's
 database and creates the `gpu` pool first. Tasks run one after another in this process; this process must
 not fork afterwards (TensorFlow). Exit status: 0 success, 1 the run failed, 2 bad parameters.
 """
@@ -17,21 +17,38 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import airflow_env  # noqa: E402  (this folder)
+from tl_tasks.airflow_local import env as airflow_env
+from tl_tasks.config import PROJECT_ROOT
 
-PROJECT_ROOT = airflow_env.PROJECT_ROOT
-DAG_FILE = PROJECT_ROOT / "dags" / "cifar10_retraining.py"
+DAGS_FOLDER = PROJECT_ROOT / "dags"
+DAG_FILE = DAGS_FOLDER / "cifar10_retraining.py"
+
+
+def load_dag_module(name: str = DAG_FILE.stem) -> ModuleType:
+    """The module of `dags/<name>.py`, loaded from its file as Airflow's DAG processor does (dags/ is no package).
+
+    Loaded afresh on every call (the environment, e.g. TL_SCHEDULE, is read at parse time) and registered in
+    sys.modules under `name`, as the DAG processor does.
+    """
+    path = DAGS_FOLDER / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no DAG file {path}: name one of {sorted(p.stem for p in DAGS_FOLDER.glob('*.py'))}")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def load_dag():
     """The DAG object from dags/cifar10_retraining.py."""
-    spec = importlib.util.spec_from_file_location(DAG_FILE.stem, DAG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[DAG_FILE.stem] = module
-    spec.loader.exec_module(module)
-    return module.retraining_dag
+    return load_dag_module().retraining_dag
 
 
 def validate_conf(dag, conf: dict) -> dict:
@@ -55,14 +72,14 @@ def run_dag(conf: dict, *, setup: bool = True, out=print) -> int:
     Returns 0 when the run succeeded, 1 when it failed, 2 when `conf` is invalid.
     """
     os.environ.update(airflow_env.airflow_env())  # before Airflow is imported
-    if setup:
-        airflow_env.setup()
     dag = load_dag()
     try:
         validate_conf(dag, conf)
-    except ValueError as exc:
+    except ValueError as exc:  # before the set-up: a bad conf costs no database migration
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if setup:
+        airflow_env.setup()
     print(f"running DAG {dag.dag_id} with conf {json.dumps(conf)}", file=sys.stderr)
     started = time.monotonic()
     dr = dag.test(run_conf=conf)

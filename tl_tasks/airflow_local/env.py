@@ -1,7 +1,7 @@
 """Airflow settings of this project and its one-time set-up, shared by `make airflow` and `make run`.
 
-    eval "$(python scripts/airflow_env.py)"   # export the settings into a shell
-    python scripts/airflow_env.py --setup     # migrate Airflow's database and create the `gpu` pool
+    eval "$(python -m tl_tasks.airflow_local.env)"   # export the settings into a shell
+    python -m tl_tasks.airflow_local.env --setup     # migrate Airflow's database and create the `gpu` pool
 
 AIRFLOW_HOME is project-local (`./airflow_home`, or $TL_AIRFLOW_HOME); the DAGs come from ./dags, the
 plugin from ./plugins, Airflow's example DAGs are off, and the API server listens on 127.0.0.1 only.
@@ -14,7 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from tl_tasks.config import PROJECT_ROOT
+
 GPU_POOL = "gpu"
 GPU_POOL_DESCRIPTION = "training/evaluation slots: how many variants run at once (TL_GPU_POOL_SLOTS)"
 
@@ -26,7 +27,6 @@ def airflow_home() -> Path:
 def airflow_env() -> dict[str, str]:
     """The environment variables that point Airflow at this project."""
     port = os.environ.get("TL_AIRFLOW_PORT") or "8080"
-    pythonpath = [str(PROJECT_ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
     return {
         "AIRFLOW_HOME": str(airflow_home()),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
@@ -35,7 +35,6 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": port,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "PYTHONPATH": os.pathsep.join(dict.fromkeys(pythonpath)),
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
     }
 

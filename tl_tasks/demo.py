@@ -1,4 +1,4 @@
-"""Seed a metrics store with realistic fake runs through the store API, for report tests and the benchmark.
+"""Demo data: seed a metrics store with realistic fake runs through the store API (report tests, benchmarks).
 
 A fake run has what the pipeline records: run metadata, per-variant train summaries (with epoch history),
 evaluations (per-class metrics, confusion matrix, misclassified test indices), gate decisions and failures,
@@ -6,16 +6,17 @@ plus the run's `data/x_test.npy` so the report can draw misclassified thumbnails
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from tl_tasks.files import save_npy_atomic
 from tl_tasks.layout import RunLayout
 from tl_tasks.variants import VARIANT_NAMES
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 BASE_ACCURACY = {"cnn": 0.62, "resnet50_v1": 0.80, "resnet50_v2": 0.88, "resnet50_v3": 0.90, "resnet50_v4": 0.91}
-START = datetime(2026, 1, 5, 2, 0, tzinfo=timezone.utc)
+START = datetime(2026, 1, 5, 2, 0, tzinfo=UTC)
 TEST_IMAGES = 200
 TOLERANCE = 0.01
 VERSIONS = {"python": "3.11.9", "keras": "3.15.1", "tensorflow": "2.21.0", "numpy": "2.4.6",
@@ -95,10 +96,9 @@ def write_test_images(run_id: str, class_names=CLASS_NAMES, n_test: int = TEST_I
         shape = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r)[..., None]
         img = np.where(shape, hue, background) + rng.normal(0, 8, (32, 32, 3))
         x[i] = np.clip(img, 0, 255).astype(np.uint8)
-    folder = RunLayout(run_id).data_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "x_test.npy", x)
-    np.save(folder / "y_test.npy", y.astype(np.int64))
+    data = RunLayout(run_id).data
+    save_npy_atomic(data.array("x_test"), x)
+    save_npy_atomic(data.array("y_test"), y.astype(np.int64))
 
 
 def seed_run(store, run_id: str, when: datetime, *, variants=VARIANT_NAMES, shift: float = 0.0,
@@ -141,7 +141,7 @@ def seed_run(store, run_id: str, when: datetime, *, variants=VARIANT_NAMES, shif
         if detail:
             store.record_training(run_id, v, _train_summary(v, run_id, epochs, target, rng))
             evaluation = fake_evaluation(v, target, class_names, rng=rng,
-                                         predictions_path=RunLayout(run_id).model_dir(v) / "predictions.npy")
+                                         predictions_path=RunLayout(run_id).predictions_file(v))
         else:
             evaluation = {"accuracy": target, "loss": 2.3 * (1 - target) + 0.1, "top3_accuracy": min(1, target + 0.1),
                           "macro_f1": target - 0.01, "inference_img_per_s": 1000.0}
