@@ -112,11 +112,11 @@ def cifar10_retraining():
     def prepare_data(params=None, run_id=None, dag_run=None, triggering_asset_events=None) -> list[dict]:
         """Prepare the data; returns one {variant, settings} job per chosen variant."""
         from tl_tasks.pipeline import prepare_jobs
-        from tl_tasks.watch import dataset_from_events
+        from tl_tasks.watch import dataset_for_run
 
-        params = dict(params)
-        if params.get("dataset") is None:  # a run the data watcher started trains on the data it watches
-            params["dataset"] = dataset_from_events(triggering_asset_events)
+        params = dict(params)  # no dataset given: a watcher or clock run trains on the watched data (TL_WATCH_SOURCE)
+        manual = str(getattr(dag_run.run_type, "value", dag_run.run_type)) == "manual"
+        params["dataset"] = dataset_for_run(params.get("dataset"), triggering_asset_events, manual=manual)
         return prepare_jobs(run_id, params, dag_id=DAG_ID, logical_date=dag_run.logical_date or dag_run.run_after)
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE, execution_timeout=HARD["train"], multiple_outputs=False,

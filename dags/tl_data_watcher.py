@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 from airflow.sdk import Asset, dag, task
 
-from tl_tasks.watch import DATASET_ASSET
+from tl_tasks.watch import DATASET_ASSET, WATCHER_DAG_ID
 
-DAG_ID = Path(__file__).stem
+DAG_ID = WATCHER_DAG_ID
 INTERVAL = timedelta(seconds=float(os.environ.get("TL_WATCH_INTERVAL_S", "300")))  # how often to look
 
 

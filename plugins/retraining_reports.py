@@ -6,7 +6,6 @@ heavy is imported here: the pages are static files written by `reports` (builder
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,9 +14,12 @@ from airflow.sdk import BaseOperatorLink
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
+from tl_tasks.layout import REPORT_DIR, REPORTS_DIR, REPORTS_INDEX_URL_PATH, RUNS_DIR  # light: paths only
+
+INDEX = REPORTS_INDEX_URL_PATH
+
 URL_PREFIX = "/retraining-reports"
 DAG_ID = "cifar10_retraining"   # reports show this DAG's runs: reading them needs read access to it
-INDEX = "reports/index.html"   # tl_tasks.layout: REPORTS_DIR/REPORT_INDEX (no tl_tasks import at plugin load)
 # Reports are self-contained pages: no scripts, inline styles, images as data: URIs. The policy makes a
 # page inert even if a string slipped past escaping; framing is allowed for the Airflow UI (same origin).
 SECURITY_HEADERS = {
@@ -54,11 +56,9 @@ async def require_user(request: Request):
 
 
 def reports_home() -> Path:
-    """`$TL_HOME` as the workflow resolves it (tl_tasks.config), resolved to an absolute path."""
-    try:
-        from tl_tasks.config import tl_home
-    except ImportError:  # project not on sys.path: same rule as tl_tasks.config.tl_home
-        return Path(os.environ.get("TL_HOME") or Path(__file__).resolve().parents[1] / "tl_home").expanduser().resolve()
+    """`$TL_HOME` as the workflow resolves it (tl_tasks.config; the package is installed wherever Airflow runs)."""
+    from tl_tasks.config import tl_home
+
     return tl_home()
 
 
@@ -69,8 +69,6 @@ def resolve_report_file(relative: str) -> Path | None:
     parts = Path(relative).parts
     if any(p in ("..", ".") for p in parts) or Path(relative).is_absolute():
         return None
-    from tl_tasks.layout import REPORT_DIR, REPORTS_DIR, RUNS_DIR
-
     home = reports_home()
     target = (home / relative).resolve()  # follows symlinks: a link pointing outside is refused below
     allowed = [home / REPORTS_DIR]
@@ -117,10 +115,8 @@ class RunReportLink(BaseOperatorLink):
             return ""  # the UI shows no link for other DAGs' tasks
         from airflow.configuration import conf
 
-        try:
-            from tl_tasks.notify import report_url
-        except ImportError:  # project not on the api-server's sys.path
-            return ""
+        from tl_tasks.notify import report_url
+
         return report_url(conf.get("api", "base_url", fallback="") or "", ti_key.run_id)
 
 

@@ -34,4 +34,4 @@ def render(template: str, context: dict) -> str:
 def write_page(path: Path, text: str) -> None:
     """Replace `path` in one step (`tl_tasks.files.write_text_atomic`), so a reader (the plugin) never sees a
     half-written page."""
-    write_text_atomic(path, text)
+    write_text_atomic(path, text, mode=0o644)  # readable by the api-server's user, whatever the umask

@@ -95,15 +95,34 @@ def test_an_archive_source_and_the_source_setting(tmp_path, tl_home, monkeypatch
     assert watch.watched_source() == tmp_path and watch.watched_dataset() == f"folder:{tmp_path}"
 
 
-def test_a_watcher_event_names_the_dataset_of_the_run_it_starts():
+def test_a_watcher_event_names_the_dataset_of_the_run_it_starts(monkeypatch):
     class Event:
-        def __init__(self, extra):
-            self.extra = extra
+        def __init__(self, extra, source_dag_id=watch.WATCHER_DAG_ID):
+            self.extra, self.source_dag_id = extra, source_dag_id
 
     assert watch.dataset_from_events(None) is None and watch.dataset_from_events({}) is None
     events = {"tl_training_data": [Event({"source": "/d"}), Event({"dataset": "folder:/d1"}),
                                    Event({"dataset": "folder:/d2"})]}
     assert watch.dataset_from_events(events) == "folder:/d2"  # the newest
+    posted = {"tl_training_data": [Event({"dataset": "folder:/etc"}, source_dag_id=None)]}  # a REST API event
+    assert watch.dataset_from_events(posted) is None
+
+    monkeypatch.setenv("TL_WATCH_SOURCE", "/watched")
+    assert watch.dataset_for_run("synthetic", events, manual=False) == "synthetic"  # given: always wins
+    assert watch.dataset_for_run(None, events, manual=False) == "folder:/d2"        # the watcher's run
+    assert watch.dataset_for_run(None, None, manual=False) == "folder:/watched"     # a clock run: the watched data
+    assert watch.dataset_for_run(None, None, manual=True) is None                   # a manual run: the profile's
+    monkeypatch.delenv("TL_WATCH_SOURCE")
+    assert watch.dataset_for_run(None, None, manual=False) is None
+
+
+def test_the_watcher_event_names_the_source_it_checked(tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setenv("TL_WATCH_SOURCE", f"cifar10:{tmp_path / 'c.tar.gz'}")
+    assert watch.check(other, settle_seconds=0)["dataset"] == f"folder:{other}"
+    (tmp_path / "c.tar.gz").write_bytes(b"x")
+    assert watch.check(settle_seconds=0)["dataset"] == f"cifar10:{tmp_path / 'c.tar.gz'}"
 
 
 def test_watcher_dag_is_light_and_the_retraining_dag_listens_to_its_asset(tmp_path):

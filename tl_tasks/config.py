@@ -29,7 +29,9 @@ def tl_home() -> Path:
 
 def metrics_db_url() -> str:
     """SQLAlchemy URL of the metrics database: `$TL_METRICS_DB_URL`, default a SQLite file in TL_HOME."""
-    return os.environ.get("TL_METRICS_DB_URL") or f"sqlite:///{tl_home() / 'metrics.db'}"
+    from tl_tasks.layout import metrics_db_file  # layout imports this module
+
+    return os.environ.get("TL_METRICS_DB_URL") or f"sqlite:///{metrics_db_file()}"
 
 
 def run_key(run_id: str) -> str:

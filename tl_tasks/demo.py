@@ -153,7 +153,7 @@ def seed_run(store, run_id: str, when: datetime, *, variants=VARIANT_NAMES, shif
 def _train_summary(variant: str, run_id: str, epochs: int, accuracy: float, rng) -> dict:
     history = fake_history(epochs, accuracy, rng)
     best = int(np.argmax([h["val_accuracy"] for h in history])) + 1
-    return {"variant": variant, "state": "success", "model_path": str(RunLayout(run_id).model_dir(variant) / "model.keras"),
+    return {"variant": variant, "state": "success", "model_path": str(RunLayout(run_id).model_file(variant)),
             "weights": "none" if variant == "cnn" else "imagenet", "epochs_run": epochs, "best_epoch": best,
             "train_seconds": float(sum(h["seconds"] for h in history)), "history": history,
             "resumed_from_epoch": None, "params_total": 23_850_000 if variant != "cnn" else 545_098,

@@ -35,18 +35,21 @@ def replace_durably(tmp: Path, path: Path) -> None:
     fsync_path(path.parent)
 
 
-def write_atomic(path: Path, write: Callable[[Path], None], *, keep_suffix: bool = False) -> None:
+def write_atomic(path: Path, write: Callable[[Path], None], *, keep_suffix: bool = False,
+                 mode: int | None = None) -> None:
     """Call `write(tmp)` on a unique temporary name beside `path`, then `replace_durably` it over `path`.
 
     A reader or a crash sees the old file or the new one, whole, never half; on any error the temporary file
     is removed and the error re-raised. `keep_suffix` keeps `path`'s suffix on the temporary name (Keras
-    insists on `.keras`).
+    insists on `.keras`). `mode` sets the file's permissions whatever the umask (pages other users serve).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = unique_tmp(path, keep_suffix=keep_suffix)
     try:
         write(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
         replace_durably(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -57,8 +60,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
-def write_text_atomic(path: Path, text: str, *, encoding: str = "utf-8") -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(text, encoding=encoding))
+def write_text_atomic(path: Path, text: str, *, encoding: str = "utf-8", mode: int | None = None) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding=encoding), mode=mode)
 
 
 def write_json_atomic(path: Path, data: dict, *, default: Callable | None = None) -> None:
@@ -99,6 +102,11 @@ def publish_dir(target: Path, build: Callable[[Path], None], *, clean_stale: boo
     tmp.mkdir()
     try:
         build(tmp)
+        for top, _, names in os.walk(tmp):  # the files first: after a crash the new folder is whole, not empty
+            for name in names:
+                if not os.path.islink(os.path.join(top, name)):
+                    fsync_path(Path(top) / name)
+            fsync_path(Path(top))
         if target.exists():
             old = parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
             os.replace(target, old)

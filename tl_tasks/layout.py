@@ -28,6 +28,7 @@ CACHE_DIR = "cache"
 CHAMPIONS_DIR = "champions"
 DEPLOYED_DIR = "deployed"
 WATCH_DIR = "watch"
+METRICS_DB_FILE = "metrics.db"
 
 SETTINGS_FILE = "settings.json"
 DATA_DIR = "data"
@@ -83,6 +84,11 @@ def deployed_root() -> Path:
 
 def watch_root() -> Path:
     return config.tl_home() / WATCH_DIR
+
+
+def metrics_db_file() -> Path:
+    """The default (SQLite) metrics database, used when TL_METRICS_DB_URL is unset."""
+    return config.tl_home() / METRICS_DB_FILE
 
 
 # inside reports/: the front page (REPORT_INDEX), archive pages and the state of the last index build

@@ -19,6 +19,7 @@ from tl_tasks import config, layout
 from tl_tasks.files import write_json_atomic
 
 DATASET_ASSET = "tl_training_data"  # the Airflow Asset the retraining DAG is scheduled on
+WATCHER_DAG_ID = "tl_data_watcher"  # the DAG that emits it (dags/tl_data_watcher.py); only its events name data
 SETTLE_SECONDS = 5.0                # between the two looks of one check (TL_WATCH_SETTLE_S)
 _SKIPPED_PREFIXES = (".", "~")      # hidden and temporary files (editors, partial downloads)
 _SKIPPED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
@@ -39,16 +40,35 @@ def watched_dataset() -> str | None:
     return value if kind in ("folder", "cifar10") and rest.strip() else f"folder:{value}"
 
 
+def _dataset_of(source: Path) -> str:
+    """`source` as a `dataset` setting: TL_WATCH_SOURCE's spelling when it names this source, else folder:<source>."""
+    configured = watched_dataset()
+    if configured and Path(configured.partition(":")[2]).expanduser().resolve() == Path(source).resolve():
+        return configured
+    return f"folder:{source}"
+
+
 def dataset_from_events(triggering_asset_events) -> str | None:
-    """The `dataset` named by the newest watcher event among a run's triggering asset events (Airflow's
-    `triggering_asset_events`), or None (a run on the clock or from the trigger form)."""
+    """The `dataset` named by the newest event of the watcher DAG among a run's triggering asset events
+    (Airflow's `triggering_asset_events`), or None. Events from anywhere else (a user POSTing an asset event
+    through the REST API) cannot choose the training data."""
     found = None
     for events in (triggering_asset_events or {}).values():
         for event in events or ():
             extra = getattr(event, "extra", None) or {}
-            if isinstance(extra, dict) and extra.get("dataset"):
+            if getattr(event, "source_dag_id", None) == WATCHER_DAG_ID and isinstance(extra, dict) \
+                    and extra.get("dataset"):
                 found = str(extra["dataset"])
     return found
+
+
+def dataset_for_run(given: str | None, triggering_asset_events, *, manual: bool) -> str | None:
+    """The dataset of a retraining run: the one given (trigger form, CLI); else, for a run the watcher started,
+    the data it watched; else, for a scheduled run, `TL_WATCH_SOURCE` (the data this deployment trains on, so
+    clock and watcher runs share one lineage); else None: the profile's (a manual smoke run stays synthetic)."""
+    if given is not None:
+        return given
+    return dataset_from_events(triggering_asset_events) or (None if manual else watched_dataset())
 
 
 def signature(source: Path) -> dict:
@@ -98,7 +118,7 @@ def check(source: Path | None = None, *, settle_seconds: float | None = None) ->
     second = signature(source)
     path = state_path(source)
     previous = _read_state(path)
-    out = {"changed": False, "source": str(source), "dataset": watched_dataset(), "signature": second,
+    out = {"changed": False, "source": str(source), "dataset": _dataset_of(source), "signature": second,
            "previous": previous.get("signature") if previous else None}
     if first["digest"] != second["digest"]:
         return {**out, "reason": "the source is changing; the next check looks again"}

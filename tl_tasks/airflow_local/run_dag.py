@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 from tl_tasks.airflow_local import env as airflow_env
-from tl_tasks.config import PROJECT_ROOT
+from tl_tasks.config import PROFILE_NAMES, PROJECT_ROOT
 
 DAGS_FOLDER = PROJECT_ROOT / "dags"
 DAG_FILE = DAGS_FOLDER / "cifar10_retraining.py"
@@ -119,7 +119,7 @@ def _report_path(run_id: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", choices=("smoke", "quick", "full"))
+    parser.add_argument("--profile", choices=PROFILE_NAMES)
     parser.add_argument("--conf", default="{}", help="more DAG params as JSON, e.g. '{\"epochs\": 1}'")
     parser.add_argument("--skip-setup", action="store_true", help="do not migrate the database or set the pool")
     args = parser.parse_args(argv)

@@ -97,7 +97,7 @@ def load_prepared(where) -> Dataset:
                            f"(missing {', '.join(missing)}); run prepare_data(source, data_dir) first")
     try:
         meta = json.loads(files.meta.read_text())
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:  # bad content; an OSError (EIO, a stale NFS handle) propagates and is retried
         raise BadInput(f"{files.meta} is not readable JSON ({exc}); rerun prepare_data") from exc
     names = meta.get("class_names") if isinstance(meta, dict) else None
     if not isinstance(names, list) or len(names) < 2:
@@ -126,7 +126,7 @@ def _load_split(files: DataFiles, split: str, num_classes: int) -> tuple[np.ndar
     x_path, y_path = files.array(f"x_{split}"), files.array(f"y_{split}")
     try:
         x, y = np.load(x_path, mmap_mode="r"), np.load(y_path, mmap_mode="r")
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:  # not an .npy array (truncated, overwritten); an OSError propagates and is retried
         raise BadInput(f"{x_path.name}/{y_path.name} in {files.folder} cannot be read ({exc}); "
                        "rerun prepare_data") from exc
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] != x.shape[2]:
