@@ -192,7 +192,7 @@ def test_run_dag_refuses_bad_conf_before_running(tmp_path):
 def test_each_task_callable_runs_on_its_own(dag, run_dag_module, tl_home):
     run_id = "manual__2026-01-05T00:00:00+00:00"
     params = run_dag_module.validate_conf(dag, {"profile": "smoke", "variants": ["cnn"]})
-    dag_run = SimpleNamespace(logical_date=None, run_after=datetime(2026, 1, 5, tzinfo=UTC))
+    dag_run = SimpleNamespace(logical_date=None, run_after=datetime(2026, 1, 5, tzinfo=UTC), run_type="manual")
 
     jobs = dag.get_task("prepare_data").python_callable(params=params, run_id=run_id, dag_run=dag_run)
     assert [job["variant"] for job in jobs] == ["cnn"]
