@@ -64,8 +64,8 @@ def test_weights_outside_the_roots_are_refused(tmp_path, roots):
 
 def test_default_roots_are_shared_data_project_data_and_tl_home(monkeypatch, tl_home):
     monkeypatch.delenv(ENV)
-    assert data_roots() == (config.PROJECT_ROOT.parent.resolve() / "shared" / "data",
-                            config.PROJECT_ROOT / "data", tl_home.resolve())
+    assert data_roots() == ((config.PROJECT_ROOT.parent / "shared" / "data").resolve(),  # symlinks followed
+                            (config.PROJECT_ROOT / "data").resolve(), tl_home.resolve())
     # make run's dataset: folder:<checkout>/../shared/data/cifar-10-images-jpg.tar.gz
     check_allowed(config.PROJECT_ROOT.parent / "shared" / "data" / "cifar-10-images-jpg.tar.gz", "dataset")
     with pytest.raises(BadInput):
