@@ -25,6 +25,7 @@ from airflow.sdk import (
 
 from tl_tasks import schema  # light modules: no heavy imports
 from tl_tasks.assets import champion_alias, champion_asset
+from tl_tasks.config import GPU_POOL, schedule_from_env  # the pool has TL_GPU_POOL_SLOTS slots
 from tl_tasks.notifier import RetrainingNotifier
 from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS
 from tl_tasks.timeouts import DAGRUN_TIMEOUT, HARD
@@ -32,17 +33,10 @@ from tl_tasks.variants import VARIANT_NAMES
 from tl_tasks.watch import DATASET_ASSET
 
 DAG_ID = Path(__file__).stem
-GPU_POOL = "gpu"     # created by `make airflow` / `make run` (tl_tasks/airflow_local/env.py): TL_GPU_POOL_SLOTS slots
 GPU_QUEUE = "gpu"    # Celery queue served by the GPU worker(s)
 
 
-def _schedule(value: str) -> str | None:
-    """TL_SCHEDULE: a cron expression or preset (default @weekly); `none` (or empty) = triggered runs only."""
-    value = value.strip()
-    return None if value.lower() in ("", "none", "null", "off") else value
-
-
-SCHEDULE = _schedule(os.environ.get("TL_SCHEDULE", "@weekly"))
+SCHEDULE = schedule_from_env("TL_SCHEDULE", "@weekly")  # `none` = triggered runs only
 # On the clock OR when the data watcher (dags/tl_data_watcher.py) reports new, removed or changed images.
 TIMETABLE = (AssetOrTimeSchedule(timetable=CronTriggerTimetable(SCHEDULE, timezone="UTC"), assets=[Asset(DATASET_ASSET)])
              if SCHEDULE else [Asset(DATASET_ASSET)])

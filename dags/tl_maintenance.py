@@ -11,9 +11,10 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
+from tl_tasks.config import schedule_from_env
+
 KEEP = int(os.environ.get("TL_GC_KEEP", "10"))
-_schedule = os.environ.get("TL_GC_SCHEDULE", "@daily").strip()
-SCHEDULE = None if _schedule.lower() in ("", "none", "off", "null") else _schedule
+SCHEDULE = schedule_from_env("TL_GC_SCHEDULE", "@daily")  # `none` = off
 
 
 @dag(

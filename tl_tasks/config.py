@@ -19,6 +19,14 @@ from tl_tasks.variants import VARIANT_NAMES, get_variant
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROFILE_NAMES = ("smoke", "quick", "full")
+GPU_POOL = "gpu"  # the Airflow pool of train/evaluate (make airflow / make run create it; compose's airflow-init too)
+
+
+def schedule_from_env(name: str, default: str) -> str | None:
+    """A DAG's schedule from environment variable `name` (a cron expression or preset, default `default`);
+    `none`, `off`, `null` or empty = no clock (triggered runs only)."""
+    value = os.environ.get(name, default).strip()
+    return None if value.lower() in ("", "none", "null", "off") else value
 DEFAULT_PROFILE = "quick"
 
 

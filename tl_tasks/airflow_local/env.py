@@ -14,9 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tl_tasks.config import PROJECT_ROOT
+from tl_tasks.config import GPU_POOL, PROJECT_ROOT
 
-GPU_POOL = "gpu"
 GPU_POOL_DESCRIPTION = "training/evaluation slots: how many variants run at once (TL_GPU_POOL_SLOTS)"
 
 
