@@ -119,6 +119,32 @@ def airflow_home_with_db(migrated_airflow_db):
     return make
 
 
+@pytest.fixture
+def webhook_server():
+    """A JSON webhook receiver on loopback: yields (url, received), each POST as (path, content type, payload)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Content-Type"], json.loads(body)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/retraining", received
+    server.shutdown()
+    server.server_close()
+
+
 def _pg_admin_engine():
     import sqlalchemy as sa
 

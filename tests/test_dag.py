@@ -283,32 +283,13 @@ def _asset_events(airflow_home: Path) -> list[tuple[str, dict]]:
 
 
 @pytest.mark.airflow
-def test_dag_test_with_a_failing_variant(airflow_home, tl_home):
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
+def test_dag_test_with_a_failing_variant(airflow_home, tl_home, webhook_server):
+    url, received = webhook_server
     before = len(_asset_events(airflow_home))
-    posts = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):
-            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     # a real fault that only resnet50_v2 meets: its weights file does not exist (the CNN uses no weights)
     conf = {"profile": "smoke", "variants": ["cnn", "resnet50_v2"], "weights": str(tl_home / "missing-weights.h5")}
-    try:
-        proc, run_id = _dag_test(airflow_home, conf,
-                                 TL_NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{server.server_address[1]}/hook")
-    finally:
-        server.shutdown()
-        server.server_close()
+    proc, run_id = _dag_test(airflow_home, conf, TL_NOTIFY_WEBHOOK_URL=url)
+    posts = [payload for _, _, payload in received]
     # the DAG's failure callback (RetrainingNotifier) sent exactly one message for the run
     assert [(p["run_id"], p["state"], [f["variant"] for f in p["failed"]]) for p in posts] == [
         (run_id, "failed", ["resnet50_v2"])], proc.stdout[-4000:]

@@ -126,28 +126,35 @@ def test_a_changed_model_file_is_not_reused(tmp_path):
     assert again.train_seconds != first.train_seconds          # trained anew
 
 
-def test_an_unloadable_checkpoint_falls_back_one_epoch(tmp_path, caplog):
+class _Stop(Exception):
+    """Raised by `_train_until_checkpoint`: the training stops as if the process died."""
+
+
+def _train_until_checkpoint(monkeypatch, data, out, settings, epoch: int) -> None:
+    """Train the CNN until the checkpoint of `epoch` is written, then stop it there (as a crash would)."""
     from tl_tasks import train as train_module
+    from tl_tasks.train import train_variant
+
+    original = train_module._Checkpoints.save
+
+    def save_then_stop(self, model, completed, *args, **kwargs):
+        original(self, model, completed, *args, **kwargs)
+        if completed == epoch:
+            raise _Stop()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module._Checkpoints, "save", save_then_stop)
+        with pytest.raises(_Stop):
+            train_variant("cnn", data, out, settings, verbose=0)
+
+
+def test_an_unloadable_checkpoint_falls_back_one_epoch(tmp_path, caplog, monkeypatch):
     from tl_tasks.train import train_variant
 
     data = write_prepared(tmp_path / "data", n_train=60, n_val=20, n_test=10)
     out = tmp_path / "cnn"
     settings = small_settings(epochs={"cnn": 3, "resnet50": 1})
-    original = train_module._Checkpoints.save
-
-    class Stop(Exception):
-        pass
-
-    def save_then_stop(self, model, completed, *args, **kwargs):
-        original(self, model, completed, *args, **kwargs)
-        if completed == 2:
-            raise Stop()
-    train_module._Checkpoints.save = save_then_stop
-    try:
-        with pytest.raises(Stop):
-            train_variant("cnn", data, out, settings, verbose=0)
-    finally:
-        train_module._Checkpoints.save = original
+    _train_until_checkpoint(monkeypatch, data, out, settings, epoch=2)
     ckpt = out / "checkpoints"
     state = json.loads((ckpt / "state.json").read_text())
     assert state["completed_epochs"] == 2 and (ckpt / "epoch_001.keras").is_file()
@@ -158,25 +165,13 @@ def test_an_unloadable_checkpoint_falls_back_one_epoch(tmp_path, caplog):
     assert "cannot be loaded" in caplog.text
 
 
-def test_both_checkpoints_unloadable_start_over(tmp_path, caplog):
-    from tl_tasks import train as train_module
+def test_both_checkpoints_unloadable_start_over(tmp_path, caplog, monkeypatch):
     from tl_tasks.train import train_variant
 
     data = write_prepared(tmp_path / "data", n_train=60, n_val=20, n_test=10)
     out = tmp_path / "cnn"
     settings = small_settings(epochs={"cnn": 2, "resnet50": 1})
-    original = train_module._Checkpoints.save
-
-    def save_then_stop(self, model, completed, *args, **kwargs):
-        original(self, model, completed, *args, **kwargs)
-        if completed == 2:
-            raise KeyError("stop")
-    train_module._Checkpoints.save = save_then_stop
-    try:
-        with pytest.raises(KeyError):
-            train_variant("cnn", data, out, settings, verbose=0)
-    finally:
-        train_module._Checkpoints.save = original
+    _train_until_checkpoint(monkeypatch, data, out, settings, epoch=2)
     for f in (out / "checkpoints").glob("epoch_*.keras"):
         f.write_bytes(b"garbage")
     resumed = train_variant("cnn", data, out, settings, verbose=0)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import email
 import json
 import socket
-import threading
 from email import policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -64,28 +62,6 @@ def smtp_server():
     controller.stop()
 
 
-@pytest.fixture
-def http_server():
-    received = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append((self.path, self.headers["Content-Type"], json.loads(body)))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/retraining", received
-    server.shutdown()
-    server.server_close()
-
-
 def _smtp_conn(monkeypatch, port: int, **extra) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_TL_SMTP", json.dumps({
         "conn_type": "smtp", "host": "127.0.0.1", "port": port,
@@ -129,9 +105,9 @@ def test_nothing_to_say_means_no_message_and_gate_keys_are_optional(store):
     assert message["subject"] == "[retraining] early: run failed" and "prepare_data failed" in message["text"]
 
 
-def test_one_email_and_one_webhook_per_run(store, regressed_run, smtp_server, http_server, monkeypatch):
+def test_one_email_and_one_webhook_per_run(store, regressed_run, smtp_server, webhook_server, monkeypatch):
     port, mails = smtp_server
-    url, posts = http_server
+    url, posts = webhook_server
     _smtp_conn(monkeypatch, port)
     monkeypatch.setenv("TL_NOTIFY_WEBHOOK_URL", url)
     _notify(RUN)
@@ -151,8 +127,8 @@ def test_one_email_and_one_webhook_per_run(store, regressed_run, smtp_server, ht
     assert len(mails) == 1 and len(posts) == 1
 
 
-def test_webhook_from_an_airflow_connection_and_a_failed_run(store, http_server, monkeypatch):
-    url, posts = http_server
+def test_webhook_from_an_airflow_connection_and_a_failed_run(store, webhook_server, monkeypatch):
+    url, posts = webhook_server
     monkeypatch.setenv("AIRFLOW_CONN_TL_WEBHOOK", json.dumps({"conn_type": "http", "extra": {"url": url}}))
     _notify("never-prepared", run_failed=True, reason="task_failure")
     (_, _, payload), = posts
@@ -166,8 +142,8 @@ def test_not_configured_is_off(store, regressed_run, monkeypatch):
     assert notify.send(message) == {"email": "off", "webhook": "off"}
 
 
-def test_a_broken_channel_neither_raises_nor_stops_the_other(store, regressed_run, http_server, monkeypatch):
-    url, posts = http_server
+def test_a_broken_channel_neither_raises_nor_stops_the_other(store, regressed_run, webhook_server, monkeypatch):
+    url, posts = webhook_server
     _smtp_conn(monkeypatch, _free_port())  # nothing listens there
     monkeypatch.setenv("TL_NOTIFY_WEBHOOK_URL", url)
     outcome = notify.send(notify.build_message(store.get_run(RUN)))

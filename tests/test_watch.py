@@ -156,29 +156,16 @@ def _wait_watcher_runs(harness, at_least: int, timeout: float = 300) -> None:
 
 
 @pytest.mark.slow
-def test_real_scheduler_new_images_start_exactly_one_retraining_run(tmp_path, tl_home, folder, migrated_airflow_db):
+def test_real_scheduler_new_images_start_exactly_one_retraining_run(tmp_path, tl_home, folder, migrated_airflow_db,
+                                                                     webhook_server):
     import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from threading import Thread
 
     from tests.airflow_harness import DAGS_FOLDER, AirflowHarness, workflow_env
 
-    posts = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):
-            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    Thread(target=server.serve_forever, daemon=True).start()
+    url, received = webhook_server
     env = {**workflow_env(tl_home, f"sqlite:///{tl_home / 'metrics.db'}"), "TL_WATCH_SOURCE": str(folder),
            "TL_WATCH_INTERVAL_S": "10", "TL_WATCH_SETTLE_S": "1",
-           "TL_NOTIFY_WEBHOOK_URL": f"http://127.0.0.1:{server.server_address[1]}/hook"}
+           "TL_NOTIFY_WEBHOOK_URL": url}
     # The run the watcher starts trains on the watched folder (its event names it): fake images fail fast in
     # prepare_data, no training.
     harness = AirflowHarness(home=tmp_path / "airflow", dags_folder=DAGS_FOLDER, parallelism=2, extra_env=env)
@@ -200,12 +187,11 @@ def test_real_scheduler_new_images_start_exactly_one_retraining_run(tmp_path, tl
         if len(runs) == 1:  # the run fails in prepare_data: the dag-processor runs the failure notifier
             harness.wait_run("cifar10_retraining", runs[0]["dag_run_id"], timeout=300)
             deadline = time.monotonic() + 120
-            while not posts and time.monotonic() < deadline:
+            while not received and time.monotonic() < deadline:
                 time.sleep(2)
     finally:
         harness.stop()
-        server.shutdown()
-        server.server_close()
+    posts = [payload for _, _, payload in received]
     assert [r["run_type"] for r in runs] == ["asset_triggered"], runs
     assert [(p["run_id"], p["state"]) for p in posts] == [(runs[0]["dag_run_id"], "failed")], posts
     # the run trained on the data the watcher watches (its event named it), not on the profile's dataset
