@@ -14,6 +14,7 @@ from airflow.sdk import BaseOperatorLink
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
+from tl_tasks.config import tl_home
 from tl_tasks.layout import REPORT_DIR, REPORTS_DIR, REPORTS_INDEX_URL_PATH, RUNS_DIR  # light: paths only
 
 INDEX = REPORTS_INDEX_URL_PATH
@@ -55,13 +56,6 @@ async def require_user(request: Request):
     return user
 
 
-def reports_home() -> Path:
-    """`$TL_HOME` as the workflow resolves it (tl_tasks.config; the package is installed wherever Airflow runs)."""
-    from tl_tasks.config import tl_home
-
-    return tl_home()
-
-
 def resolve_report_file(relative: str) -> Path | None:
     """The file a URL path names, or None unless it is a file inside `reports/` or `runs/<key>/report/`."""
     if not relative or "\x00" in relative or "\\" in relative:
@@ -69,7 +63,7 @@ def resolve_report_file(relative: str) -> Path | None:
     parts = Path(relative).parts
     if any(p in ("..", ".") for p in parts) or Path(relative).is_absolute():
         return None
-    home = reports_home()
+    home = tl_home()
     target = (home / relative).resolve()  # follows symlinks: a link pointing outside is refused below
     allowed = [home / REPORTS_DIR]
     if len(parts) >= 3 and parts[0] == RUNS_DIR and parts[2] == REPORT_DIR:
@@ -99,7 +93,7 @@ def report_file(relative: str):
     return FileResponse(path, headers=SECURITY_HEADERS)
 
 
-REPORTED_DAG_IDS = ("cifar10_retraining",)
+REPORTED_DAG_IDS = (DAG_ID,)
 
 
 class RunReportLink(BaseOperatorLink):

@@ -35,6 +35,11 @@ def tl_home() -> Path:
     return Path(os.environ.get("TL_HOME") or PROJECT_ROOT / "tl_home").expanduser().resolve()
 
 
+def keras_home() -> Path:
+    """Where Keras caches downloads (datasets/, models/): `$KERAS_HOME`, else `~/.keras`, Keras's own rule."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
+
+
 def metrics_db_url() -> str:
     """SQLAlchemy URL of the metrics database: `$TL_METRICS_DB_URL`, default a SQLite file in TL_HOME."""
     from tl_tasks.layout import metrics_db_file  # layout imports this module

@@ -16,7 +16,6 @@ metrics database, `source` in the data summary) and logs. Light: no heavy import
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -28,8 +27,9 @@ FOLDER_COPIES = ("cifar-10-images-jpg.tar.gz", "cifar-10-images-jpg")
 
 def keras_cifar10_cache() -> Path:
     """The folder keras.datasets.cifar10 extracts its download into (same rule as Keras: $KERAS_HOME, ~/.keras)."""
-    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
-    return home / "datasets" / KERAS_DIRNAME
+    from tl_tasks.config import keras_home
+
+    return keras_home() / "datasets" / KERAS_DIRNAME
 
 
 def resolve_dataset(dataset: str) -> str:

@@ -15,6 +15,7 @@ import keras
 from keras import layers
 
 from tl_tasks import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
+from tl_tasks.config import keras_home
 from tl_tasks.errors import BadInput, MissingInput
 from tl_tasks.roots import check_allowed
 from tl_tasks.variants import Variant, get_variant
@@ -324,14 +325,9 @@ def _compile(model: keras.Model, learning_rate: float, num_classes: int) -> None
     )
 
 
-def _keras_cache_dir() -> Path:
-    # Same rule as Keras: $KERAS_HOME, else ~/.keras (get_file falls back to /tmp/.keras when unwritable).
-    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
-
-
 def _imagenet_weights_file() -> str:
     """Path of the cached ResNet50-notop ImageNet weights, downloading them (short timeout) if absent."""
-    cache = _keras_cache_dir()
+    cache = keras_home()  # get_file falls back to /tmp/.keras when it is unwritable
     cached = cache / "models" / IMAGENET_NOTOP_FILE
     if cached.is_file() and _verified.get(str(cached)) == _file_key(cached):
         return str(cached)  # hashed once per process; a build should not re-read 94 MB

@@ -215,6 +215,13 @@ def check(name: str, value):
     return value
 
 
+def check_val_fraction(value) -> float:
+    """The validation share of train (not a form parameter: the profiles set it); BadInput unless 0 < value < 0.5."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 0.5:
+        raise BadInput(f"val_fraction={value!r} must be a number between 0 and 0.5 (0.1 = 10% of train)")
+    return value
+
+
 def _number(x) -> str:
     return f"{x:,}" if isinstance(x, int) else f"{x:g}"
 
@@ -333,8 +340,10 @@ def add_cli_options(parser: argparse.ArgumentParser, *, settings: bool = True, v
     `gate` (the gate's options) and `run` (options of a whole run, e.g. --force)."""
     groups = {}
     for p in PARAMS:
-        wanted = (settings and p.field is not None and (variants or p.name != "variants")) if p.field else \
-            (gate if p.section == GATE else run)
+        if p.field:
+            wanted = settings and (variants or p.name != "variants")
+        else:
+            wanted = gate if p.section == GATE else run
         if not wanted:
             continue
         key = "settings" if p.field else p.section
@@ -392,9 +401,3 @@ def values_from_args(args: argparse.Namespace) -> dict:
     """The parameters given on the command line (options left out are absent, so the profile's apply)."""
     return {p.name: getattr(args, p.name) for p in PARAMS if getattr(args, p.name, None) is not None}
 
-
-def check_val_fraction(value) -> float:
-    """The validation share of train (not a form parameter: the profiles set it); BadInput unless 0 < value < 0.5."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 0.5:
-        raise BadInput(f"val_fraction={value!r} must be a number between 0 and 0.5 (0.1 = 10% of train)")
-    return value
