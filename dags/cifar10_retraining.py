@@ -139,7 +139,8 @@ def cifar10_retraining():
         # A regression with fail_on_regression fails the run in `finalize`, not here: a failed task would
         # emit no asset events, and the promotions of the other variants must still reach deployment.
         result = gate_stage(run_id, None, params["tolerance"], params["fail_on_regression"],
-                            params["force_promote"], params["alpha"], raise_on_regression=False)
+                            params["force_promote"], params["alpha"], raise_on_regression=False,
+                            class_gate=params["class_gate"], class_tolerance=params["class_tolerance"])
         emit_promotions(outlet_events, result)
         return result
 

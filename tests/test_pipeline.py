@@ -134,7 +134,8 @@ def test_prepare_stage_failure_is_recorded(tmp_path):
 
 def test_prepare_jobs_one_job_per_variant_and_invalid_params_recorded():
     jobs = pipeline.prepare_jobs("r2", {"profile": "smoke", "variants": ["cnn", "resnet50_v1"], "tolerance": 0.05,
-                                        "fail_on_regression": False, "force_promote": False}, dag_id="d")
+                                        "fail_on_regression": False, "force_promote": False, "class_gate": True,
+                                            "class_tolerance": 0.03}, dag_id="d")
     assert [j["variant"] for j in jobs] == ["cnn", "resnet50_v1"]
     assert all(j["settings"]["profile"] == "smoke" for j in jobs)
     with pytest.raises(ValueError, match="epochs=0"):
@@ -213,7 +214,8 @@ def test_gate_bootstrap_then_promote_keep_regress():
     stored = _run("g2")["results"]["resnet50_v2"]["gate"]
     assert stored["decision"] == "regressed" and stored["tolerance"] == 0.02 and stored["reason"]
     assert _run("g2")["params"]["gate"] == {"tolerance": 0.02, "alpha": 0.05, "fail_on_regression": False,
-                                            "force_promote": False}
+                                            "force_promote": False, "class_gate": True,
+                                            "class_tolerance": 0.03}
     assert d["p_value"] < 1e-6 and d["delta_ci"][1] < -0.02 and "worse than the champion" in d["reason"]
     kept = out["decisions"]["resnet50_v1"]  # 10 images broken, none fixed: significant, within 2 points
     assert kept["broken"] == 10 and kept["fixed"] == 0 and kept["p_value"] < 0.05 and "tolerance" in kept["reason"]

@@ -91,7 +91,7 @@ def test_migrations_from_empty_reach_head_and_match_the_orm(db_url):
     from tl_tasks.store.models import Base
 
     with connect(db_url) as store:
-        assert store.schema_revision() == head_revision() == SCHEMA_REVISION == "0002_lineage"
+        assert store.schema_revision() == head_revision() == SCHEMA_REVISION == "0003_explain"
         with store.engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
             assert {"runs", "results", "epoch_metrics", "class_metrics", "confusion_matrices",
@@ -124,16 +124,16 @@ def test_db_upgrade_command_and_second_connect_is_a_no_op(db_url, monkeypatch):
     from tl_tasks.store.cli import db_upgrade_command
 
     monkeypatch.setenv("TL_METRICS_DB_URL", db_url)
-    assert "upgraded from empty to schema revision 0002_lineage" in db_upgrade_command()
-    assert "up to date (schema revision 0002_lineage)" in db_upgrade_command()
+    assert "upgraded from empty to schema revision 0003_explain" in db_upgrade_command()
+    assert "up to date (schema revision 0003_explain)" in db_upgrade_command()
     with connect() as store:
-        assert store.schema_revision() == "0002_lineage"
+        assert store.schema_revision() == "0003_explain"
 
 
 def test_database_newer_than_the_code_is_a_clear_error(db_url):
     with connect(db_url) as store, store.engine.begin() as conn:
         conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_future'"))
-    with pytest.raises(SchemaVersionError, match=r"'9999_future'.*does not know.*newest is '0002_lineage'") as err:
+    with pytest.raises(SchemaVersionError, match=r"'9999_future'.*does not know.*newest is '0003_explain'") as err:
         connect(db_url)
     assert mask_url(db_url) in str(err.value)
 
@@ -484,6 +484,60 @@ def test_migration_0002_keeps_every_row_and_gives_old_runs_a_legacy_lineage(db_u
         assert store.champion("cnn", lineage="legacy-" + "f" * 16)["run_id"] == "old0"
         _record_run(store, "new", T0 + timedelta(days=400), {"cnn": 0.7}, lineage="n" * 64)
         assert store.champion("cnn", before_run_id="new") is None  # the legacy champion is another lineage
+
+
+def test_migration_0003_keeps_every_row_and_old_results_read_as_not_measured(db_url):
+    """A database at 0002 (before per-class verdicts, calibration and robustness) upgrades with all its rows;
+    its results have no class changes, calibration or robustness, and new ones store all three."""
+    from alembic import command
+
+    from tl_tasks.store.db import alembic_config, create_store_engine
+
+    engine = create_store_engine(db_url)
+    now = "2026-01-01 12:00:00"
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(engine, conn), "0002_lineage")
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO runs (run_id, lineage, created_at, updated_at, sort_time) "
+                                 "VALUES ('old', 'L', :t, :t, :t)"), {"t": now})
+            pk = conn.execute(sa.text("SELECT id FROM runs WHERE run_id = 'old'")).scalar_one()
+            conn.execute(sa.text("INSERT INTO results (run_pk, variant, state, accuracy, created_at, updated_at) "
+                                 "VALUES (:pk, 'cnn', 'success', 0.61, :t, :t)"), {"pk": pk, "t": now})
+            rid = conn.execute(sa.text("SELECT id FROM results")).scalar_one()
+            conn.execute(sa.text("INSERT INTO class_metrics (result_id, class_index, class_name, recall) "
+                                 "VALUES (:rid, 0, 'cat', 0.5)"), {"rid": rid})
+            conn.execute(sa.text("INSERT INTO gate_decisions (result_id, decision, forced, decided_at) "
+                                 "VALUES (:rid, 'promoted', false, :t)"), {"rid": rid, "t": now})
+        counts = _row_counts(engine)
+    finally:
+        engine.dispose()
+    with connect(db_url) as store:  # migrates to head on first use
+        assert store.schema_revision() == SCHEMA_REVISION
+        assert {t: n for t, n in _row_counts(store.engine).items() if t in counts} == counts
+        old = store.get_run("old")["results"]["cnn"]
+        assert old["accuracy"] == pytest.approx(0.61) and old["per_class"][0]["class_name"] == "cat"
+        assert old["gate"]["decision"] == "promoted"
+        assert old["class_changes"] == [] and old["calibration"] is None and old["robustness"] is None
+        store.record_evaluation("old", "cnn", {"accuracy": 0.7, "calibration": {"ece": 0.1, "ece_scaled": 0.02,
+                                                                               "temperature": 1.5, "bins": []},
+                                               "robustness": {"images": 10, "accuracy": 0.5,
+                                                              "by_corruption": {"jpeg": [0.6, 0.5, 0.4]}}})
+        store.record_gate("old", "cnn", {"decision": "kept", "per_class": [
+            {"class_index": 0, "class_name": "cat", "n": 10, "recall": 0.2, "champion_recall": 0.7,
+             "delta": -0.5, "delta_ci": [-0.7, -0.2], "fixed": 0, "broken": 5, "p_value": 0.06, "p_holm": 0.06,
+             "significant": False}]})
+        new = store.get_run("old")["results"]["cnn"]
+        assert new["calibration"]["temperature"] == 1.5 and new["calibration"]["bins"] == []
+        assert new["robustness"]["by_corruption"] == {"jpeg": [0.6, 0.5, 0.4]} and new["robust_accuracy"] == 0.5
+        assert new["class_changes"][0]["delta_ci"] == [-0.7, -0.2] and "per_class" not in new["gate"]
+        assert store.delete_run("old")
+
+
+def _row_counts(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()
+                for t in sa.inspect(conn).get_table_names() if t != "alembic_version"}
 
 
 def test_lineages_are_never_compared(store):

@@ -201,7 +201,8 @@ def cmd_gate(args) -> int:
     from tl_tasks import pipeline
 
     result = pipeline.gate_stage(args.run_id, _stage_settings(args).to_dict(), args.tolerance,
-                                 args.fail_on_regression, args.force_promote, args.alpha)
+                                 args.fail_on_regression, args.force_promote, args.alpha,
+                                 class_gate=args.class_gate, class_tolerance=args.class_tolerance)
     _print_json(result)
     return 0
 
@@ -255,7 +256,8 @@ def cmd_run(args) -> int:
     settings = schema.settings_from_params(_settings_values(args))
     log.info("run %s: profile %s, variants %s", run_id, settings.profile, ", ".join(settings.variants))
     result = pipeline.run_all(run_id, settings, tolerance=args.tolerance, alpha=args.alpha,
-                              fail_on_regression=args.fail_on_regression, force_promote=args.force_promote)
+                              fail_on_regression=args.fail_on_regression, force_promote=args.force_promote,
+                              class_gate=args.class_gate, class_tolerance=args.class_tolerance)
     for variant, d in result["decisions"].items():
         acc = "-" if d["accuracy"] is None else f"{d['accuracy']:.4f}"
         _out(f"{variant:<12} {d['decision']:<10} test accuracy {acc}")

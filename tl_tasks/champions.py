@@ -5,7 +5,8 @@
         versions/<run_key>/model.keras         (the evaluated model, byte for byte)
                            predictions.npy     (its per-image predictions on the lineage's test set)
                            serving/            (TF SavedModel, endpoint `serve`, loads with plain TensorFlow)
-                           champion.json       (run id, lineage, accuracy + interval, sha256s, versions, date)
+                           champion.json       (run id, lineage, accuracy + interval, sha256s, temperature, date)
+                           model_card.md       (tl_tasks.model_card: written once the gate's decision is stored)
 
 Earlier champions stay in `versions/` as history. A lineage is one test set, so a run on other data never
 replaces another lineage's champion. Keras loads lazily (only to write the serving export).
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from tl_tasks import config, layout
 from tl_tasks.files import publish_dir, replace_symlink, sha256_file, write_json_atomic
+from tl_tasks.model_card import MODEL_CARD_FILE
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,10 @@ def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | N
             "decision": decision.get("decision"), "forced": bool(decision.get("forced")),
             "reason": decision.get("reason"), "model_file": MODEL_FILE, "model_sha256": model_sha,
             "predictions_sha256": result.get("predictions_sha256"), "serving": serving,
+            # softmax(log(p) / temperature) is the calibrated probability (fitted on the validation split)
+            "temperature": result.get("temperature"), "ece": result.get("ece"),
+            "ece_scaled": result.get("ece_scaled"), "robust_accuracy": result.get("robust_accuracy"),
+            "model_card": MODEL_CARD_FILE,
             "versions": _versions(), "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
         })
 

@@ -76,6 +76,7 @@ class Settings:
     head_warmup_epochs: int = 0       # of the resnet50 epochs, how many train the head alone (variants with one)
     mixed_precision: str = "auto"     # "auto" (on when a GPU is visible), "on" or "off"
     data_parallel: bool = False       # one variant across all of the worker's devices (else one device per task)
+    robustness_images: int = 1000     # test images (stratified subset) scored under the corruption suite; 0 = off
 
     def epochs_for(self, variant: str) -> int:
         return self.epochs[get_variant(variant).family]
@@ -110,17 +111,23 @@ class Settings:
         return cls(**{k: v for k, v in d.items() if k in known})  # e.g. "patience", now per variant
 
 
+# The quick profile's corruption subset: 18 corrupted copies of it may add at most 30% to evaluating the 10,000
+# test images on a CPU (bench: bench_robustness.py).
+QUICK_ROBUSTNESS_IMAGES = 150
+
 PROFILES: dict[str, Settings] = {
     # Tests: synthetic data, a few hundred images, one epoch; seconds on a CPU.
     "smoke": Settings(
         profile="smoke", dataset="synthetic", weights="none", image_size=32, batch_size=32,
         epochs={"cnn": 1, "resnet50": 1}, limit_per_class=40, train_limit={"cnn": None, "resnet50": None},
+        robustness_images=100,
     ),
     # A CPU laptop: all of the data for the CNN, a small subset for the (slow on CPU) ResNet50s. Works offline:
     # cifar10 resolves to a local copy when there is one (tl_tasks.local_data), auto = ImageNet when obtainable.
     "quick": Settings(
         profile="quick", dataset="cifar10", weights="auto", image_size=32, batch_size=64,
         epochs={"cnn": 8, "resnet50": 2}, limit_per_class=None, train_limit={"cnn": None, "resnet50": 500},
+        robustness_images=QUICK_ROBUSTNESS_IMAGES,
     ),
     # A GPU worker: all of CIFAR-10, 224 px for ResNet50, head warm-up then the seeds' 10 fine-tuning epochs.
     "full": Settings(
@@ -144,6 +151,7 @@ SETTING_REASONS: dict[str, dict[str, str]] = {
         "epochs": "one epoch: the tests check that everything runs, not what it learns",
         "image_size": "32 px: no resize cost, seconds on a CPU",
         "head_warmup_epochs": "0: one epoch leaves no room for a warm-up phase",
+        "robustness_images": "100: the whole suite runs in seconds on the synthetic test set",
         **_COMMON_REASONS,
     },
     "quick": {
@@ -151,6 +159,8 @@ SETTING_REASONS: dict[str, dict[str, str]] = {
         "image_size": "32 px: ResNet50 at 224 px trains at ~5 img/s on a CPU",
         "train_limit": "500 images for the ResNet50s: their CPU cost, not their accuracy, sets the quick budget",
         "head_warmup_epochs": "0: two epochs on 500 images are too few to split into phases",
+        "robustness_images": f"{QUICK_ROBUSTNESS_IMAGES}: 18 corrupted copies add at most 30% to evaluation on a "
+                             "CPU; each cell's accuracy is then within about 8 points (95%)",
         **_COMMON_REASONS,
     },
     "full": {
@@ -159,6 +169,8 @@ SETTING_REASONS: dict[str, dict[str, str]] = {
                   "2 head warm-up + the seeds' 10 fine-tuning epochs",
         "image_size": "224 px, the resolution the ImageNet weights were trained at (Kornblith et al. 2019)",
         "train_limit": "none: all 45,000 training images",
+        "robustness_images": "1,000 (10 classes x 100), as CIFAR-10-C-style studies report: each cell's "
+                             "accuracy within about 3 points (95%)",
         "head_warmup_epochs": "2 epochs of head-only training at the warm-up LR bring the head close to its optimum "
                               "before the base is unfrozen",
         **_COMMON_REASONS,

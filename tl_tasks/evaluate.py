@@ -14,7 +14,8 @@ import numpy as np
 from tl_tasks import devices, runtime
 from tl_tasks.config import Settings
 from tl_tasks.data import load_prepared
-from tl_tasks.files import sha256_file, write_json_atomic
+from tl_tasks.diagnostics import diagnose
+from tl_tasks.files import save_npy_atomic, sha256_file, write_json_atomic
 from tl_tasks.layout import ModelFiles
 from tl_tasks.predictions import write_predictions
 from tl_tasks.train import _count
@@ -51,6 +52,10 @@ class EvalResult:
     batch_size: int
     backend: str
     device: str
+    calibration: dict | None = None  # ECE before/after temperature scaling, the temperature, reliability bins
+    robustness: dict | None = None   # accuracy under the corruption suite (tl_tasks.robustness.score)
+    confidence_path: str | None = None  # top-1 probability per test image, beside predictions.npy
+    seconds: dict | None = None      # {"test", "calibration", "robustness"}: where evaluation spent its time
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -86,6 +91,8 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
     metrics = _metrics(y_test, probs, class_names, seed=settings.seed)
     predictions_path = files.predictions
     predictions_sha256 = write_predictions(predictions_path, probs.argmax(axis=1))
+    save_npy_atomic(files.confidence, probs.max(axis=1).astype(np.float16))
+    extra = diagnose(model, data, probs, batch_size=batch, robustness_images=settings.robustness_images)
     result = EvalResult(
         variant=v.name, **metrics,
         inference_img_per_s=round(len(y_test) / seconds, 1) if seconds > 0 else float("nan"),
@@ -95,6 +102,8 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
         predictions_path=str(predictions_path), predictions_sha256=predictions_sha256,
         model_sha256=sha256_file(model_path),
         batch_size=batch, backend=keras.backend.backend(), device=runtime.device_description(),
+        calibration=extra["calibration"], robustness=extra["robustness"], confidence_path=str(files.confidence),
+        seconds={"test": round(seconds, 3), **extra["seconds"]},
     )
     write_json_atomic(files.evaluation, result.to_dict())
     return result

@@ -18,13 +18,16 @@ from tl_tasks.gate import (
     validate_alpha,
     validate_tolerance,
 )
+from tl_tasks.model_card import write_champion_card
+from tl_tasks.per_class import DEFAULT_CLASS_GATE, DEFAULT_CLASS_TOLERANCE, apply_class_gate, compare_classes
 from tl_tasks.skip import skip_note
 
 log = logging.getLogger(__name__)
 
 
 def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fail_on_regression: bool = False,
-             force_promote: bool = False, raise_on_regression: bool = True) -> dict:
+             force_promote: bool = False, raise_on_regression: bool = True, class_gate: bool = DEFAULT_CLASS_GATE,
+             class_tolerance: float = DEFAULT_CLASS_TOLERANCE) -> dict:
     """Compare each variant of the run with its champion, image by image, record the decision, and publish
     promoted models under `$TL_HOME/champions/` (see `tl_tasks.gate` and `tl_tasks.champions`).
 
@@ -39,6 +42,8 @@ def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fa
     Args:
         store: an open `MetricsStore`.
         settings: the run's `config.Settings` (its variants are gated; stored as the run's params if it has none).
+        class_gate / class_tolerance: block a promotion when a class is significantly worse beyond the
+            per-class tolerance (`tl_tasks.per_class`); the per-class comparison is stored either way.
 
     Returns:
         `{"run_id", "decisions": {variant: decision}, "summary": {decision: [variants]}, "tolerance": t,
@@ -57,8 +62,10 @@ def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fa
     from tl_tasks import champions
 
     tolerance, alpha = validate_tolerance(tolerance), validate_alpha(alpha)
+    class_tolerance = validate_tolerance(class_tolerance)
     options = {"tolerance": tolerance, "alpha": alpha, "fail_on_regression": bool(fail_on_regression),
-               "force_promote": bool(force_promote)}
+               "force_promote": bool(force_promote), "class_gate": bool(class_gate),
+               "class_tolerance": class_tolerance}
     decisions: dict[str, dict] = {}
     published: dict[str, str] = {}
     publish_errors: list[str] = []
@@ -86,15 +93,17 @@ def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fa
         failed = result["state"] == "failed"
         error = f"{result.get('stage') or 'a stage'} failed: {first_line(result.get('error'))}" if failed else None
         champion = store.champion(variant, before_run_id=run_id, lineage=run["lineage"])
-        paired, unpaired = None, None
+        paired, unpaired, classes = None, None, None
         if champion is not None and not failed:
             if y_test is None:
                 y_test = _test_labels(run_id)
-            paired, unpaired = _paired(result, champion, y_test, alpha)
+            paired, unpaired, classes = _paired(result, champion, y_test, alpha,
+                                                result.get("class_names") or run.get("class_names") or [])
         decision = decide(result.get("accuracy"), champion, paired=paired, tolerance=tolerance, alpha=alpha,
                           force_promote=force_promote, failed=failed, error=error,
                           test_images=(result.get("eval_info") or {}).get("test_images"),
                           unpaired_reason=unpaired)
+        decision = apply_class_gate(decision, classes, enabled=class_gate, tolerance=class_tolerance)
         decision["lineage"] = run["lineage"]
         folder = None
         if decision["promoted"]:
@@ -106,6 +115,8 @@ def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fa
                 decision.update(decision=Decision.KEPT, promoted=False,
                                 reason=f"promotion not published ({exc}); was: {decision['reason']}")
         store.record_gate(run_id, variant, decision)
+        if folder is not None:
+            decision["model_card"] = str(write_champion_card(store, run_id, variant, folder))
         newest = store.champion(variant, lineage=run["lineage"]) if folder else None
         if newest is not None and newest["run_id"] == run_id:
             champions.make_current(folder)
@@ -135,8 +146,9 @@ def _test_labels(run_id: str):
     return load_array(RunLayout(run_id), "y_test")
 
 
-def _paired(result: dict, champion: dict, y_test, alpha: float) -> tuple[dict | None, str | None]:
-    """The paired comparison of a result with its champion, or (None, why not)."""
+def _paired(result: dict, champion: dict, y_test, alpha: float,
+            class_names: list) -> tuple[dict | None, str | None, list | None]:
+    """The paired comparison of a result with its champion and per class, or (None, why not, None)."""
     from tl_tasks.predictions import PredictionsUnavailable, load_predictions
 
     try:
@@ -145,8 +157,9 @@ def _paired(result: dict, champion: dict, y_test, alpha: float) -> tuple[dict | 
         old = _champion_predictions(champion, len(y_test))
     except PredictionsUnavailable as exc:
         log.warning("no paired comparison for %s: %s", result["variant"], exc)
-        return None, str(exc)
-    return compare_paired(y_test, new, old, alpha=alpha), None
+        return None, str(exc), None
+    classes = compare_classes(y_test, new, old, class_names, alpha=alpha) if class_names else None
+    return compare_paired(y_test, new, old, alpha=alpha), None, classes
 
 
 def _champion_predictions(champion: dict, n: int):

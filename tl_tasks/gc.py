@@ -26,7 +26,7 @@ from tl_tasks.layout import DataFiles, ModelFiles, RunLayout
 
 log = logging.getLogger(__name__)
 
-KEEP_ALWAYS = (layout.PREDICTIONS_FILE,)
+KEEP_ALWAYS = (layout.PREDICTIONS_FILE, layout.CONFIDENCE_FILE)
 DEFAULT_CACHE_DAYS = 30
 ENDED_STATES = ("success", "failed")
 

@@ -44,6 +44,7 @@ TRAIN_SUMMARY_FILE = "train_summary.json"
 FINISHED_FILE = "finished.json"     # signature, epochs and model sha256 of a finished training (reuse on retry)
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.npy"
+CONFIDENCE_FILE = "confidence.npy"  # the top-1 probability of each test image (ranks the changed images)
 CHECKPOINTS_DIR = "checkpoints"
 # inside checkpoints/: the model after each completed epoch and the state file naming it
 CHECKPOINT_STATE_FILE = "state.json"
@@ -161,6 +162,10 @@ class ModelFiles:
     @property
     def predictions(self) -> Path:
         return self.folder / PREDICTIONS_FILE
+
+    @property
+    def confidence(self) -> Path:
+        return self.folder / CONFIDENCE_FILE
 
     @property
     def checkpoints(self) -> Path:

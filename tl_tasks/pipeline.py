@@ -26,6 +26,7 @@ from tl_tasks.gate import (
     validate_tolerance,
 )
 from tl_tasks.layout import RunLayout, cache_root
+from tl_tasks.per_class import DEFAULT_CLASS_GATE, DEFAULT_CLASS_TOLERANCE
 from tl_tasks.skip import skip_note
 from tl_tasks.variants import get_variant
 
@@ -203,7 +204,8 @@ def evaluate_stage(run_id: str, variant: str, settings_dict: dict | None = None)
 
 def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float = DEFAULT_TOLERANCE,
                fail_on_regression: bool = False, force_promote: bool = False, alpha: float = DEFAULT_ALPHA,
-               *, raise_on_regression: bool = True) -> dict:
+               *, raise_on_regression: bool = True, class_gate: bool = DEFAULT_CLASS_GATE,
+               class_tolerance: float = DEFAULT_CLASS_TOLERANCE) -> dict:
     """Gate each variant of the run against its champion and publish promotions: `tl_tasks.gating.gate_run`
     (its docstring gives the result and the errors) on the run's settings and the metrics database."""
     from tl_tasks.gating import gate_run
@@ -212,7 +214,8 @@ def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float 
     with _store() as store:
         return gate_run(store, run_id, settings, tolerance=tolerance, alpha=alpha,
                         fail_on_regression=fail_on_regression, force_promote=force_promote,
-                        raise_on_regression=raise_on_regression)
+                        raise_on_regression=raise_on_regression, class_gate=class_gate,
+                        class_tolerance=class_tolerance)
 
 
 def report_stage(run_id: str) -> str:
@@ -277,7 +280,8 @@ def conclude(run: dict) -> tuple[str, list[str]]:
 # ------------------------------------------------------------------------------------ whole runs
 
 def run_all(run_id: str, settings: Settings, *, tolerance: float = DEFAULT_TOLERANCE, fail_on_regression: bool = False,
-            force_promote: bool = False, dag_id: str | None = None, alpha: float = DEFAULT_ALPHA) -> dict:
+            force_promote: bool = False, dag_id: str | None = None, alpha: float = DEFAULT_ALPHA,
+            class_gate: bool = DEFAULT_CLASS_GATE, class_tolerance: float = DEFAULT_CLASS_TOLERANCE) -> dict:
     """Every stage in order in this process, without Airflow: prepare, train and evaluate each variant (a
     failing variant does not stop the others), gate, report, finish.
 
@@ -303,7 +307,7 @@ def run_all(run_id: str, settings: Settings, *, tolerance: float = DEFAULT_TOLER
     decisions, error = {}, None
     try:
         decisions = gate_stage(run_id, settings.to_dict(), tolerance, fail_on_regression, force_promote,
-                               alpha)["decisions"]
+                               alpha, class_gate=class_gate, class_tolerance=class_tolerance)["decisions"]
     except (RegressionError, RunFailed) as exc:
         error = str(exc)
     report = report_stage(run_id)

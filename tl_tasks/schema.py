@@ -28,6 +28,7 @@ from tl_tasks import config
 from tl_tasks.config import DEFAULT_PROFILE, PROFILE_NAMES, PROFILES, Settings
 from tl_tasks.errors import BadInput
 from tl_tasks.gate import DEFAULT_ALPHA, DEFAULT_TOLERANCE
+from tl_tasks.per_class import DEFAULT_CLASS_GATE, DEFAULT_CLASS_TOLERANCE
 from tl_tasks.variants import VARIANT_NAMES, VARIANTS
 
 DATA, GATE, RUN = "Data and training", "Gate", "Run"
@@ -105,6 +106,14 @@ PARAMS: tuple[Param, ...] = (
           "promoted only when significantly better (p < alpha). Intervals are 1 - alpha.", GATE,
           default=DEFAULT_ALPHA, minimum=0, maximum=0.5, exclusive_minimum=True, exclusive_maximum=True,
           metavar="A"),
+    Param("class_gate", "boolean", "Per-class gate",
+          "Block a promotion when any class is significantly worse than with the champion (exact McNemar on that "
+          "class's images, Holm-adjusted across classes) and its paired interval lies below -class_tolerance; "
+          "the reason names the class.", GATE, default=DEFAULT_CLASS_GATE),
+    Param("class_tolerance", "number", "Per-class tolerance",
+          f"Practical margin of the per-class gate (absolute recall drop within a class: {DEFAULT_CLASS_TOLERANCE} "
+          f"= {DEFAULT_CLASS_TOLERANCE * 100:g} points).", GATE, default=DEFAULT_CLASS_TOLERANCE, minimum=0,
+          maximum=1, exclusive_maximum=True, metavar="T"),
     Param("fail_on_regression", "boolean", "Fail on regression",
           "Fail the run (its last task, finalize) when a variant regressed, so Airflow alerts; promotions of the "
           "other variants are still published and announced.", GATE, default=False),

@@ -22,7 +22,7 @@ SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 _PG_MIGRATION_LOCK = 0x746C5F7461736B73
 # The newest migration in migrations/versions (a test checks it equals the Alembic head); comparing with it
 # first lets an up-to-date database be opened without importing Alembic.
-SCHEMA_REVISION = "0002_lineage"
+SCHEMA_REVISION = "0003_explain"
 # PostgreSQL: give up connecting after this long (a dead host fails the task, which retries), and cancel any
 # statement running longer (a hung query must not hold a GPU slot and the DAG's single active run).
 PG_CONNECT_TIMEOUT_S = 10

@@ -140,6 +140,11 @@ class Result(Base):
     predictions_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     model_sha256: Mapped[str | None] = mapped_column(sa.String(64))   # of model.keras, set when evaluated
     evaluated_at: Mapped[datetime | None]
+    # calibration (tl_tasks.calibration) and robustness (tl_tasks.robustness): NULL for runs evaluated before
+    ece: Mapped[float | None]
+    ece_scaled: Mapped[float | None]
+    temperature: Mapped[float | None]
+    robust_accuracy: Mapped[float | None]                             # mean accuracy over the corruption suite
     # both
     params_total: Mapped[int | None] = mapped_column(sa.BigInteger)
     params_trainable: Mapped[int | None] = mapped_column(sa.BigInteger)
@@ -209,3 +214,35 @@ class GateDecision(Base):
     details: Mapped[dict | None]                                      # other keys of the decision
     decided_at: Mapped[datetime]
 
+
+
+class ClassChange(Base):
+    """Per class, the new model against the champion on that class's test images (tl_tasks.per_class)."""
+
+    __tablename__ = "class_changes"
+
+    result_id: Mapped[int] = mapped_column(sa.ForeignKey("results.id", ondelete="CASCADE"), primary_key=True)
+    class_index: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    class_name: Mapped[str] = mapped_column(sa.String(200))
+    n: Mapped[int]
+    recall: Mapped[float | None]
+    champion_recall: Mapped[float | None]
+    delta: Mapped[float | None]
+    ci_low: Mapped[float | None]
+    ci_high: Mapped[float | None]
+    fixed: Mapped[int | None]
+    broken: Mapped[int | None]
+    p_value: Mapped[float | None]
+    p_holm: Mapped[float | None]
+    significant: Mapped[bool] = mapped_column(default=False)
+
+
+class RobustnessMetric(Base):
+    """Accuracy of a result under one corruption at one severity (tl_tasks.robustness)."""
+
+    __tablename__ = "robustness_metrics"
+
+    result_id: Mapped[int] = mapped_column(sa.ForeignKey("results.id", ondelete="CASCADE"), primary_key=True)
+    corruption: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    severity: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    accuracy: Mapped[float | None]

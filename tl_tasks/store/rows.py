@@ -10,7 +10,16 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tl_tasks.store.models import ClassMetric, ConfusionMatrix, EpochMetric, GateDecision, Result, Run
+from tl_tasks.store.models import (
+    ClassChange,
+    ClassMetric,
+    ConfusionMatrix,
+    EpochMetric,
+    GateDecision,
+    Result,
+    RobustnessMetric,
+    Run,
+)
 from tl_tasks.variants import in_registry_order
 
 runs_t = Run.__table__
@@ -19,6 +28,8 @@ epochs_t = EpochMetric.__table__
 classes_t = ClassMetric.__table__
 confusion_t = ConfusionMatrix.__table__
 gates_t = GateDecision.__table__
+class_changes_t = ClassChange.__table__
+robustness_t = RobustnessMetric.__table__
 
 RUN_FIELDS = ("run_id", "dag_id", "logical_date", "started_at", "ended_at", "state", "profile", "params",
               "data_source", "data_fingerprint", "lineage", "data_summary", "class_names", "seed", "versions", "device",
@@ -27,9 +38,11 @@ RESULT_FIELDS = ("variant", "state", "stage", "error", "weights", "model_path", 
                  "resumed_from_epoch", "train_seconds", "train_info", "trained_at", "accuracy", "loss",
                  "top3_accuracy", "macro_f1", "inference_img_per_s", "model_size_bytes", "class_names",
                  "misclassified", "eval_info", "predictions_path", "predictions_sha256", "model_sha256",
-                 "evaluated_at", "params_total", "params_trainable", "failed_at", "created_at", "updated_at")
+                 "evaluated_at", "ece", "ece_scaled", "temperature", "robust_accuracy", "params_total", "params_trainable", "failed_at", "created_at", "updated_at")
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 CLASS_FIELDS = ("class_name", "precision", "recall", "f1", "support")
+CLASS_CHANGE_FIELDS = ("class_index", "class_name", "n", "recall", "champion_recall", "delta", "fixed", "broken",
+                      "p_value", "p_holm", "significant")
 GATE_FIELDS = ("decision", "champion_run_id", "champion_accuracy", "accuracy", "delta", "tolerance", "forced",
                "decided_at")
 
@@ -70,13 +83,37 @@ def load_results(conn: Connection, where) -> list[tuple[int, dict]]:
         confusion[r.result_id] = r.matrix
     for r in conn.execute(sa.select(gates_t).where(gates_t.c.result_id.in_(ids))):
         gates[r.result_id] = gate_dict(r)
+    changes, robust = defaultdict(list), defaultdict(dict)
+    for r in conn.execute(sa.select(class_changes_t).where(class_changes_t.c.result_id.in_(ids))
+                          .order_by(class_changes_t.c.result_id, class_changes_t.c.class_index)):
+        changes[r.result_id].append({**pick(r, CLASS_CHANGE_FIELDS), "significant": bool(r.significant),
+                                     "delta_ci": [r.ci_low, r.ci_high] if r.ci_low is not None else None})
+    for r in conn.execute(sa.select(robustness_t).where(robustness_t.c.result_id.in_(ids))
+                          .order_by(robustness_t.c.result_id, robustness_t.c.corruption, robustness_t.c.severity)):
+        robust[r.result_id].setdefault(r.corruption, []).append(r.accuracy)
     out = []
     for r in rows:
         d = pick(r, RESULT_FIELDS)
         d.update(history=history[r.id], per_class=per_class[r.id], confusion_matrix=confusion.get(r.id),
-                 gate=gates.get(r.id))
+                 gate=gates.get(r.id), class_changes=changes[r.id],
+                 calibration=_calibration(d), robustness=_robustness(d, robust.get(r.id)))
         out.append((r.run_pk, d))
     return out
+
+
+def _calibration(d: dict) -> dict | None:
+    """ECE columns with the reliability bins kept in eval_info; None when the result was never calibrated."""
+    if d.get("ece") is None:
+        return None
+    extra = (d.get("eval_info") or {}).get("calibration") or {}
+    return {**extra, "ece": d["ece"], "ece_scaled": d["ece_scaled"], "temperature": d["temperature"]}
+
+
+def _robustness(d: dict, by_corruption: dict | None) -> dict | None:
+    if d.get("robust_accuracy") is None and not by_corruption:
+        return None
+    extra = (d.get("eval_info") or {}).get("robustness") or {}
+    return {**extra, "accuracy": d.get("robust_accuracy"), "by_corruption": by_corruption or {}}
 
 
 def run_dict(conn: Connection, row, with_results: bool = True) -> dict:

@@ -18,12 +18,14 @@ from tl_tasks.gate import DECISIONS, Decision
 from tl_tasks.store import queries
 from tl_tasks.store.models import to_utc, utcnow
 from tl_tasks.store.rows import (
+    class_changes_t,
     classes_t,
     confusion_t,
     epochs_t,
     gate_dict,
     gates_t,
     results_t,
+    robustness_t,
     run_dict,
     runs_t,
 )
@@ -108,11 +110,21 @@ def record_evaluation(conn: Connection, run_id: str, variant: str, evaluation: d
     class_names = [str(c) for c in evaluation.get("class_names") or []] or None
     values = {k: _scalar(k, evaluation.get(k)) for k in _EVAL_FIELDS}
     values.update({k: _scalar(k, evaluation[k]) for k in _SHARED_FIELDS if evaluation.get(k) is not None})
+    calibration = dict(evaluation.get("calibration") or {})
+    robustness = dict(evaluation.get("robustness") or {})
+    by_corruption = robustness.pop("by_corruption", None) or {}
     values.update(
         state="success", stage=None, error=None, class_names=class_names,
         misclassified=_jsonable(evaluation.get("misclassified")),
-        eval_info=_jsonable(_extra(evaluation, {"variant", "per_class", "confusion_matrix", "class_names",
-                                                "misclassified", *_EVAL_FIELDS, *_SHARED_FIELDS})),
+        ece=_scalar("ece", calibration.pop("ece", None)),
+        ece_scaled=_scalar("ece_scaled", calibration.pop("ece_scaled", None)),
+        temperature=_scalar("temperature", calibration.pop("temperature", None)),
+        robust_accuracy=_scalar("robust_accuracy", robustness.pop("accuracy", None)),
+        eval_info=_jsonable({**(_extra(evaluation, {"variant", "per_class", "confusion_matrix", "class_names",
+                                                    "misclassified", "calibration", "robustness", *_EVAL_FIELDS,
+                                                    *_SHARED_FIELDS}) or {}),
+                             **({"calibration": calibration} if calibration else {}),
+                             **({"robustness": robustness} if robustness else {})} or None),
         evaluated_at=now,
     )
     per_class = []
@@ -122,8 +134,12 @@ def record_evaluation(conn: Connection, run_id: str, variant: str, evaluation: d
                           **{k: _scalar(k, c.get(k)) for k in ("precision", "recall", "f1", "support")}})
     matrix = evaluation.get("confusion_matrix")
     result_id = _upsert_result(conn, _run_pk(conn, run_id), variant, values, now)
-    for table in (classes_t, confusion_t):
+    for table in (classes_t, confusion_t, robustness_t):
         conn.execute(table.delete().where(table.c.result_id == result_id))
+    robust_rows = [{"result_id": result_id, "corruption": str(name), "severity": i + 1, "accuracy": _scalar("a", a)}
+                   for name, accs in by_corruption.items() for i, a in enumerate(accs)]
+    if robust_rows:
+        conn.execute(robustness_t.insert(), robust_rows)
     if per_class:
         conn.execute(classes_t.insert(), [{"result_id": result_id, **c} for c in per_class])
     if matrix is not None:
@@ -159,10 +175,14 @@ def record_gate(conn: Connection, run_id: str, variant: str, decision: dict) -> 
     if values["champion_run_id"] is not None:
         values["champion_run_id"] = str(values["champion_run_id"])
     values.update(decision=verdict, forced=bool(decision.get("forced", False)), decided_at=now,
-                  details=_jsonable(_extra(decision, {"decision", "variant", "forced", *known})))
+                  details=_jsonable(_extra(decision, {"decision", "variant", "forced", "per_class", *known})))
     result_id = _ensure_result(conn, _run_pk(conn, run_id), variant, now)
     stmt = _insert(conn, gates_t).values(result_id=result_id, **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=["result_id"], set_=values))
+    conn.execute(class_changes_t.delete().where(class_changes_t.c.result_id == result_id))
+    changes = [_class_change_row(result_id, c) for c in decision.get("per_class") or []]
+    if changes:
+        conn.execute(class_changes_t.insert(), changes)
     row = conn.execute(sa.select(gates_t).where(gates_t.c.result_id == result_id)).one()
     return gate_dict(row)
 
@@ -173,7 +193,7 @@ def delete_run(conn: Connection, run_id: str) -> bool:
     if pk is None:
         return False
     result_ids = sa.select(results_t.c.id).where(results_t.c.run_pk == pk)
-    for table in (epochs_t, classes_t, confusion_t, gates_t):
+    for table in (epochs_t, classes_t, confusion_t, gates_t, class_changes_t, robustness_t):
         conn.execute(table.delete().where(table.c.result_id.in_(result_ids)))
     conn.execute(results_t.delete().where(results_t.c.run_pk == pk))
     conn.execute(runs_t.delete().where(runs_t.c.id == pk))
@@ -181,6 +201,14 @@ def delete_run(conn: Connection, run_id: str) -> bool:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
+
+def _class_change_row(result_id: int, c: dict) -> dict:
+    low, high = c.get("delta_ci") or (None, None)
+    row = {k: _scalar(k, c.get(k)) for k in ("recall", "champion_recall", "delta", "p_value", "p_holm")}
+    return {"result_id": result_id, "class_index": int(c["class_index"]), "class_name": str(c["class_name"]),
+            "n": int(c["n"]), "fixed": c.get("fixed"), "broken": c.get("broken"), "ci_low": _scalar("ci", low),
+            "ci_high": _scalar("ci", high), "significant": bool(c.get("significant")), **row}
+
 
 def _run_pk(conn: Connection, run_id: str) -> int:
     """The run's primary key, creating a minimal run row first if needed (tasks write in any order)."""

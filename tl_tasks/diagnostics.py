@@ -1,0 +1,34 @@
+"""What evaluation adds beyond accuracy: calibration (ECE, a temperature fitted on the validation split) and
+robustness (accuracy under the corruption suite), each timed so that their cost can be reported.
+
+`diagnose` takes an already loaded model and the test probabilities it produced; `tl_tasks.evaluate` calls it.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from tl_tasks import calibration, robustness
+
+
+def diagnose(model, data, test_probs, *, batch_size: int, robustness_images: int) -> dict:
+    """`{"calibration": {...}, "robustness": {...} or None, "seconds": {"calibration", "robustness"}}`."""
+    t0 = time.perf_counter()
+    y_test = np.asarray(data.y_test).reshape(-1)
+    val = calibration.val_subset(data.y_val, seed=robustness.SUBSET_SEED)
+    y_val = np.asarray(data.y_val).reshape(-1)[val]
+    val_probs = model.predict(np.ascontiguousarray(data.x_val[val]), batch_size=batch_size, verbose=0) \
+        if len(val) else np.zeros((0, test_probs.shape[1]))
+    calib = calibration.calibrate(test_probs, y_test, val_probs, y_val)
+    t1 = time.perf_counter()
+    robust = None
+    if robustness_images and len(y_test):
+        subset = robustness.stratified_subset(y_test, robustness_images)
+        stacked, cases = robustness.suite(data.x_test[subset])
+        predicted = model.predict(stacked, batch_size=batch_size, verbose=0).argmax(axis=1)
+        clean = float(np.mean(test_probs[subset].argmax(axis=1) == y_test[subset]))
+        robust = robustness.score(predicted, y_test[subset], cases, clean_accuracy=clean)
+    t2 = time.perf_counter()
+    return {"calibration": calib, "robustness": robust,
+            "seconds": {"calibration": round(t1 - t0, 3), "robustness": round(t2 - t1, 3)}}
