@@ -11,6 +11,7 @@ import pytest
 from tl_tasks import calibration, model_card, pipeline, robustness, schema
 from tl_tasks.files import write_json_atomic
 from tl_tasks.layout import RunLayout
+from tl_tasks.notify import build_message
 from tl_tasks.per_class import apply_class_gate, compare_classes, holm, worse_classes
 from tl_tasks.predictions import write_predictions
 from tl_tasks.store import connect
@@ -115,6 +116,12 @@ def test_a_challenger_that_wins_overall_but_breaks_one_class_is_not_promoted():
     assert len(changes) == 10 and changes["cat"]["significant"] and changes["cat"]["delta"] == pytest.approx(-0.5)
     assert changes["dog"]["delta"] == pytest.approx(0.15) and changes["dog"]["delta_ci"][0] > 0
     assert result["gate"]["class_gate"]["worse"] == ["cat"]
+    with connect() as store:
+        message = build_message(store.get_run("pc2"))
+        listed = store.recent_runs(limit=1)[0]["results"]["cnn"]
+    assert "1 blocked by a class" in message["subject"] and "class 'cat'" in message["text"]
+    assert message["payload"]["blocked"][0]["worse_classes"] == ["cat"]
+    assert listed["worse_classes"] == ["cat"] and listed["ece"] == pytest.approx(0.08)
     # the same challenger with the per-class gate off is promoted, and its model card names the check
     d = pipeline.gate_stage("pc2", class_gate=False)["decisions"]["cnn"]
     assert d["decision"] == "promoted" and d["class_gate"]["worse"] == ["cat"]

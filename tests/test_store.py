@@ -426,7 +426,8 @@ def test_recent_runs_give_accuracy_and_change_from_the_previous_run(store):
     assert r2["cnn"]["previous_accuracy"] == pytest.approx(0.50)  # from r1, outside the window
     assert r2["resnet50_v1"] == {"state": "failed", "accuracy": None, "previous_accuracy": pytest.approx(0.70),
                                  "previous_run_id": "r1", "delta": None, "decision": None, "champion_delta": None,
-                                 "p_value": None}
+                                 "p_value": None, "reason": None, "ece": None, "robust_accuracy": None,
+                                 "worse_classes": None}  # stored without a per-class check: None, not []
     assert r3["resnet50_v1"]["delta"] == pytest.approx(0.05)  # compared with r1: r2's run failed
     assert store.recent_runs(limit=10)[-1]["results"]["cnn"]["delta"] is None
 

@@ -120,7 +120,7 @@ PROFILES: dict[str, Settings] = {
     "smoke": Settings(
         profile="smoke", dataset="synthetic", weights="none", image_size=32, batch_size=32,
         epochs={"cnn": 1, "resnet50": 1}, limit_per_class=40, train_limit={"cnn": None, "resnet50": None},
-        robustness_images=100,
+        robustness_images=30,
     ),
     # A CPU laptop: all of the data for the CNN, a small subset for the (slow on CPU) ResNet50s. Works offline:
     # cifar10 resolves to a local copy when there is one (tl_tasks.local_data), auto = ImageNet when obtainable.
@@ -151,7 +151,7 @@ SETTING_REASONS: dict[str, dict[str, str]] = {
         "epochs": "one epoch: the tests check that everything runs, not what it learns",
         "image_size": "32 px: no resize cost, seconds on a CPU",
         "head_warmup_epochs": "0: one epoch leaves no room for a warm-up phase",
-        "robustness_images": "100: the whole suite runs in seconds on the synthetic test set",
+        "robustness_images": "30: the whole suite runs in seconds on the synthetic test set",
         **_COMMON_REASONS,
     },
     "quick": {

@@ -80,8 +80,8 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
                          f"{data_dir} lists {len(class_names)}; retrain {v.name} on this data")
     batch = settings.batch_size
     # Warm-up on both batch shapes the timed pass sees (full and remainder): compiling is not inferring.
-    for n in {min(batch, len(x_test)), len(x_test) % batch} - {0}:
-        model.predict(x_test[:n], batch_size=batch, verbose=0)
+    for n in {batch, len(x_test) % batch} - {0}:  # full batches also serve diagnostics' padded passes
+        model.predict(np.resize(x_test, (n, *x_test.shape[1:])), batch_size=batch, verbose=0)
     log.info("evaluating %s on %d test images", v.name, len(x_test))
     t0 = time.perf_counter()
     probs = model.predict(x_test, batch_size=batch, verbose=0)  # timed: no progress output inside

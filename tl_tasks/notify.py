@@ -33,27 +33,32 @@ def build_message(run: dict, *, run_failed: bool = False, run_error: str | None 
 
     Returns:
         {subject, text, html, payload}: payload is the webhook's JSON body (run_id, state, regressed, failed,
-        report_url), text and html the email's bodies.
+        blocked (promotions the per-class check stopped), report_url), text and html the email's bodies.
     """
     results = run.get("results") or {}
     if isinstance(results, list):
         results = {r["variant"]: r for r in results}
-    regressed, failed = [], []
+    regressed, failed, blocked = [], [], []
     for variant, r in results.items():
         gate = r.get("gate") or {}
+        facts = {"worse_classes": (gate.get("class_gate") or {}).get("worse") or [], "ece": r.get("ece"),
+                 "robust_accuracy": r.get("robust_accuracy")}
         if (r.get("state") or "").lower() == "failed":
             failed.append({"variant": variant, "stage": r.get("stage"), "error": _tail(r.get("error"))})
         elif gate.get("decision") == Decision.REGRESSED:
             regressed.append({"variant": variant, **{k: gate.get(k) for k in (
-                "accuracy", "champion_accuracy", "delta", "accuracy_ci", "delta_ci", "p_value", "champion_run_id")}})
+                "accuracy", "champion_accuracy", "delta", "accuracy_ci", "delta_ci", "p_value", "champion_run_id")},
+                **facts})
             if regressed[-1]["accuracy"] is None:
                 regressed[-1]["accuracy"] = r.get("accuracy")
+        elif gate.get("blocked_by_class"):  # better overall, but a class got significantly worse
+            blocked.append({"variant": variant, "reason": gate.get("reason"), **facts})
     error = run_error or run.get("error")
-    if not (regressed or failed or run_failed):
+    if not (regressed or failed or blocked or run_failed):
         return None
     run_id = run["run_id"]
     what = [f"{len(regressed)} regressed" if regressed else "", f"{len(failed)} failed" if failed else "",
-            "run failed" if run_failed else ""]
+            f"{len(blocked)} blocked by a class" if blocked else "", "run failed" if run_failed else ""]
     subject = f"[retraining] {run_id}: " + ", ".join(w for w in what if w)
     lines = [f"Run {run_id} ({run.get('dag_id') or 'cifar10_retraining'}) needs attention."]
     if run_failed:
@@ -61,6 +66,9 @@ def build_message(run: dict, *, run_failed: bool = False, run_error: str | None 
     if regressed:
         lines.append("Regressed against the champion:")
         lines += [f"  - {_regressed_text(r)}" for r in regressed]
+    if blocked:
+        lines.append("Promotion blocked by the per-class check:")
+        lines += [f"  - {b['variant']}: {b['reason']}" for b in blocked]
     if failed:
         lines.append("Failed variants:")
         lines += [f"  - {f['variant']}{' in ' + f['stage'] if f['stage'] else ''}: {f['error'] or 'no error recorded'}"
@@ -75,7 +83,8 @@ def build_message(run: dict, *, run_failed: bool = False, run_error: str | None 
                             f'Report: <a href="{html.escape(report_url)}">{html.escape(report_url)}</a>')
     payload = {"run_id": run_id, "dag_id": run.get("dag_id"), "state": "failed" if run_failed else run.get("state"),
                "error": _tail(error, 2000) if run_failed and error else None,
-               "regressed": regressed, "failed": failed, "report_url": report_url, "summary": subject}
+               "regressed": regressed, "failed": failed, "blocked": blocked, "report_url": report_url,
+               "summary": subject}
     return {"subject": subject, "text": text, "html": f"<html><body>{body}</body></html>", "payload": payload}
 
 
@@ -160,6 +169,12 @@ def _regressed_text(r: dict) -> str:
                     + (f" (95% interval {_interval(r['delta_ci'], pts=True)})" if r.get("delta_ci") else ""))
     if r.get("p_value") is not None:
         bits.append(f"p = {r['p_value']:.3g}")
+    if r.get("worse_classes"):
+        bits.append("significantly worse classes: " + ", ".join(r["worse_classes"]))
+    if r.get("ece") is not None:
+        bits.append(f"ECE {r['ece']:.3f}")
+    if r.get("robust_accuracy") is not None:
+        bits.append(f"accuracy under corruption {_pct(r['robust_accuracy'])}")
     return ", ".join(bits)
 
 

@@ -23,7 +23,6 @@ _LEVELS = {
 }
 SUBSET_SEED = 20190328   # fixed: the same test images in every run, whatever the run's seed
 NOISE_SEED = 7
-DEFAULT_IMAGES = 1000
 
 
 def stratified_subset(y, limit: int, seed: int = SUBSET_SEED) -> np.ndarray:

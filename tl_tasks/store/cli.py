@@ -90,14 +90,20 @@ def champion_command(action: str, variant: str | None = None, as_json: bool = Fa
 
     if action == "show":
         rows.sort(key=lambda r: (variant_sort_key(r["variant"]), r["lineage"] or ""))
-    table = [["variant", "lineage", "run", "accuracy", "decision", "model sha256", "published", "check"]]
+    table = [["variant", "lineage", "run", "accuracy", "ECE (scaled)", "T", "robust", "decision", "model sha256",
+              "published", "check"]]
     for r in rows:
         decision = r["decision"] + (" (forced)" if r["forced"] else "")
-        table.append([r["variant"], (r["lineage"] or "-")[:12], r["run_id"], _acc(r["accuracy"]), decision,
+        calib = "-" if r.get("ece") is None else f"{r['ece']:.3f} ({r['ece_scaled']:.3f})"
+        temp = "-" if r.get("temperature") is None else f"{r['temperature']:.2f}"
+        table.append([r["variant"], (r["lineage"] or "-")[:12], r["run_id"], _acc(r["accuracy"]), calib, temp,
+                      _acc(r.get("robust_accuracy")), decision,
                       (r["model_sha256"] or "-")[:12], r.get("published") or "-",
                       "PROBLEM: " + "; ".join(r["problems"]) if r["problems"] else r["note"] or "ok"])
     return _format(table, "lineage = the test set's sha256 (first 12 hex digits); champions are compared and "
-                          "replaced only within a lineage"), ok
+                          "replaced only within a lineage; ECE = expected calibration error (15 bins), in brackets "
+                          "after temperature scaling by T; robust = mean accuracy under the corruption suite; "
+                          "model_card.md lies beside each published champion.json"), ok
 
 
 def _acc(value) -> str:
@@ -125,7 +131,9 @@ def _table(runs: list[dict]) -> str:
         rows.append([run["run_id"], date[:16].replace("T", " "), run["profile"] or "-", run["state"] or "-", lineage,
                      *(_cell(run["results"].get(v)) for v in variants)])
     return _format(rows, "test accuracy (change from the variant's previous run on the same test set; the gate's "
-                         "paired change vs its champion, exact McNemar p-value: decision); lineage = the test set's "
+                         "paired change vs its champion, exact McNemar p-value: decision; classes significantly "
+                         "worse than with the champion; ECE = expected calibration error; robust = mean accuracy "
+                         "under the corruption suite); lineage = the test set's "
                          "fingerprint, ≠ = another lineage than the newest run that has one, never compared with it; "
                          "failed = the variant failed in that run")
 
@@ -148,4 +156,10 @@ def _cell(result: dict | None) -> str:
                 + f": {gate}")
     if gate:
         extra.append(gate)
+    if result.get("worse_classes"):
+        extra.append("worse: " + ", ".join(result["worse_classes"]))
+    if result.get("ece") is not None:
+        extra.append(f"ECE {result['ece']:.3f}")
+    if result.get("robust_accuracy") is not None:
+        extra.append(f"robust {result['robust_accuracy']:.3f}")
     return text + (f" ({'; '.join(extra)})" if extra else "")

@@ -17,7 +17,8 @@ from tl_tasks.store.models import to_utc
 from tl_tasks.store.rows import gates_t, load_results, pick, plain, results_t, run_dict, runs_t
 from tl_tasks.variants import in_registry_order
 
-TREND_FIELDS = ("run_id", "logical_date", "started_at", "lineage", "state", "accuracy", "loss", "top3_accuracy", "macro_f1",
+TREND_FIELDS = ("run_id", "logical_date", "started_at", "lineage", "state", "accuracy", "ece", "ece_scaled",
+                "robust_accuracy", "loss", "top3_accuracy", "macro_f1",
                 "train_seconds", "inference_img_per_s", "epochs_run", "decision")
 
 
@@ -151,10 +152,12 @@ def champion(conn: Connection, variant: str, before_run_id: str | None = None, *
 
 def champion_history(conn: Connection, variant: str | None = None, limit: int = 50) -> list[dict]:
     """Promotions (promoted or bootstrap, forced included) of successful results, newest first, at most `limit`:
-    {variant, run_id, lineage, logical_date, decision, forced, accuracy, model_path, model_sha256, decided_at}."""
+    {variant, run_id, lineage, logical_date, decision, forced, accuracy, ece, ece_scaled, temperature,
+    robust_accuracy, model_path, model_sha256, decided_at, published, model_card}."""
     query = (
         sa.select(results_t.c.variant, runs_t.c.run_id, runs_t.c.lineage, runs_t.c.logical_date, runs_t.c.data_source,
-                  gates_t.c.decision, gates_t.c.forced, results_t.c.accuracy, results_t.c.model_path,
+                  gates_t.c.decision, gates_t.c.forced, results_t.c.accuracy, results_t.c.ece, results_t.c.ece_scaled,
+                  results_t.c.temperature, results_t.c.robust_accuracy, results_t.c.model_path,
                   results_t.c.model_sha256, gates_t.c.decided_at, gates_t.c.details)
         .join(runs_t, runs_t.c.id == results_t.c.run_pk)
         .join(gates_t, gates_t.c.result_id == results_t.c.id)
@@ -166,9 +169,11 @@ def champion_history(conn: Connection, variant: str | None = None, limit: int = 
     out = []
     for r in conn.execute(query):
         d = pick(r, ("variant", "run_id", "lineage", "logical_date", "data_source", "decision", "forced", "accuracy",
-                      "model_path", "model_sha256", "decided_at"))
+                      "ece", "ece_scaled", "temperature", "robust_accuracy", "model_path", "model_sha256",
+                      "decided_at"))
         d["forced"] = bool(d["forced"])
         d["published"] = (r.details or {}).get("published")
+        d["model_card"] = (r.details or {}).get("model_card")
         out.append(d)
     return out
 
@@ -176,12 +181,13 @@ def champion_history(conn: Connection, variant: str | None = None, limit: int = 
 def trend(conn: Connection, variant: str, limit: int = 50, until_run_id: str | None = None, *,
           lineage: str | None = None) -> list[dict]:
     """The variant's last `limit` results (up to and including `until_run_id` when given; only runs of `lineage`
-    when given), oldest first: {run_id, logical_date, started_at, lineage, state, accuracy, test_images, loss,
-    top3_accuracy, macro_f1, train_seconds, inference_img_per_s, epochs_run, decision}."""
+    when given), oldest first: {run_id, logical_date, started_at, lineage, state, accuracy, ece, ece_scaled,
+    robust_accuracy, test_images, loss, top3_accuracy, macro_f1, train_seconds, inference_img_per_s, epochs_run,
+    decision}."""
     query = (
         sa.select(runs_t.c.run_id, runs_t.c.logical_date, runs_t.c.started_at, runs_t.c.lineage, results_t.c.state,
-                  results_t.c.accuracy, results_t.c.loss, results_t.c.top3_accuracy, results_t.c.macro_f1,
-                  results_t.c.train_seconds, results_t.c.inference_img_per_s, results_t.c.epochs_run,
+                  results_t.c.accuracy, results_t.c.ece, results_t.c.ece_scaled, results_t.c.robust_accuracy,
+                  results_t.c.loss, results_t.c.top3_accuracy, results_t.c.macro_f1, results_t.c.train_seconds, results_t.c.inference_img_per_s, results_t.c.epochs_run,
                   results_t.c.eval_info, gates_t.c.decision)
         .select_from(runs_t)
         .join(results_t, sa.and_(results_t.c.run_pk == runs_t.c.id, _newest_of_variant(conn, variant)))
@@ -232,7 +238,8 @@ def recent_runs(conn: Connection, limit: int = 20, offset: int = 0, *, variant: 
     `variant`, showing only that variant, when given; only runs ordered at or after `since` when given):
     {run_id, dag_id, logical_date, started_at, ended_at, state, profile, data_source, lineage, created_at,
     results: {variant: {state, accuracy, previous_accuracy, previous_run_id, delta, decision, champion_delta,
-    p_value}}} (champion_delta and p_value: the gate's paired comparison).
+    p_value, reason, ece, robust_accuracy, worse_classes}}} (champion_delta and p_value: the gate's paired
+    comparison; worse_classes: classes significantly worse than with the champion, None when not checked).
 
     `previous_accuracy` is the variant's accuracy in the latest earlier run *of the same lineage* (the same test
     images) that has one (failed or missing results are skipped); `delta` = accuracy - previous_accuracy, None
@@ -249,7 +256,8 @@ def recent_runs(conn: Connection, limit: int = 20, offset: int = 0, *, variant: 
     by_run: dict[int, dict] = defaultdict(dict)
     rows_query = (
         sa.select(results_t.c.run_pk, results_t.c.variant, results_t.c.state, results_t.c.accuracy,
-                  gates_t.c.decision, gates_t.c.delta, gates_t.c.details)
+                  results_t.c.ece, results_t.c.robust_accuracy, gates_t.c.decision, gates_t.c.delta,
+                  gates_t.c.details)
         .outerjoin(gates_t, gates_t.c.result_id == results_t.c.id)
         .where(results_t.c.run_pk.in_([r.id for r in runs]))
     )
@@ -257,8 +265,12 @@ def recent_runs(conn: Connection, limit: int = 20, offset: int = 0, *, variant: 
         rows_query = rows_query.where(results_t.c.variant == variant)
     rows = conn.execute(rows_query).all()
     for r in rows:
+        details = r.details or {}
         by_run[r.run_pk][r.variant] = {"state": r.state, "accuracy": r.accuracy, "decision": r.decision,
-                                       "champion_delta": r.delta, "p_value": (r.details or {}).get("p_value")}
+                                       "champion_delta": r.delta, "p_value": details.get("p_value"),
+                                       "reason": details.get("reason"), "ece": r.ece,
+                                       "robust_accuracy": r.robust_accuracy,
+                                       "worse_classes": _worse_classes(details)}
     variants = in_registry_order({r.variant for r in rows})
     oldest = (runs[-1].sort_time, runs[-1].id)
     last: dict[tuple[str, str], tuple] = {}  # (variant, lineage) -> (accuracy, run_id) of the last one seen
@@ -278,7 +290,8 @@ def recent_runs(conn: Connection, limit: int = 20, offset: int = 0, *, variant: 
             res.update(previous_accuracy=prev[0], previous_run_id=prev[1],
                        delta=None if acc is None or prev[0] is None else acc - prev[0])
             results[v] = {k: res[k] for k in ("state", "accuracy", "previous_accuracy", "previous_run_id", "delta",
-                                              "decision", "champion_delta", "p_value")}
+                                              "decision", "champion_delta", "p_value", "reason", "ece",
+                                              "robust_accuracy", "worse_classes")}
             if acc is not None and run.lineage is not None:
                 last[(v, run.lineage)] = (acc, run.run_id)
         d = pick(run, ("run_id", "dag_id", "logical_date", "started_at", "ended_at", "state", "profile",
@@ -323,3 +336,9 @@ def _accuracy_before(conn: Connection, variant: str, key, lineage: str) -> tuple
         .order_by(*_newest_first()).limit(1)
     ).first()
     return (None, None) if row is None else (row.accuracy, row.run_id)
+
+
+def _worse_classes(details: dict) -> list[str] | None:
+    """The gate's per-class check: the classes it found worse, or None when it made none (stored before it)."""
+    check = details.get("class_gate") or {}
+    return list(check.get("worse") or []) if check.get("checked") else None

@@ -1,0 +1,83 @@
+"""What calibration and the corruption suite add to evaluation on the quick profile (goal: robustness <= 30%).
+
+    python -m bench.bench_robustness --mode quick [--out bench/out/robustness.json]
+
+Per variant, as `tl_tasks.evaluate` does it: the model (random weights: inference cost does not depend on them)
+predicts the quick profile's 10,000 test images at its batch size after a warm-up, then
+`tl_tasks.diagnostics.diagnose` fits the temperature on the validation subset and scores the corruption suite
+on the profile's `robustness_images`. Ratios are over the test pass (the evaluation's own inference).
+"""
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import numpy as np
+
+from bench import common
+
+NAME = "robustness"
+SIZES = {"tiny": (200, 100), "quick": (10_000, 5_000), "full": (10_000, 5_000)}  # test, validation images
+VARIANTS = {"tiny": ("cnn",), "quick": ("cnn", "resnet50_v1"), "full": ("cnn", "resnet50_v1", "resnet50_v2")}
+GOAL_RATIO = 0.30
+
+
+def run(mode: str = "full") -> dict:
+    common.check_mode(mode)
+    begun = common.begin()
+    from tl_tasks import config, runtime
+
+    runtime.configure()
+    settings = config.PROFILES["quick"]
+    n_test, n_val = SIZES[mode]
+    rng = np.random.default_rng(0)
+    data = SimpleNamespace(
+        x_test=rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8), y_test=rng.integers(0, 10, n_test),
+        x_val=rng.integers(0, 256, (n_val, 32, 32, 3), dtype=np.uint8), y_val=rng.integers(0, 10, n_val))
+    cells = {v: _cell(v, data, settings) for v in VARIANTS[mode]}
+    worst = max(c["robustness_ratio"] for c in cells.values())
+    results = {"variants": cells, "worst_robustness_ratio": worst, "goal_ratio": GOAL_RATIO,
+               "meets_goal": worst <= GOAL_RATIO}
+    notes = [
+        "test_seconds: predicting the test images after warm-up (what evaluate times); calibration_seconds: the "
+        "validation subset's predictions and the temperature fit; robustness_seconds: generating 6 corruptions x "
+        "3 severities of the subset and predicting them in one pass.",
+        "Ratios are over test_seconds only; over the whole evaluate task (model load, warm-up, metrics) they are "
+        "smaller.",
+        "2 shared CPU cores: other programs' load moves wall times; the load average is in `machine`.",
+    ]
+    params = {"profile": "quick", "test_images": n_test, "val_images": n_val,
+              "robustness_images": settings.robustness_images, "batch_size": settings.batch_size,
+              "image_size": settings.image_size, "weights": "none (random init)"}
+    return common.record(NAME, mode, begun, params, results, notes)
+
+
+def _cell(variant: str, data, settings) -> dict:
+    import keras
+
+    from tl_tasks.diagnostics import diagnose
+    from tl_tasks.models import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(variant, 10, input_size=32, image_size=settings.input_size_for(variant), weights="none")
+    batch = settings.batch_size
+    for n in {batch, len(data.x_test) % batch} - {0}:
+        model.predict(data.x_test[:n], batch_size=batch, verbose=0)
+    t0 = time.perf_counter()
+    probs = model.predict(data.x_test, batch_size=batch, verbose=0)
+    test_s = time.perf_counter() - t0
+    extra = diagnose(model, data, probs, batch_size=batch, robustness_images=settings.robustness_images)
+    cal_s, rob_s = extra["seconds"]["calibration"], extra["seconds"]["robustness"]
+    del model
+    keras.backend.clear_session()
+    return {"test_seconds": round(test_s, 2), "calibration_seconds": cal_s, "robustness_seconds": rob_s,
+            "robustness_ratio": common.ratio(rob_s, test_s), "calibration_ratio": common.ratio(cal_s, test_s),
+            "robustness_images_scored": extra["robustness"]["images"] * 18}
+
+
+def main() -> int:
+    return common.cli(NAME, run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
