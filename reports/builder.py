@@ -38,8 +38,13 @@ def build_report(run_id: str, store=None) -> Path:
         )
     from reports.context import report_context
 
-    html = render("report.html", report_context(run, store))
+    context = report_context(run, store)
+    html = render("report.html", context)
     path = RunLayout(run_id).report_index
     write_page(path, html)
+    for section in context["variants"]:  # the model cards the page links to, beside it
+        card = section.get("explain", {}).get("model_card")
+        if card:
+            write_page(path.parent / card["file"], card["markdown"])
     build_index(store, run_id=run_id)
     return path

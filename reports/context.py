@@ -12,6 +12,7 @@ import itertools
 import json
 from datetime import UTC, datetime
 
+from reports import explain
 from reports import formatting as fmt
 from tl_tasks import layout
 from tl_tasks.gate import Decision
@@ -51,11 +52,23 @@ def report_context(run: dict, store) -> dict:
         "skipped": _skipped(run),
         "rows": rows,
         "trend": _trend(store, run_id, [r["variant"] for r in results], current_date, run.get("lineage")),
-        "variants": [v for v in (_variant_section(r, class_names, run_id) for r in results) if v],
+        "variants": _with_explanations([v for v in (_variant_section(r, class_names, run_id) for r in results) if v],
+                                        results, run, store, y_test, class_names, previous),
+        "quality_trend": explain.trend(store, run_id, [r["variant"] for r in results], current_date,
+                                       run.get("lineage")),
         "failed": failed,
         "metadata": _metadata(run, results),
         "generated_at": datetime.now(UTC),
     }
+
+
+def _with_explanations(sections: list[dict], results: list[dict], run: dict, store, y_test, class_names,
+                       previous: dict | None) -> list[dict]:
+    """Each variant section with what explains its change (`reports.explain`)."""
+    by_name = {r["variant"]: r for r in results}
+    for v in sections:
+        v["explain"] = explain.variant_extras(by_name[v["variant"]], run, store, y_test, class_names, previous)
+    return sections
 
 
 def _skipped(run: dict) -> dict | None:
@@ -134,6 +147,9 @@ def _summary_row(r: dict, prev: dict | None, y_test, test_images: int | None) ->
         "params_trainable": r.get("params_trainable"),
         "params_total": r.get("params_total"),
         "weights": r.get("weights"),
+        "ece": r.get("ece"),
+        "robust": r.get("robust_accuracy"),
+        "worse_classes": ((gate or {}).get("class_gate") or {}).get("worse") or [],
         "d_prev": {
             "accuracy": fmt.delta(acc, prev.get("accuracy")),
             "loss": fmt.delta(r.get("loss"), prev.get("loss"), higher_is_better=False, scale=1, digits=3, unit=""),

@@ -102,7 +102,6 @@ def accuracy_trend(series: Mapping[str, Sequence[Mapping]], current: datetime | 
         current: date of the run this report is about (a vertical line), if any.
         others: variant -> list of point lists, one per other lineage (never joined with `series`).
     """
-    from matplotlib import dates as mdates
 
     with _styled():
         fig = _figure(10.5, 2.8)
@@ -143,20 +142,96 @@ def accuracy_trend(series: Mapping[str, Sequence[Mapping]], current: datetime | 
         dates = sorted({p["logical_date"] for points in series.values() for p in points if p.get("logical_date")}
                        | {p["logical_date"] for lines in (others or {}).values() for points in lines for p in points
                           if p.get("logical_date")})
-        if len(dates) <= 6:  # few runs: one tick per run date reads better than an automatic scale
-            same_days = dates[-1] - dates[0] < timedelta(days=3)
-            ax.set_xticks(dates, labels=[d.strftime("%m-%d\n%H:%M" if same_days else "%Y-%m-%d") for d in dates])
-            if len(dates) == 1:
-                ax.set_xlim(dates[0] - timedelta(days=3), dates[0] + timedelta(days=3))
-        else:
-            locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
-            ax.xaxis.set_major_locator(locator)
-            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        _date_axis(ax, dates)
         ax.set_ylabel("test accuracy")
         ax.set_title("Test accuracy across runs on this test set (lineage)")
         if plotted:
             ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
+
+
+def reliability_diagram(bins: Sequence[Mapping], bins_scaled: Sequence[Mapping] | None, variant: str,
+                        ece: float | None, ece_scaled: float | None, temperature: float | None):
+    """Accuracy against mean confidence per confidence bin, before and after temperature scaling; the diagonal
+    is perfect calibration and the bars' shading the share of images in each bin.
+
+    Args:
+        bins: `{low, high, count, confidence, accuracy}` per bin (`tl_tasks.calibration.reliability`).
+    """
+    with _styled():
+        fig = _figure(3.6, 3.0)
+        ax = fig.subplots()
+        fig.subplots_adjust(left=0.16, right=0.97, bottom=0.15, top=0.88)
+        total = sum(b.get("count") or 0 for b in bins) or 1
+        for b in bins:
+            if b.get("accuracy") is not None:
+                ax.bar((b["low"] + b["high"]) / 2, b["accuracy"], width=b["high"] - b["low"], color=TRAIN_COLOR,
+                       alpha=0.25 + 0.6 * min(1.0, 5 * b["count"] / total), edgecolor="white", linewidth=0.5)
+        ax.plot([0, 1], [0, 1], color="#6b7280", linestyle="--", linewidth=1, label="perfect calibration")
+        for series, color, label in ((bins, TRAIN_COLOR, f"as trained (ECE {_ece(ece)})"),
+                                     (bins_scaled or [], VAL_COLOR, f"T = {temperature or 1:.2f} (ECE {_ece(ece_scaled)})")):
+            pts = [(b["confidence"], b["accuracy"]) for b in series if b.get("accuracy") is not None]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, color=color, marker="o", markersize=3, linewidth=1.4, label=label)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top-1 probability)", labelpad=1)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"Reliability — {_plain(variant)}")
+        ax.legend(loc="upper left")
+    return fig
+
+
+def _ece(value) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def metric_trends(series: Mapping[str, Mapping[str, Sequence[Mapping]]], current: datetime | None = None):
+    """Small multiples across runs of one lineage: one panel per metric (e.g. ECE, accuracy under corruption),
+    one line per variant. `series`: metric title -> variant -> points `{logical_date, value}`, oldest first."""
+    with _styled():
+        fig = _figure(10.5, 2.4)
+        axes = fig.subplots(1, max(1, len(series)), squeeze=False)[0]
+        fig.subplots_adjust(left=0.06, right=0.84, bottom=0.2, top=0.88, wspace=0.22)
+        variants = list(dict.fromkeys(v for lines in series.values() for v in lines))
+        for ax, (title, lines) in zip(axes, series.items(), strict=False):
+            for variant, points in lines.items():
+                pts = [(p["logical_date"], p["value"]) for p in points if p.get("value") is not None]
+                if pts:
+                    xs, ys = zip(*pts, strict=True)
+                    color = VARIANT_COLORS[variants.index(variant) % len(VARIANT_COLORS)]
+                    ax.plot(xs, ys, color=color, marker="o", markersize=3, linewidth=1.4, label=_plain(variant))
+            if current is not None:
+                ax.axvline(current, color="#6b7280", linestyle=":", linewidth=1)
+            ax.set_title(_plain(title))
+            _date_axis(ax, sorted({p["logical_date"] for points in lines.values() for p in points
+                                   if p.get("value") is not None}))
+        handles, labels = axes[0].get_legend_handles_labels()
+        for ax in axes[1:]:
+            h, lab = ax.get_legend_handles_labels()
+            handles += [x for x, y in zip(h, lab, strict=True) if y not in labels]
+            labels += [y for y in lab if y not in labels]
+        if handles:
+            axes[-1].legend(handles, labels, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+def _date_axis(ax, dates: Sequence[datetime]) -> None:
+    """Run dates on the x axis: one tick per run when there are few, an automatic scale otherwise."""
+    from matplotlib import dates as mdates
+
+    if not dates:
+        return
+    if len(dates) <= 6:  # few runs: one tick per run date reads better than an automatic scale
+        same_days = dates[-1] - dates[0] < timedelta(days=3)
+        ax.set_xticks(dates, labels=[d.strftime("%m-%d\n%H:%M" if same_days else "%Y-%m-%d") for d in dates])
+        if len(dates) == 1:
+            ax.set_xlim(dates[0] - timedelta(days=3), dates[0] + timedelta(days=3))
+    else:
+        locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 
 
 def figure_to_data_uri(fig) -> str:

@@ -63,6 +63,7 @@ def _evaluated_run(run_id: str, predicted: np.ndarray, when: datetime) -> None:
         store.record_evaluation(run_id, "cnn", {
             "accuracy": float(np.mean(predicted == y)), "loss": 1.0, "class_names": CLASSES,
             "test_images": len(y), "predictions_path": str(model_dir / "predictions.npy"), "predictions_sha256": sha,
+            "confidence_path": str(model_dir / "confidence.npy"),
             "per_class": [{"class_name": n, "recall": float(np.mean(predicted[y == c] == c)), "support": PER_CLASS}
                           for c, n in enumerate(CLASSES)],
             "calibration": {"ece": 0.08, "ece_scaled": 0.02, "temperature": 1.7, "val_images": 100,
@@ -127,6 +128,35 @@ def test_a_challenger_that_wins_overall_but_breaks_one_class_is_not_promoted():
     assert d["decision"] == "promoted" and d["class_gate"]["worse"] == ["cat"]
     text = Path(d["model_card"]).read_text()
     assert "Per-class gate**: off" in text and "cat" in text and "Temperature" in text and "jpeg" in text
+
+
+def test_report_shows_the_class_table_galleries_calibration_robustness_and_model_card():
+    """Rendered from the database and run files only; a run stored without the new facts says so."""
+    from reports import build_report
+
+    _evaluated_run("rp1", _predictions({}, 0.70, seed=1), T0)
+    pipeline.gate_stage("rp1")
+    _evaluated_run("rp2", _predictions({3: 0.20}, 0.85, seed=2), T0 + timedelta(days=1))
+    np.save(RunLayout("rp2").data_dir / "x_test.npy", np.zeros((len(_labels()), 8, 8, 3), dtype=np.uint8))
+    np.save(RunLayout("rp2").model_dir("cnn") / "confidence.npy", np.linspace(0, 1, len(_labels())))
+    pipeline.gate_stage("rp2")
+    page = build_report("rp2").read_text()
+    assert "Per-class change vs the champion" in page and "▼ cat" in page and "blocks" in page
+    assert "Images that changed vs the champion (run rp1)" in page and "Fixed: 270 images" in page
+    assert "Broken: 100 images" in page and page.count('alt="test image') >= 2 * 12
+    assert "confidence not stored" not in page and 'alt="test image 1969: ' in page  # most confident first
+    assert "The previous run is the champion" in page
+    assert "Robustness" in page and "jpeg" in page and "Model card" in page and "model_card_cnn.md" in page
+    card = (RunLayout("rp2").report_index.parent / "model_card_cnn.md").read_text()
+    assert "## Gate verdict" in card and "class 'cat'" in card
+
+    with connect() as store:  # a run recorded before: no per-class rows, no calibration, no robustness
+        store.upsert_run("legacy", logical_date=T0 + timedelta(days=2), lineage="L" * 64, class_names=CLASSES)
+        store.record_evaluation("legacy", "cnn", {"accuracy": 0.5, "class_names": CLASSES})
+        store.record_gate("legacy", "cnn", {"decision": "kept", "champion_run_id": "rp1", "reason": "old gate"})
+    page = build_report("legacy").read_text()
+    assert "Gated before per-class verdicts were recorded" in page
+    assert "Calibration not measured" in page and "Robustness not measured" in page
 
 
 # --- calibration ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ MODEL_CARD_FILE = "model_card.md"
 
 
 def card(run: dict, result: dict) -> dict:
-    """`{"title", "sections": [{"title", "items": [(key, value)], "table": {"head", "rows"} or None,
+    """`{"title", "sections": [{"title", "facts": [(key, value)], "table": {"head", "rows"} or None,
     "text": [...]}]}`, from a run dict and one of its result dicts (as `MetricsStore.get_run` gives them)."""
     variant = result.get("variant") or "?"
     gate = result.get("gate") or {}
@@ -27,8 +27,8 @@ def to_markdown(c: dict) -> str:
     lines = [f"# {c['title']}", "", "Generated from the metrics database; every number below is stored there.", ""]
     for s in c["sections"]:
         lines += [f"## {s['title']}", ""]
-        lines += [f"- **{k}**: {v}" for k, v in s.get("items") or []]
-        if s.get("items"):
+        lines += [f"- **{k}**: {v}" for k, v in s.get("facts") or []]
+        if s.get("facts"):
             lines.append("")
         table = s.get("table")
         if table:
@@ -64,7 +64,7 @@ def _pct(x, digits: int = 2) -> str:
 def _lineage(run: dict) -> dict:
     counts = ((run.get("data_summary") or {}).get("counts") or {})
     names = run.get("class_names") or []
-    return {"title": "Data lineage", "items": [
+    return {"title": "Data lineage", "facts": [
         ("Source", run.get("data_source") or "not recorded"),
         ("Data fingerprint", run.get("data_fingerprint") or "not recorded"),
         ("Lineage (test-set sha256)", run.get("lineage") or "unknown"),
@@ -86,7 +86,7 @@ def _recipe(result: dict) -> dict:
              ("Epochs", f"{result.get('epochs_run') or '?'} run, best {result.get('best_epoch') or '?'}"),
              ("Training images", f"{info['train_images']:,}" if isinstance(info.get("train_images"), int)
               else "not recorded")]
-    return {"title": "Recipe and its reasons", "items": items,
+    return {"title": "Recipe and its reasons", "facts": items,
             "table": {"head": ["Setting", "Value", "Why"], "rows": rows} if rows else None,
             "text": [] if rows else ["No recipe was recorded for this model (trained before recipes were kept)."]}
 
@@ -97,7 +97,7 @@ def _accuracy(run: dict, result: dict) -> dict:
     acc = result.get("accuracy")
     n = (result.get("eval_info") or {}).get("test_images") or ((run.get("data_summary") or {}).get("counts") or {}).get("test")
     ci = wilson_interval(round(acc * n), n) if acc is not None and n else None
-    return {"title": "Test accuracy", "items": [
+    return {"title": "Test accuracy", "facts": [
         ("Accuracy", _pct(acc) + (f" (95% CI {_pct(ci[0])} to {_pct(ci[1])}, Wilson, {n:,} test images)" if ci else "")),
         ("Top-3 accuracy", _pct(result.get("top3_accuracy"))),
         ("Macro F1", "not measured" if result.get("macro_f1") is None else f"{result['macro_f1']:.3f}"),
@@ -128,7 +128,7 @@ def _calibration(result: dict) -> dict:
     c = result.get("calibration")
     if not c:
         return {"title": "Calibration", "text": ["Not measured (evaluated before calibration was recorded)."]}
-    return {"title": "Calibration", "items": [
+    return {"title": "Calibration", "facts": [
         ("Expected calibration error (15 bins)", _pct(c.get("ece"))),
         ("Temperature (fitted on the validation split)", f"{c['temperature']:.3f}" if c.get("temperature") else "?"),
         ("ECE after temperature scaling", _pct(c.get("ece_scaled"))),
@@ -141,7 +141,7 @@ def _robustness(result: dict) -> dict:
         return {"title": "Robustness", "text": ["Not measured (evaluated before the corruption suite, or it was "
                                                 "turned off)."]}
     rows = [[name, *(_pct(a, 1) for a in accs)] for name, accs in (r.get("by_corruption") or {}).items()]
-    return {"title": "Robustness", "items": [
+    return {"title": "Robustness", "facts": [
         ("Mean accuracy under corruption", _pct(r.get("accuracy"))),
         ("Clean accuracy on the same images", _pct(r.get("clean_accuracy"))),
         ("Images", f"{r.get('images')} (a fixed stratified subset of the test set)"),
@@ -160,7 +160,7 @@ def _gate(gate: dict) -> dict:
         items.append(("Per-class gate", ("on" if cg.get("enabled") else "off")
                       + f", tolerance {cg.get('tolerance', 0) * 100:g} points"
                       + (f"; significantly worse: {', '.join(cg['worse'])}" if cg.get("worse") else "")))
-    return {"title": "Gate verdict", "items": items}
+    return {"title": "Gate verdict", "facts": items}
 
 
 def _limits(run: dict, result: dict) -> dict:
