@@ -159,9 +159,9 @@ def reliability_diagram(bins: Sequence[Mapping], bins_scaled: Sequence[Mapping] 
         bins: `{low, high, count, confidence, accuracy}` per bin (`tl_tasks.calibration.reliability`).
     """
     with _styled():
-        fig = _figure(3.6, 3.0)
+        fig = _figure(3.8, 3.7)
         ax = fig.subplots()
-        fig.subplots_adjust(left=0.16, right=0.97, bottom=0.15, top=0.88)
+        fig.subplots_adjust(left=0.15, right=0.97, bottom=0.33, top=0.92)
         total = sum(b.get("count") or 0 for b in bins) or 1
         for b in bins:
             if b.get("accuracy") is not None:
@@ -179,7 +179,7 @@ def reliability_diagram(bins: Sequence[Mapping], bins_scaled: Sequence[Mapping] 
         ax.set_xlabel("confidence (top-1 probability)", labelpad=1)
         ax.set_ylabel("accuracy")
         ax.set_title(f"Reliability — {_plain(variant)}")
-        ax.legend(loc="upper left")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: bins may fill any corner
     return fig
 
 
