@@ -120,7 +120,8 @@ def index_context(runs: list[dict], nav: dict | None = None) -> dict:
             if delta is None and res.get("previous_accuracy") is not None and acc is not None:
                 delta = acc - res["previous_accuracy"]
             cells.append({"shown": bool(res), "accuracy": acc, "failed": failed, "decision": res.get("decision"),
-                          "p_value": res.get("p_value"),
+                          "p_value": res.get("p_value"), "ece": res.get("ece"), "robust": res.get("robust_accuracy"),
+                          "worse": ", ".join(res.get("worse_classes") or []),
                           "delta": fmt.delta(delta, 0.0) if delta is not None and acc is not None else None})
             if acc is not None and not failed and (best is None or acc > best[1]):
                 best = (v, acc)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tl_tasks import calibration, model_card, pipeline, robustness, schema
+from tl_tasks import calibration, layout, model_card, pipeline, robustness, schema
 from tl_tasks.files import write_json_atomic
 from tl_tasks.layout import RunLayout
 from tl_tasks.notify import build_message
@@ -147,6 +147,8 @@ def test_report_shows_the_class_table_galleries_calibration_robustness_and_model
     assert "confidence not stored" not in page and 'alt="test image 1969: ' in page  # most confident first
     assert "The previous run is the champion" in page
     assert "Robustness" in page and "jpeg" in page and "Model card" in page and "model_card_cnn.md" in page
+    index = (layout.reports_root() / layout.REPORT_INDEX).read_text()
+    assert "worse: cat" in index and "ECE 8.00%" in index and "corr. 40.00%" in index
     card = (RunLayout("rp2").report_index.parent / "model_card_cnn.md").read_text()
     assert "## Gate verdict" in card and "class 'cat'" in card
 
