@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tests.ml_helpers import small_settings, write_prepared
-from tl_tasks.models import learning_rate_schedule
-from tl_tasks.train import _stratified_subset, train_variant
+from tl_tasks.training.builders import learning_rate_schedule
+from tl_tasks.training.loop import _stratified_subset, train_variant
 from tl_tasks.variants import get_variant
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ _CRASHING_TRAINING = textwrap.dedent("""
     import dataclasses, json, os, signal, sys
     from pathlib import Path
     from tests.ml_helpers import small_settings
-    from tl_tasks import train
+    from tl_tasks.training import loop as train
     from tl_tasks.config import Settings
     from tl_tasks.variants import Variant
 

@@ -16,12 +16,20 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tl_tasks import devices, layout, runtime
+from tl_tasks import layout
 from tl_tasks.config import Settings
 from tl_tasks.data import load_prepared
 from tl_tasks.files import copy_file_atomic, write_atomic, write_json_atomic
 from tl_tasks.layout import ModelFiles
-from tl_tasks.models import build_head, build_model, compile_recipe, one_hot, resolve_weights, set_base_frozen
+from tl_tasks.training import devices, runtime
+from tl_tasks.training.builders import (
+    build_head,
+    build_model,
+    compile_recipe,
+    one_hot,
+    resolve_weights,
+    set_base_frozen,
+)
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
