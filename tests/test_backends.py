@@ -28,12 +28,12 @@ print(json.dumps(summary))
 
 _KILL_AFTER_FIRST_EPOCH = """
 import os, signal
-from tl_tasks.training import loop as train
-_save = train._Checkpoints.save
+from tl_tasks.training.checkpoints import Checkpoints
+_save = Checkpoints.save
 def _save_then_die(self, model, completed, *args, **kwargs):
     _save(self, model, completed, *args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
-train._Checkpoints.save = _save_then_die
+Checkpoints.save = _save_then_die
 """
 
 

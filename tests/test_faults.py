@@ -133,10 +133,10 @@ class _Stop(Exception):
 
 def _train_until_checkpoint(monkeypatch, data, out, settings, epoch: int) -> None:
     """Train the CNN until the checkpoint of `epoch` is written, then stop it there (as a crash would)."""
-    from tl_tasks.training import loop as train_module
+    from tl_tasks.training.checkpoints import Checkpoints
     from tl_tasks.training.loop import train_variant
 
-    original = train_module._Checkpoints.save
+    original = Checkpoints.save
 
     def save_then_stop(self, model, completed, *args, **kwargs):
         original(self, model, completed, *args, **kwargs)
@@ -144,7 +144,7 @@ def _train_until_checkpoint(monkeypatch, data, out, settings, epoch: int) -> Non
             raise _Stop()
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_module._Checkpoints, "save", save_then_stop)
+        patch.setattr(Checkpoints, "save", save_then_stop)
         with pytest.raises(_Stop):
             train_variant("cnn", data, out, settings, verbose=0)
 
