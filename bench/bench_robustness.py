@@ -2,9 +2,9 @@
 
     python -m bench.bench_robustness --mode quick [--out bench/out/robustness.json]
 
-Per variant, as `tl_tasks.evaluate` does it: the model (random weights: inference cost does not depend on them)
+Per variant, as `tl_tasks.training.evaluate` does it: the model (random weights: inference cost does not depend on them)
 predicts the quick profile's 10,000 test images at its batch size after a warm-up, then
-`tl_tasks.diagnostics.diagnose` fits the temperature on the validation subset and scores the corruption suite
+`tl_tasks.training.diagnostics.diagnose` fits the temperature on the validation subset and scores the corruption suite
 on the profile's `robustness_images`. Ratios are over the test pass (the evaluation's own inference).
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ GOAL_RATIO = 0.30
 def run(mode: str = "full") -> dict:
     common.check_mode(mode)
     begun = common.begin()
-    from tl_tasks import config, runtime
+    from tl_tasks import config
+    from tl_tasks.training import runtime
 
     runtime.configure()
     settings = config.PROFILES["quick"]
@@ -76,8 +77,8 @@ def _profile_total(cells: dict, variants) -> dict:
 def _cell(variant: str, data, settings) -> dict:
     import keras
 
-    from tl_tasks.diagnostics import diagnose
-    from tl_tasks.models import build_model
+    from tl_tasks.training.builders import build_model
+    from tl_tasks.training.diagnostics import diagnose
 
     keras.utils.set_random_seed(0)
     model = build_model(variant, 10, input_size=32, image_size=settings.input_size_for(variant), weights="none")

@@ -56,7 +56,7 @@ def _class_changes(r: dict) -> dict:
 
 
 def _galleries(r: dict, run: dict, store, y_test, class_names: list[str], previous: dict | None) -> list[dict]:
-    from tl_tasks.changed_images import between
+    from tl_tasks.gating.changed_images import between
 
     if r.get("accuracy") is None or y_test is None:
         return []
@@ -136,7 +136,7 @@ def _robustness(r: dict) -> dict:
 
 
 def _model_card(r: dict, run: dict) -> dict | None:
-    from tl_tasks.model_card import card, to_markdown
+    from tl_tasks.gating.model_card import card, to_markdown
 
     if r.get("accuracy") is None:
         return None

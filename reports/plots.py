@@ -156,7 +156,7 @@ def reliability_diagram(bins: Sequence[Mapping], bins_scaled: Sequence[Mapping] 
     is perfect calibration and the bars' shading the share of images in each bin.
 
     Args:
-        bins: `{low, high, count, confidence, accuracy}` per bin (`tl_tasks.calibration.reliability`).
+        bins: `{low, high, count, confidence, accuracy}` per bin (`tl_tasks.training.calibration.reliability`).
     """
     with _styled():
         fig = _figure(3.8, 3.7)

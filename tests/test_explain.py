@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tl_tasks import calibration, layout, model_card, pipeline, robustness, schema
+from tl_tasks import layout, pipeline, schema
 from tl_tasks.files import write_json_atomic
+from tl_tasks.gating import model_card
+from tl_tasks.gating.per_class import apply_class_gate, compare_classes, holm, worse_classes
 from tl_tasks.layout import RunLayout
-from tl_tasks.notify import build_message
-from tl_tasks.per_class import apply_class_gate, compare_classes, holm, worse_classes
-from tl_tasks.predictions import write_predictions
+from tl_tasks.notify.channels import build_message
 from tl_tasks.store import connect
+from tl_tasks.training import calibration, robustness
+from tl_tasks.training.predictions import write_predictions
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 PER_CLASS = 200

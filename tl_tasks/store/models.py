@@ -140,7 +140,7 @@ class Result(Base):
     predictions_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     model_sha256: Mapped[str | None] = mapped_column(sa.String(64))   # of model.keras, set when evaluated
     evaluated_at: Mapped[datetime | None]
-    # calibration (tl_tasks.calibration) and robustness (tl_tasks.robustness): NULL for runs evaluated before
+    # calibration (tl_tasks.training.calibration) and robustness (tl_tasks.training.robustness): NULL for runs evaluated before
     ece: Mapped[float | None]
     ece_scaled: Mapped[float | None]
     temperature: Mapped[float | None]
@@ -199,7 +199,7 @@ class ConfusionMatrix(Base):
 
 
 class GateDecision(Base):
-    """The gate's verdict on a result (one of `tl_tasks.gate.DECISIONS`), and why."""
+    """The gate's verdict on a result (one of `tl_tasks.gating.decision.DECISIONS`), and why."""
 
     __tablename__ = "gate_decisions"
 
@@ -217,7 +217,7 @@ class GateDecision(Base):
 
 
 class ClassChange(Base):
-    """Per class, the new model against the champion on that class's test images (tl_tasks.per_class)."""
+    """Per class, the new model against the champion on that class's test images (tl_tasks.gating.per_class)."""
 
     __tablename__ = "class_changes"
 
@@ -238,7 +238,7 @@ class ClassChange(Base):
 
 
 class RobustnessMetric(Base):
-    """Accuracy of a result under one corruption at one severity (tl_tasks.robustness)."""
+    """Accuracy of a result under one corruption at one severity (tl_tasks.training.robustness)."""
 
     __tablename__ = "robustness_metrics"
 

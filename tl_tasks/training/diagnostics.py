@@ -1,7 +1,7 @@
 """What evaluation adds beyond accuracy: calibration (ECE, a temperature fitted on the validation split) and
 robustness (accuracy under the corruption suite), each timed so that their cost can be reported.
 
-`diagnose` takes an already loaded model and the test probabilities it produced; `tl_tasks.evaluate` calls it.
+`diagnose` takes an already loaded model and the test probabilities it produced; `tl_tasks.training.evaluate` calls it.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from tl_tasks import calibration, robustness
+from tl_tasks.training import calibration, robustness
 
 
 def diagnose(model, data, test_probs, *, batch_size: int, robustness_images: int) -> dict:

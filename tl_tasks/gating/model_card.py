@@ -92,7 +92,7 @@ def _recipe(result: dict) -> dict:
 
 
 def _accuracy(run: dict, result: dict) -> dict:
-    from tl_tasks.gate import wilson_interval
+    from tl_tasks.gating.decision import wilson_interval
 
     acc = result.get("accuracy")
     n = (result.get("eval_info") or {}).get("test_images") or ((run.get("data_summary") or {}).get("counts") or {}).get("test")

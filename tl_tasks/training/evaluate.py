@@ -11,14 +11,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tl_tasks import devices, runtime
 from tl_tasks.config import Settings
 from tl_tasks.data import load_prepared
-from tl_tasks.diagnostics import diagnose
 from tl_tasks.files import save_npy_atomic, sha256_file, write_json_atomic
 from tl_tasks.layout import ModelFiles
-from tl_tasks.predictions import write_predictions
-from tl_tasks.train import _count
+from tl_tasks.training import devices, runtime
+from tl_tasks.training.diagnostics import diagnose
+from tl_tasks.training.loop import _count
+from tl_tasks.training.predictions import write_predictions
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class EvalResult:
     backend: str
     device: str
     calibration: dict | None = None  # ECE before/after temperature scaling, the temperature, reliability bins
-    robustness: dict | None = None   # accuracy under the corruption suite (tl_tasks.robustness.score)
+    robustness: dict | None = None   # accuracy under the corruption suite (tl_tasks.training.robustness.score)
     confidence_path: str | None = None  # top-1 probability per test image, beside predictions.npy
     seconds: dict | None = None      # {"test", "calibration", "robustness"}: where evaluation spent its time
 

@@ -61,7 +61,7 @@ def fit_temperature(probs, y_true) -> float:
 
 def val_subset(y_val, seed: int, limit: int = MAX_VAL_IMAGES) -> np.ndarray:
     """Indices of a fixed stratified subset of the validation split (all of it when it is small)."""
-    from tl_tasks.robustness import stratified_subset
+    from tl_tasks.training.robustness import stratified_subset
 
     return stratified_subset(y_val, limit, seed)
 

@@ -6,7 +6,7 @@
                            predictions.npy     (its per-image predictions on the lineage's test set)
                            serving/            (TF SavedModel, endpoint `serve`, loads with plain TensorFlow)
                            champion.json       (run id, lineage, accuracy + interval, sha256s, temperature, date)
-                           model_card.md       (tl_tasks.model_card: written once the gate's decision is stored)
+                           model_card.md       (tl_tasks.gating.model_card: written once the gate's decision is stored)
 
 Earlier champions stay in `versions/` as history. A lineage is one test set, so a run on other data never
 replaces another lineage's champion. Keras loads lazily (only to write the serving export).
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tl_tasks import config, layout
 from tl_tasks.files import publish_dir, replace_symlink, sha256_file, write_json_atomic
-from tl_tasks.model_card import MODEL_CARD_FILE
+from tl_tasks.gating.model_card import MODEL_CARD_FILE
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def _export_serving(model_path: Path, out: Path, enabled: bool | None) -> dict:
         enabled = os.environ.get(SERVING_EXPORT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
     if not enabled:
         return {"format": None, "reason": f"{SERVING_EXPORT_ENV}=0: no serving export"}
-    from tl_tasks.runtime import import_keras_quietly
+    from tl_tasks.training.runtime import import_keras_quietly
 
     import_keras_quietly()
     import keras
@@ -274,7 +274,7 @@ def deploy_events(triggering_asset_events, *, lineage: str | None = None) -> lis
 
 
 def _recorded_promotion(variant: str, run_id: str | None) -> dict | None:
-    from tl_tasks.gate import PROMOTING
+    from tl_tasks.gating.decision import PROMOTING
     from tl_tasks.store import connect
 
     with connect() as store:

@@ -1,5 +1,5 @@
 """The gate stage's work: for each variant of a run, compare with its champion, decide, publish promotions and
-record the decisions (the decision rules themselves are in `tl_tasks.gate`).
+record the decisions (the decision rules themselves are in `tl_tasks.gating.decision`).
 
 The store, NumPy and the champions module are imported inside the functions: importing this module is cheap.
 """
@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from tl_tasks.errors import RunFailed, first_line
-from tl_tasks.gate import (
+from tl_tasks.gating.decision import (
     Decision,
     RegressionError,
     compare_paired,
@@ -18,9 +18,9 @@ from tl_tasks.gate import (
     validate_alpha,
     validate_tolerance,
 )
-from tl_tasks.model_card import write_champion_card
-from tl_tasks.per_class import DEFAULT_CLASS_GATE, DEFAULT_CLASS_TOLERANCE, apply_class_gate, compare_classes
-from tl_tasks.skip import skip_note
+from tl_tasks.gating.model_card import write_champion_card
+from tl_tasks.gating.per_class import DEFAULT_CLASS_GATE, DEFAULT_CLASS_TOLERANCE, apply_class_gate, compare_classes
+from tl_tasks.stages.skip import skip_note
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fa
              force_promote: bool = False, raise_on_regression: bool = True, class_gate: bool = DEFAULT_CLASS_GATE,
              class_tolerance: float = DEFAULT_CLASS_TOLERANCE) -> dict:
     """Compare each variant of the run with its champion, image by image, record the decision, and publish
-    promoted models under `$TL_HOME/champions/` (see `tl_tasks.gate` and `tl_tasks.champions`).
+    promoted models under `$TL_HOME/champions/` (see `tl_tasks.gating.decision` and `tl_tasks.gating.champions`).
 
     The champion is the variant's latest promotion among earlier runs of the same lineage (the same test images);
     a run on other data never touches it. A variant without a result (its task was killed) or without an
@@ -43,7 +43,7 @@ def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fa
         store: an open `MetricsStore`.
         settings: the run's `config.Settings` (its variants are gated; stored as the run's params if it has none).
         class_gate / class_tolerance: block a promotion when a class is significantly worse beyond the
-            per-class tolerance (`tl_tasks.per_class`); the per-class comparison is stored either way.
+            per-class tolerance (`tl_tasks.gating.per_class`); the per-class comparison is stored either way.
 
     Returns:
         `{"run_id", "decisions": {variant: decision}, "summary": {decision: [variants]}, "tolerance": t,
@@ -59,7 +59,7 @@ def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fa
         RunFailed: the run's data was never prepared, so there is nothing to gate.
         ValueError: the run is not in the metrics database.
     """
-    from tl_tasks import champions
+    from tl_tasks.gating import champions
 
     tolerance, alpha = validate_tolerance(tolerance), validate_alpha(alpha)
     class_tolerance = validate_tolerance(class_tolerance)
@@ -149,7 +149,7 @@ def _test_labels(run_id: str):
 def _paired(result: dict, champion: dict, y_test, alpha: float,
             class_names: list) -> tuple[dict | None, str | None, list | None]:
     """The paired comparison of a result with its champion and per class, or (None, why not, None)."""
-    from tl_tasks.predictions import PredictionsUnavailable, load_predictions
+    from tl_tasks.training.predictions import PredictionsUnavailable, load_predictions
 
     try:
         new = load_predictions(result.get("predictions_path"), result.get("predictions_sha256"),
@@ -164,7 +164,7 @@ def _paired(result: dict, champion: dict, y_test, alpha: float,
 
 def _champion_predictions(champion: dict, n: int):
     """The champion's per-image predictions: from its run folder, else from its published copy."""
-    from tl_tasks.predictions import PredictionsUnavailable, load_predictions
+    from tl_tasks.training.predictions import PredictionsUnavailable, load_predictions
 
     try:
         return load_predictions(champion.get("predictions_path"), champion.get("predictions_sha256"), expected_len=n)

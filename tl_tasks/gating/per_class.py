@@ -1,14 +1,14 @@
 """Per-class verdicts: the new model against the champion on each class's test images, and the gate check built
 on them (a promotion is blocked when one class got significantly worse beyond a per-class tolerance).
 
-Within a class, accuracy is the class's recall, so the paired machinery of `tl_tasks.gate.compare_paired`
+Within a class, accuracy is the class's recall, so the paired machinery of `tl_tasks.gating.decision.compare_paired`
 applies unchanged: an exact McNemar test on the class's discordant images and an Agresti-Min interval of the
 recall change. The p-values are Holm-adjusted across the classes (ten tests would otherwise flag a class by
 chance one time in two at alpha 0.05).
 """
 from __future__ import annotations
 
-from tl_tasks.gate import DEFAULT_ALPHA, Decision, compare_paired, validate_tolerance
+from tl_tasks.gating.decision import DEFAULT_ALPHA, Decision, compare_paired, validate_tolerance
 
 # Three points of recall within one class. On CIFAR-10's 1,000 test images per class, retraining the same recipe
 # with another seed moves a class's recall by one to two points (the cat/dog pair trades more); a drop the paired

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tl_tasks.predictions import PredictionsUnavailable, load_predictions
+from tl_tasks.training.predictions import PredictionsUnavailable, load_predictions
 
 DEFAULT_CAP = 12
 
