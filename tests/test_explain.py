@@ -145,8 +145,8 @@ def test_report_shows_the_class_table_galleries_calibration_robustness_and_model
     page = build_report("rp2").read_text()
     assert "Per-class change vs the champion" in page and "▼ cat" in page and "blocks" in page
     assert "Images that changed vs the champion (run rp1)" in page and "Fixed: 270 images" in page
-    assert "Broken: 100 images" in page and page.count('alt="test image') >= 2 * 12
-    assert "confidence not stored" not in page and 'alt="test image 1969: ' in page  # most confident first
+    assert "Broken: 100 images" in page and page.count('alt="changed test image') >= 2 * 12
+    assert "confidence not stored" not in page and 'alt="changed test image 1969: ' in page  # most confident first
     assert "The previous run is the champion" in page
     assert "Robustness" in page and "jpeg" in page and "Model card" in page and "model_card_cnn.md" in page
     index = (layout.reports_root() / layout.REPORT_INDEX).read_text()
