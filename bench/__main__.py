@@ -22,6 +22,7 @@ BENCHMARKS = {
     "input_pipeline": "bench.bench_input_pipeline",
     "feature_cache": "bench.bench_feature_cache",
     "throughput": "bench.bench_throughput",
+    "robustness": "bench.bench_robustness",
     "orchestration": "bench.bench_orchestration",
     "make_run": "bench.bench_make_run",
 }
@@ -30,8 +31,8 @@ EXTERNAL = {
     "store": ("bench.bench_store", "store.json"),
     "report": ("bench.bench_report", "report.json"),
 }
-ORDER = ("history_scaling", "store", "report", "input_pipeline", "feature_cache", "throughput", "orchestration",
-         "make_run")
+ORDER = ("history_scaling", "store", "report", "input_pipeline", "feature_cache", "throughput", "robustness",
+         "orchestration", "make_run")
 TIMEOUT_S = {"tiny": 900, "quick": 1200, "full": 3600}
 
 

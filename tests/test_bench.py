@@ -21,6 +21,7 @@ RESULT_KEYS = {
     "feature_cache": {"cells", "measured_ratio_epoch_work", "measured_ratio_wall", "ratio_at_10_epochs_from_parts",
                       "ratio_at_10_epochs_wall_from_parts", "goal_ratio", "meets_goal"},
     "history_scaling": {"by_runs", "seeding"},
+    "robustness": {"variants", "profile", "goal_ratio", "meets_goal"},
     "orchestration": {"runs", "airflow_setup", "direct_seconds", "airflow_seconds", "overhead_seconds",
                       "ratio_airflow_over_direct", "goal_ratio"},
     "make_run": {"wall_seconds", "returncode", "success", "tasks", "variants", "task_seconds_by_task"},
@@ -39,7 +40,7 @@ def _check_record(rec: dict, name: str) -> dict:
 
 
 @pytest.mark.slow  # each benchmark end to end: trains and times models
-@pytest.mark.parametrize("name", ["history_scaling", "throughput", "input_pipeline", "feature_cache"])
+@pytest.mark.parametrize("name", ["history_scaling", "throughput", "input_pipeline", "feature_cache", "robustness"])
 def test_benchmark_runs_in_tiny_mode(name):
     module = importlib.import_module(f"bench.bench_{name}")
     results = _check_record(module.run("tiny"), name)
@@ -52,6 +53,12 @@ def test_benchmark_runs_in_tiny_mode(name):
     elif name == "feature_cache":
         cell = results["cells"][0]
         assert len(cell["naive"]["epoch_seconds"]) == len(cell["cached"]["head_epoch_seconds"]) == cell["epochs"]
+    elif name == "robustness":
+        cell = results["variants"]["cnn"]
+        from tl_tasks.config import QUICK_ROBUSTNESS_IMAGES
+
+        assert cell["test_seconds"] > 0 and cell["robustness_images_scored"] == 18 * QUICK_ROBUSTNESS_IMAGES
+        assert results["profile"]["robustness_cpu_ratio"] > 0
     elif name == "history_scaling":
         row = results["by_runs"]["10"]
         assert row["build_report_seconds"] > 0 and row["trend_50_ms"] > 0
