@@ -137,6 +137,7 @@ def test_params_defaults(dag, run_dag_module):
     assert params["variants"] == list(VARIANT_NAMES)
     assert params["tolerance"] == 0.005 and params["alpha"] == 0.05
     assert params["fail_on_regression"] is False and params["force_promote"] is False
+    assert params["class_gate"] is True and params["class_tolerance"] == 0.03  # the per-class gate is on
     assert params["force"] is False  # an unchanged run is skipped unless forced
     for name in ("profile", "dataset", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed",
                  "mixed_precision", "data_parallel"):
@@ -144,7 +145,7 @@ def test_params_defaults(dag, run_dag_module):
     good = {"profile": "smoke", "dataset": "synthetic", "variants": ["cnn", "resnet50_v4"], "epochs": 2,
             "image_size": 64, "batch_size": 16, "limit_per_class": 50, "weights": "none", "seed": 1,
             "tolerance": 0.05, "alpha": 0.01, "fail_on_regression": True, "force_promote": False, "force": True,
-            "mixed_precision": "off", "data_parallel": False}
+            "mixed_precision": "off", "data_parallel": False, "class_gate": False, "class_tolerance": 0.05}
     assert run_dag_module.validate_conf(dag, good) == good
 
 

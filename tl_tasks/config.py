@@ -160,7 +160,8 @@ SETTING_REASONS: dict[str, dict[str, str]] = {
         "train_limit": "500 images for the ResNet50s: their CPU cost, not their accuracy, sets the quick budget",
         "head_warmup_epochs": "0: two epochs on 500 images are too few to split into phases",
         "robustness_images": f"{QUICK_ROBUSTNESS_IMAGES}: 18 corrupted copies add at most 30% to evaluation on a "
-                             "CPU (bench: 27% of the test pass at 150); each cell's accuracy within about 9 points (95%)",
+                             "CPU (bench: 22.5% of a quick run's test inference); each cell's accuracy within about 9 points "
+                             "(95%)",
         **_COMMON_REASONS,
     },
     "full": {
