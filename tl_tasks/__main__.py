@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tl_tasks import schema
 from tl_tasks.gating.decision import DECISIONS
+from tl_tasks.stages.gate import GateOptions
 from tl_tasks.variants import VARIANT_NAMES
 
 log = logging.getLogger("tl_tasks")
@@ -200,8 +201,8 @@ def cmd_evaluate(args) -> int:
 def cmd_gate(args) -> int:
     from tl_tasks import pipeline
 
-    result = pipeline.gate_stage(args.run_id, _stage_settings(args).to_dict(), args.tolerance,
-                                 args.fail_on_regression, args.force_promote, args.alpha)
+    result = pipeline.gate_stage(args.run_id, _stage_settings(args).to_dict(),
+                                 options=GateOptions.from_params(schema.values_from_args(args)))
     _print_json(result)
     return 0
 
@@ -252,16 +253,16 @@ def cmd_run(args) -> int:
     from tl_tasks import pipeline
 
     run_id = args.run_id or "cli__" + datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
-    settings = schema.settings_from_params(_settings_values(args))
+    params = schema.values_from_args(args)
+    settings = schema.settings_from_params(params)  # refused here, before anything runs or is recorded
     log.info("run %s: profile %s, variants %s", run_id, settings.profile, ", ".join(settings.variants))
-    result = pipeline.run_all(run_id, settings, tolerance=args.tolerance, alpha=args.alpha,
-                              fail_on_regression=args.fail_on_regression, force_promote=args.force_promote)
+    result = pipeline.run_local(run_id, params)
     for variant, d in result["decisions"].items():
         acc = "-" if d["accuracy"] is None else f"{d['accuracy']:.4f}"
         _out(f"{variant:<12} {d['decision']:<10} test accuracy {acc}")
     _out(f"run {run_id}: {result['state']}" + (f" ({result['error']})" if result["error"] else ""))
     _out(f"report: {result['report_path']}")
-    return 0 if result["state"] == "success" else EXIT_FAILED
+    return 0 if result["state"] in ("success", "skipped") else EXIT_FAILED
 
 
 def _run_dag(args) -> int:

@@ -90,7 +90,7 @@ def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | N
             "decision": decision.get("decision"), "forced": bool(decision.get("forced")),
             "reason": decision.get("reason"), "model_file": MODEL_FILE, "model_sha256": model_sha,
             "predictions_sha256": result.get("predictions_sha256"), "serving": serving,
-            "versions": _versions(), "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": run.get("versions"), "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
         })
 
     # a different model for the same run (it was retrained) is replaced whole, in one rename
@@ -189,12 +189,6 @@ def _export_serving(model_path: Path, out: Path, enabled: bool | None) -> dict:
     return {"format": "tf_saved_model", "path": SERVING_DIR, "endpoint": "serve",
             "input": {"dtype": "uint8", "shape": [None, *model.input_shape[1:]]},
             "output": "class probabilities (softmax), in champion.json's order of the lineage's class names"}
-
-
-def _versions() -> dict:
-    from tl_tasks.pipeline import versions
-
-    return versions()
 
 
 def deploy(published: str | Path, variant: str, *, target_root: Path | None = None,
