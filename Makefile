@@ -32,9 +32,10 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing: install Debian's chromium package (sudo apt-get install chromium)"; exit 1; fi; }
 
-# ruff with the rules in pyproject.toml ([tool.ruff]).
+# ruff with the rules in pyproject.toml ([tool.ruff]), then the import layers ([tool.importlinter]: lint-imports).
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # Everything CI needs: lint, then every test (tiers: the markers in pyproject.toml).
 test: venv system-deps lint

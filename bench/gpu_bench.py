@@ -101,8 +101,8 @@ def throughput(size: dict, mixed: bool) -> dict:
 
 
 def full_profile_epoch(size: dict, dataset: str, work: Path, mixed: bool) -> dict:
-    from tl_tasks.config import resolve_settings
     from tl_tasks.data import prepare_data
+    from tl_tasks.schema import resolve_settings
     from tl_tasks.training.evaluate import evaluate_variant
     from tl_tasks.training.loop import train_variant
 

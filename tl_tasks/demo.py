@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from tl_tasks.files import save_npy_atomic
+from tl_tasks.gating.decision import DEFAULT_ALPHA, compare_paired, decide, versus_previous
 from tl_tasks.layout import RunLayout
+from tl_tasks.training.predictions import write_predictions
 from tl_tasks.variants import VARIANT_NAMES
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -65,8 +67,6 @@ def fake_evaluation(variant: str, accuracy: float, class_names=CLASS_NAMES, *, n
                      for i in np.flatnonzero(y_true != y_pred)[:50]]
     stored = {}
     if predictions_path is not None:
-        from tl_tasks.training.predictions import write_predictions
-
         predictions_path.parent.mkdir(parents=True, exist_ok=True)
         stored = {"predictions_path": str(predictions_path),
                   "predictions_sha256": write_predictions(predictions_path, y_pred)}
@@ -162,16 +162,23 @@ def _train_summary(variant: str, run_id: str, epochs: int, accuracy: float, rng)
 
 def _gate(store, run_id: str, variant: str, evaluation: dict, k: int) -> dict:
     """The gate's decision as the pipeline makes it: paired when both runs stored per-image predictions."""
-    from tl_tasks.gating.decision import compare_paired, decide
-
     champ = store.champion(variant, before_run_id=run_id)
-    paired = None
-    if champ is not None and champ.get("predictions_path") and evaluation.get("predictions_path"):
-        new, old = np.load(evaluation["predictions_path"]), np.load(champ["predictions_path"])
+    previous = store.previous_run(run_id, same_lineage=True)
+    before = ((previous or {}).get("results") or {}).get(variant)
+    mine = evaluation.get("predictions_path")
+    paired = versus = None
+    if champ is not None and champ.get("predictions_path") and mine:
+        new, old = np.load(mine), np.load(champ["predictions_path"])
         if len(new) == len(old):
-            paired = compare_paired(np.arange(len(new)) % k, new, old)
-    return decide(evaluation["accuracy"], champ, paired=paired, tolerance=TOLERANCE,
-                  test_images=evaluation.get("test_images"), unpaired_reason="a light fixture run")
+            paired = compare_paired(np.arange(len(new)) % k, new, old, alpha=DEFAULT_ALPHA)
+    if before is not None and before.get("predictions_path") and mine:
+        new, old = np.load(mine), np.load(before["predictions_path"])
+        if len(new) == len(old):
+            versus = versus_previous(np.arange(len(new)) % k, new, old, previous_run_id=previous["run_id"],
+                                     alpha=DEFAULT_ALPHA)
+    decision = decide(evaluation["accuracy"], champ, paired=paired, tolerance=TOLERANCE,
+                      test_images=evaluation.get("test_images"), unpaired_reason="a light fixture run")
+    return {**decision, "previous": versus}
 
 
 def seed_history(store, n_runs: int, *, detail: bool = False, prefix: str = "scheduled__") -> list[str]:

@@ -17,6 +17,7 @@ from tl_tasks.gating.decision import (
     summarize,
     validate_alpha,
     validate_tolerance,
+    versus_previous,
 )
 from tl_tasks.layout import RunLayout
 from tl_tasks.store import MetricsStore
@@ -64,6 +65,7 @@ def gate_run(store: MetricsStore, run: dict, layout: RunLayout, variants: tuple[
     run_id = run["run_id"]
     store.upsert_run(run_id, params={**(run.get("params") or settings.to_dict()), "gate": options})
     y_test = None
+    previous = store.previous_run(run_id, same_lineage=True)  # the report's "vs previous run", compared here
     for v in variants:
         variant = v.name
         result = run["results"].get(variant)
@@ -76,16 +78,21 @@ def gate_run(store: MetricsStore, run: dict, layout: RunLayout, variants: tuple[
         failed = result["state"] == "failed"
         error = f"{result.get('stage') or 'a stage'} failed: {first_line(result.get('error'))}" if failed else None
         champion = store.champion(variant, before_run_id=run_id, lineage=run["lineage"])
-        paired, unpaired = None, None
-        if champion is not None and not failed:
+        paired, unpaired, versus_previous = None, None, None
+        before = ((previous or {}).get("results") or {}).get(variant)
+        if (champion is not None or before is not None) and not failed:
             if y_test is None:
                 y_test = load_array(layout, "y_test")
-            paired, unpaired = _paired(result, champion, y_test, alpha)
+            if champion is not None:
+                paired, unpaired = _paired(result, champion, y_test, alpha)
+            if before is not None and before.get("accuracy") is not None:
+                versus_previous = _versus(result, before, previous["run_id"], y_test, alpha)
         decision = decide(result.get("accuracy"), champion, paired=paired, tolerance=tolerance, alpha=alpha,
                           force_promote=force_promote, failed=failed, error=error,
                           test_images=(result.get("eval_info") or {}).get("test_images"),
                           unpaired_reason=unpaired)
         decision["lineage"] = run["lineage"]
+        decision["previous"] = versus_previous
         folder = None
         if decision["promoted"]:
             try:
@@ -128,6 +135,18 @@ def _paired(result: dict, champion: dict, y_test, alpha: float) -> tuple[dict | 
         log.warning("no paired comparison for %s: %s", result["variant"], exc)
         return None, str(exc)
     return compare_paired(y_test, new, old, alpha=alpha), None
+
+
+def _versus(result: dict, before: dict, before_run_id: str, y_test, alpha: float) -> dict | None:
+    """`versus_previous` from both runs' stored per-image predictions; None without them."""
+    try:
+        new = load_predictions(result.get("predictions_path"), result.get("predictions_sha256"),
+                               expected_len=len(y_test))
+        old = load_predictions(before.get("predictions_path"), before.get("predictions_sha256"),
+                               expected_len=len(y_test))
+    except PredictionsUnavailable:
+        return None
+    return versus_previous(y_test, new, old, previous_run_id=before_run_id, alpha=alpha)
 
 
 def _champion_predictions(champion: dict, n: int):

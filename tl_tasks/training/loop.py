@@ -18,6 +18,7 @@ from tl_tasks.config import Settings
 from tl_tasks.data import load_prepared
 from tl_tasks.files import sha256_file, write_json_atomic
 from tl_tasks.layout import ModelFiles
+from tl_tasks.progress import keras_verbose
 from tl_tasks.training import devices, runtime
 from tl_tasks.training.builders import (
     build_head,
@@ -100,8 +101,6 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     runtime.configure()
     if verbose is None:
-        from tl_tasks.progress import keras_verbose
-
         verbose = keras_verbose()
 
     data = load_prepared(data_dir)
