@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 from airflow.sdk import (
@@ -24,7 +23,7 @@ from airflow.sdk import (
 )
 
 from tl_tasks import pipeline, schema  # no heavy imports: Keras loads inside the train and evaluate tasks
-from tl_tasks.config import GPU_POOL, schedule_from_env  # the pool has TL_GPU_POOL_SLOTS slots
+from tl_tasks.config import DAG_ID, GPU_POOL, schedule_from_env  # the pool has TL_GPU_POOL_SLOTS slots
 from tl_tasks.data.watch import DATASET_ASSET, dataset_for_run
 from tl_tasks.gating.assets import champion_alias, champion_asset, emit_promotions
 from tl_tasks.notify.notifier import RetrainingNotifier
@@ -33,7 +32,6 @@ from tl_tasks.stages.gate import GateOptions
 from tl_tasks.stages.timeouts import DAGRUN_TIMEOUT, HARD
 from tl_tasks.variants import VARIANT_NAMES
 
-DAG_ID = Path(__file__).stem
 GPU_QUEUE = "gpu"    # Celery queue served by the GPU worker(s)
 
 

@@ -14,7 +14,7 @@ from airflow.sdk import BaseOperatorLink
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
-from tl_tasks.config import tl_home
+from tl_tasks.config import DAG_ID, tl_home  # reports show DAG_ID's runs: reading them needs read access to it
 from tl_tasks.layout import (  # light: paths only
     REPORT_DIR,
     REPORTS_DIR,
@@ -27,7 +27,6 @@ from tl_tasks.layout import (  # light: paths only
 INDEX = REPORTS_INDEX_URL_PATH
 
 URL_PREFIX = REPORTS_URL_PREFIX
-DAG_ID = "cifar10_retraining"   # reports show this DAG's runs: reading them needs read access to it
 # Reports are self-contained pages: no scripts, inline styles, images as data: URIs. The policy makes a
 # page inert even if a string slipped past escaping; framing is allowed for the Airflow UI (same origin).
 SECURITY_HEADERS = {

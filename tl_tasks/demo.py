@@ -10,13 +10,15 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from tl_tasks.config import DAG_ID
+from tl_tasks.data import CIFAR10_CLASSES
 from tl_tasks.files import save_npy_atomic
 from tl_tasks.gating.decision import DEFAULT_ALPHA, compare_paired, decide, versus_previous
 from tl_tasks.layout import RunLayout
 from tl_tasks.training.predictions import write_predictions
 from tl_tasks.variants import VARIANT_NAMES
 
-CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CLASS_NAMES = CIFAR10_CLASSES
 BASE_ACCURACY = {"cnn": 0.62, "resnet50_v1": 0.80, "resnet50_v2": 0.88, "resnet50_v3": 0.90, "resnet50_v4": 0.91}
 START = datetime(2026, 1, 5, 2, 0, tzinfo=UTC)
 TEST_IMAGES = 200
@@ -116,7 +118,7 @@ def seed_run(store, run_id: str, when: datetime, *, variants=VARIANT_NAMES, shif
     rng = np.random.default_rng(seed)
     failed = failed or {}
     store.upsert_run(
-        run_id, dag_id="cifar10_retraining", logical_date=when, started_at=when + timedelta(minutes=1),
+        run_id, dag_id=DAG_ID, logical_date=when, started_at=when + timedelta(minutes=1),
         ended_at=when + timedelta(minutes=47), state="failed" if failed else "success", profile="quick",
         params=params if params is not None else {"profile": "quick", "epochs": epochs, "batch_size": 64,
                                                   "tolerance": TOLERANCE, "variants": list(variants)},

@@ -264,7 +264,5 @@ def report_url(base_url: str, run_id: str) -> str:
 
 def run_folder_candidates(run_id: str) -> list[Path]:
     """Where a run's folder may be: today's collision-free key, then the slug-only key of older versions."""
-    import re
-
-    legacy = re.sub(r"[^A-Za-z0-9._-]+", "_", str(run_id).strip()).strip("._")[:200]
+    legacy = config.file_name_slug(run_id, 200)
     return [RunLayout(run_id).folder] + ([runs_root() / legacy] if legacy else [])
