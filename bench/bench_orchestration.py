@@ -1,4 +1,4 @@
-"""Item 4: orchestration overhead: the DAG run headless by Airflow (`dag.test()` via tl_tasks.airflow_local.run_dag) against
+"""Orchestration overhead: the DAG run headless by Airflow (`dag.test()` via tl_tasks.airflow_local.run_dag) against
 the same stages called directly (`python -m tl_tasks run --engine local`, i.e. `tl_tasks.pipeline.run_all`).
 
 Both sides run in a fresh subprocess with a fresh TL_HOME and the same settings, so imports and start-up count

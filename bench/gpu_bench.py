@@ -12,7 +12,7 @@ Measures, at `--size full` (a GPU; under 8 minutes on one H100/H200):
 `--size tiny` runs the same code in seconds on a CPU (32 px, batch 8, 2 timed steps, synthetic data) to check
 that it runs end to end; its numbers mean nothing.
 
-Goal (issue 13): >= 4,000 img/s fine-tuning on one H100/H200 (NVIDIA's TF ResNet-50 v1.5, A100, AMP + XLA:
+Goal: >= 4,000 img/s fine-tuning on one H100/H200 (NVIDIA's TF ResNet-50 v1.5, A100, AMP + XLA:
 ~2,375 img/s).
 """
 from __future__ import annotations
