@@ -23,12 +23,12 @@ from pathlib import Path
 from bench import common
 from tl_tasks.config import DAG_ID
 from tl_tasks.data import CIFAR10_CLASSES as CLASSES
+from tl_tasks.demo import LINEAGE  # one test set throughout: the history every query compares
 from tl_tasks.variants import VARIANT_NAMES as VARIANTS
 
 GOAL_MS = 50.0
 PG_ADMIN_URL = os.environ.get("TL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
-LINEAGE = "ab" * 32  # one test set throughout (tl_tasks.demo's default): history every query compares
 CHUNK = 20_000
 SIZES = {"tiny": (50, 3), "quick": (1000, 15), "full": (10_000, 15)}  # runs, calls timed per query
 EPOCHS = 25

@@ -19,6 +19,7 @@ from tl_tasks.training.predictions import write_predictions
 from tl_tasks.variants import VARIANT_NAMES
 
 CLASS_NAMES = CIFAR10_CLASSES
+LINEAGE = "ab" * 32  # every demo run's test set, unless given: one history to compare
 BASE_ACCURACY = {"cnn": 0.62, "resnet50_v1": 0.80, "resnet50_v2": 0.88, "resnet50_v3": 0.90, "resnet50_v4": 0.91}
 START = datetime(2026, 1, 5, 2, 0, tzinfo=UTC)
 TEST_IMAGES = 200
@@ -106,7 +107,7 @@ def write_test_images(run_id: str, class_names=CLASS_NAMES, n_test: int = TEST_I
 def seed_run(store, run_id: str, when: datetime, *, variants=VARIANT_NAMES, shift: float = 0.0,
              accuracies: dict | None = None, failed: dict | None = None, class_names=CLASS_NAMES,
              epochs: int = 5, write_data: bool = True, detail: bool = True, seed: int = 0,
-             params: dict | None = None, lineage: str = "ab" * 32) -> dict:
+             params: dict | None = None, lineage: str = LINEAGE) -> dict:
     """Record one complete fake run through the store API and return `store.get_run(run_id)` (if detail).
 
     Args:
