@@ -6,15 +6,22 @@ calibration, robustness, model_card) through the metrics database; this module o
 from __future__ import annotations
 
 from reports import formatting as fmt
+from reports import media
+from tl_tasks.data import load_array
+from tl_tasks.errors import MissingInput
+from tl_tasks.gating.changed_images import between
+from tl_tasks.gating.model_card import card, to_markdown
+from tl_tasks.layout import RunLayout
 
 GALLERY_CAP = 12               # thumbnails per gallery (fixed or broken): keeps the page light
 TREND_LIMIT = 200
 
 
-def variant_extras(r: dict, run: dict, store, y_test, class_names: list[str], previous: dict | None) -> dict:
+def variant_extras(r: dict, run: dict, store, here: RunLayout, class_names: list[str],
+                   previous: dict | None) -> dict:
     """Everything the explaining sections of one variant need; each part says why when it has nothing."""
     return {"class_changes": _class_changes(r),
-            "galleries": _galleries(r, run, store, y_test, class_names, previous),
+            "galleries": _galleries(r, store, here, class_names, previous),
             "calibration": _calibration(r), "robustness": _robustness(r), "model_card": _model_card(r, run)}
 
 
@@ -55,10 +62,13 @@ def _class_changes(r: dict) -> dict:
     return {"rows": [], "note": why}
 
 
-def _galleries(r: dict, run: dict, store, y_test, class_names: list[str], previous: dict | None) -> list[dict]:
-    from tl_tasks.gating.changed_images import between
-
-    if r.get("accuracy") is None or y_test is None:
+def _galleries(r: dict, store, here: RunLayout, class_names: list[str], previous: dict | None) -> list[dict]:
+    """The images the model fixed and broke vs the champion and vs the previous run (`changed_images.between`)."""
+    if r.get("accuracy") is None:
+        return []
+    try:
+        y_test = load_array(here, "y_test")
+    except (MissingInput, OSError, ValueError):
         return []
     out = []
     gate = r.get("gate") or {}
@@ -69,7 +79,7 @@ def _galleries(r: dict, run: dict, store, y_test, class_names: list[str], previo
     if previous and previous.get("run_id") and previous["run_id"] != champion_run:
         others.append(("the previous run", previous["run_id"]))
     for label, other_run in others:
-        other = store.get_result(other_run, r["variant"]) if hasattr(store, "get_result") else None
+        other = store.get_result(other_run, r["variant"])
         title = f"vs {label} (run {other_run})"
         if not other or other.get("accuracy") is None:
             out.append({"title": title, "note": f"Run {other_run} has no evaluated {r['variant']} to compare with."})
@@ -78,33 +88,30 @@ def _galleries(r: dict, run: dict, store, y_test, class_names: list[str], previo
         if changed is None:
             out.append({"title": title, "note": f"No per-image comparison: {why}"})
             continue
-        out.append({"title": title, "fixed": _gallery(changed["fixed"], run, class_names, "fixed"),
-                    "broken": _gallery(changed["broken"], run, class_names, "broken"),
+        out.append({"title": title, "fixed": _gallery(changed["fixed"], here, class_names, "fixed"),
+                    "broken": _gallery(changed["broken"], here, class_names, "broken"),
                     "ranked": changed["ranked_by_confidence"]})
     if previous and previous.get("run_id") == champion_run:
         out.append({"title": "vs the previous run", "note": "The previous run is the champion: see above."})
     return out
 
 
-def _gallery(part: dict, run: dict, class_names: list[str], kind: str) -> dict:
-    from reports.context import _label, _load_test_images, _thumbnail
-
-    images = _load_test_images(run["run_id"])
+def _gallery(part: dict, here: RunLayout, class_names: list[str], kind: str) -> dict:
+    images = media.load_test_images(here)
     shown = []
     for m in part["images"]:
-        entry = {"index": m["index"], "true": _label(m["true"], class_names),
-                 "predicted": _label(m["predicted"], class_names), "before": _label(m["before"], class_names),
+        entry = {"index": m["index"], "true": media.label(m["true"], class_names),
+                 "predicted": media.label(m["predicted"], class_names), "before": media.label(m["before"], class_names),
                  "confidence": None if m["confidence"] is None else f"{m['confidence']:.0%}"}
         if images is not None and 0 <= m["index"] < len(images):
-            entry["src"] = _thumbnail(images[m["index"]])
+            entry["src"] = media.thumbnail(images[m["index"]])
         shown.append(entry)
     return {"count": part["count"], "images": shown, "kind": kind,
             "note": "" if images is not None or not shown else "The test images are no longer on disk."}
 
 
 def _calibration(r: dict) -> dict:
-    from reports import plots
-    from reports.context import _plot
+    from reports import plots  # matplotlib loads only when a page draws
 
     c = r.get("calibration")
     if not c:
@@ -114,7 +121,7 @@ def _calibration(r: dict) -> dict:
            "temperature": "—" if c.get("temperature") is None else f"{c['temperature']:.2f}",
            "val_images": c.get("val_images"), "img": None}
     if c.get("bins"):
-        out["img"] = _plot(plots.reliability_diagram(c["bins"], c.get("bins_scaled"), r["variant"], c.get("ece"),
+        out["img"] = media.plot(plots.reliability_diagram(c["bins"], c.get("bins_scaled"), r["variant"], c.get("ece"),
                                                      c.get("ece_scaled"), c.get("temperature")),
                            f"Reliability diagram of {r['variant']}: accuracy against confidence per bin")
     return out
@@ -136,8 +143,6 @@ def _robustness(r: dict) -> dict:
 
 
 def _model_card(r: dict, run: dict) -> dict | None:
-    from tl_tasks.gating.model_card import card, to_markdown
-
     if r.get("accuracy") is None:
         return None
     c = card(run, r)
@@ -147,8 +152,7 @@ def _model_card(r: dict, run: dict) -> dict | None:
 
 def trend(store, run_id: str, variants: list[str], current, lineage: str | None) -> dict | None:
     """ECE and accuracy under corruption across this lineage's runs (one panel each), or None before any."""
-    from reports import plots
-    from reports.context import _figure_img
+    from reports import plots  # matplotlib loads only when a page draws
 
     if not lineage:
         return None
@@ -164,7 +168,7 @@ def trend(store, run_id: str, variants: list[str], current, lineage: str | None)
     if not any_value:
         return {"img": None, "caption": "No calibration or robustness is recorded on this test set yet (runs "
                                         "evaluated before they were measured show none)."}
-    img, width, height = _figure_img(plots.metric_trends(series, current))
+    img, width, height = media.figure_img(plots.metric_trends(series, current))
     return {"img": img, "width": width, "height": height,
             "caption": "Expected calibration error (15 bins, before temperature scaling) and mean accuracy under the "
                        "corruption suite, per variant, across runs on this test set; runs evaluated before these "

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tl_tasks.files import write_text_atomic
+from tl_tasks.gating.decision import wilson_interval
+
 MODEL_CARD_FILE = "model_card.md"
 
 
@@ -42,8 +45,6 @@ def to_markdown(c: dict) -> str:
 
 def write_card(folder: Path, run: dict, result: dict) -> Path:
     """Write `model_card.md` into a published champion's folder; returns its path."""
-    from tl_tasks.files import write_text_atomic
-
     path = Path(folder) / MODEL_CARD_FILE
     write_text_atomic(path, to_markdown(card(run, result)))
     return path
@@ -92,8 +93,6 @@ def _recipe(result: dict) -> dict:
 
 
 def _accuracy(run: dict, result: dict) -> dict:
-    from tl_tasks.gating.decision import wilson_interval
-
     acc = result.get("accuracy")
     n = (result.get("eval_info") or {}).get("test_images") or ((run.get("data_summary") or {}).get("counts") or {}).get("test")
     ci = wilson_interval(round(acc * n), n) if acc is not None and n else None

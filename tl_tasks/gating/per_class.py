@@ -8,13 +8,8 @@ chance one time in two at alpha 0.05).
 """
 from __future__ import annotations
 
-from tl_tasks.gating.decision import DEFAULT_ALPHA, Decision, compare_paired, validate_tolerance
-
-# Three points of recall within one class. On CIFAR-10's 1,000 test images per class, retraining the same recipe
-# with another seed moves a class's recall by one to two points (the cat/dog pair trades more); a drop the paired
-# test confirms beyond three points is a real loss on that class, not a reshuffle. README: "Per-class gate".
-DEFAULT_CLASS_TOLERANCE = 0.03
-DEFAULT_CLASS_GATE = True
+from tl_tasks.config import DEFAULT_ALPHA, DEFAULT_CLASS_GATE, DEFAULT_CLASS_TOLERANCE
+from tl_tasks.gating.decision import Decision, compare_paired, validate_tolerance
 
 
 def holm(p_values: list[float]) -> list[float]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tl_tasks.training.robustness import stratified_subset
+
 ECE_BINS = 15
 # One parameter is fitted: 1,000 validation images pin it well below the ECE's own noise, and cap the extra
 # predictions evaluation makes (the quick profile's validation split has 5,000).
@@ -61,8 +63,6 @@ def fit_temperature(probs, y_true) -> float:
 
 def val_subset(y_val, seed: int, limit: int = MAX_VAL_IMAGES) -> np.ndarray:
     """Indices of a fixed stratified subset of the validation split (all of it when it is small)."""
-    from tl_tasks.training.robustness import stratified_subset
-
     return stratified_subset(y_val, limit, seed)
 
 
