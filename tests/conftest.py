@@ -38,9 +38,46 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+CHECKOUT_TL_HOME = PROJECT_ROOT / "tl_home"
+_checkout_tl_home_key = pytest.StashKey[dict]()
+
+
+def _tree_state(folder: Path) -> dict[str, tuple]:
+    """Every entry under `folder` with its kind, size and modification time (empty when it does not exist)."""
+    state = {}
+    for top, dirs, names in os.walk(folder):
+        for name in dirs + names:
+            path = Path(top) / name
+            st = path.lstat()
+            state[str(path.relative_to(folder))] = (st.st_mode >> 12, st.st_size if name in names else 0,
+                                                    st.st_mtime_ns if name in names else 0)
+    return state
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_checkout_tl_home_key] = _tree_state(CHECKOUT_TL_HOME)
+
+
+def _checkout_tl_home_changes(session) -> list[str]:
+    """What the tests changed in the checkout's own tl_home: every test must write under its own TL_HOME."""
+    before = session.config.stash.get(_checkout_tl_home_key, None)
+    if before is None or hasattr(session.config, "workerinput"):  # an xdist worker: the controller checks
+        return []
+    after = _tree_state(CHECKOUT_TL_HOME)
+    return sorted(f"{'added' if k not in before else 'removed' if k not in after else 'changed'} "
+                  f"{CHECKOUT_TL_HOME / k}" for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """With TL_TEST_FORBID_SKIPS=1, a skip outside a test (a whole module skipped at collection) fails the run too."""
+    """With TL_TEST_FORBID_SKIPS=1, a skip outside a test (a whole module skipped at collection) fails the run too.
+    A test that wrote into the checkout's own tl_home (not its temporary TL_HOME) fails the run, always."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    changes = _checkout_tl_home_changes(session)
+    if changes:
+        if reporter is not None:
+            reporter.write_line(f"the tests changed the checkout's {CHECKOUT_TL_HOME} (a test wrote outside its "
+                                f"temporary TL_HOME):\n  " + "\n  ".join(changes[:20]), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if FORBID_SKIPS and reporter is not None and reporter.stats.get("skipped") and session.exitstatus == 0:
         reporter.write_line("TL_TEST_FORBID_SKIPS=1: something was skipped (see above); failing the run", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -244,7 +244,10 @@ def deploy(published: str | Path, variant: str, *, target_root: Path | None = No
         log.warning("not deploying %s: %s", variant, out["skipped"])
         return out
     root.mkdir(parents=True, exist_ok=True)
-    _point_current_named(root, variant, folder)
+    # the version's own name (versions/<run>), not the hidden folder it links to (files.publish_dir): a version
+    # published again replaces that folder, and the deployed link keeps working
+    named = Path(published).absolute().parent.resolve() / Path(published).name
+    _point_current_named(root, variant, named if named.resolve() == folder else folder)
     out["deployed"] = str(link)
     return out
 
@@ -286,4 +289,4 @@ def _deployed_lineage(link: Path) -> str | None:
 
 
 def _point_current_named(home: Path, name: str, target: Path) -> None:
-    replace_symlink(home / name, Path(target).resolve())
+    replace_symlink(home / name, Path(target).absolute())
