@@ -19,6 +19,8 @@ import pytest
 
 from tests.airflow_harness import PG_ADMIN_URL, REDIS_TEST_URL
 
+pytest_plugins = ["pytester"]   # tests/test_forbid_skips.py runs the hooks below on throwaway test folders
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 

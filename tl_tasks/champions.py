@@ -2,6 +2,7 @@
 
     champions/<variant>/<lineage[:16]>/
         current -> versions/<run_key>          (a symlink, swapped atomically on each promotion)
+        versions/<run_key> -> .<run_key>.v-<id>  (files.publish_dir: a new model for the run swaps in whole)
         versions/<run_key>/model.keras         (the evaluated model, byte for byte)
                            predictions.npy     (its per-image predictions on the lineage's test set)
                            serving/            (TF SavedModel, endpoint `serve`, loads with plain TensorFlow)
@@ -257,9 +258,14 @@ def deploy_events(triggering_asset_events, *, lineage: str | None = None) -> lis
 
     Every event is tried; a refused one does not stop the others, and the task fails at the end naming them.
     """
-    out, refused = [], []
+    out, refused, seen = [], [], set()
     for events in (triggering_asset_events or {}).values():
         for event in events:
+            # Airflow lists an event that came through an alias (the gate emits through one) under the asset
+            # and under the alias: the same object twice, deployed once
+            if id(event) in seen:
+                continue
+            seen.add(id(event))
             extra = dict(getattr(event, "extra", None) or {})
             try:
                 out.append(deploy(extra.get("published") or "", extra.get("variant") or "", lineage=lineage))
