@@ -30,7 +30,9 @@ DAG_ID = "cifar10_retraining"
 HOSTNAME_ENV = "TL_TEST_AIRFLOW_HOSTNAME"
 PG_ADMIN_URL = os.environ.get("TL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 # A Redis database of its own for Celery tests: flushed before and after each run.
-REDIS_TEST_URL = os.environ.get("TL_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
+# A Redis database of its own per pytest-xdist worker (gw0 -> 5, gw1 -> 6, ...): Celery tests flush it.
+_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_TEST_URL = os.environ.get("TL_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{5 + _XDIST_WORKER}")
 ADMIN_USER = "admin"
 TERMINAL_RUN_STATES = ("success", "failed")
 
