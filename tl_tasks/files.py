@@ -130,6 +130,13 @@ def publish_dir(target: Path, build: Callable[[Path], None], *, clean_stale: boo
         shutil.rmtree(parent / previous, ignore_errors=True)
 
 
+def published_path(target: Path) -> Path:
+    """`target` made absolute with the folders above it resolved, but not itself: a `publish_dir` target is a
+    link to its current version, and resolving it would name a version that the next publish removes."""
+    target = Path(target).expanduser()
+    return target.parent.resolve() / target.name
+
+
 def version_dirs(target: Path) -> list[Path]:
     """The hidden version folders of a `publish_dir` target (the current one among them), sorted by name."""
     target = Path(target)
