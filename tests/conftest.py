@@ -148,6 +148,29 @@ def migrated_airflow_db(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def airflow_pg_template(tmp_path_factory, pg_server) -> str:
+    """One `airflow db migrate` on PostgreSQL per test session: the name of a database that
+    `pg_database(PG_ADMIN_URL, template=...)` copies (CREATE DATABASE ... TEMPLATE: seconds, not a migration)."""
+    import sqlalchemy as sa
+
+    from tests.airflow_harness import DAGS_FOLDER, AirflowHarness
+
+    name = f"tl_af_template_{uuid.uuid4().hex[:12]}"
+    admin = _pg_admin_engine()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        AirflowHarness(home=tmp_path_factory.mktemp("airflow_pg_template"), dags_folder=DAGS_FOLDER,
+                       executor="CeleryExecutor", sql_alchemy_conn=url).migrate()
+        yield name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
 def airflow_home_with_db(migrated_airflow_db):
     """`airflow_home_with_db(folder)`: create `folder` with a copy of the session's migrated airflow.db; returns it."""
     def make(folder: Path) -> Path:
@@ -190,19 +213,31 @@ def _pg_admin_engine():
     return sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The admin URL of PostgreSQL on 127.0.0.1:5432; skips when it is not reachable."""
+    import sqlalchemy as sa
+
+    admin = _pg_admin_engine()
+    try:
+        with admin.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({exc.orig}); start it (.ci/run does)")
+    finally:
+        admin.dispose()
+    return PG_ADMIN_URL
+
+
 @pytest.fixture
-def pg_url():
+def pg_url(pg_server):
     """A throwaway PostgreSQL database on 127.0.0.1:5432, dropped afterwards; yields its SQLAlchemy URL."""
     import sqlalchemy as sa
 
     name = f"tl_test_{uuid.uuid4().hex[:12]}"
     admin = _pg_admin_engine()
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({exc.orig}); start it (.ci/run does)")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
         yield url

@@ -226,7 +226,8 @@ def test_postgres_stopped_during_evaluate_fails_the_task_retryably_and_the_retry
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_celery_worker_killed_during_train_recovers_after_a_restart(tmp_path, tl_home, pg_url, redis_url):
+def test_celery_worker_killed_during_train_recovers_after_a_restart(tmp_path, tl_home, pg_url, redis_url,
+                                                                    airflow_pg_template):
     import sqlalchemy as sa
 
     from tests.airflow_harness import (
@@ -245,7 +246,7 @@ def test_celery_worker_killed_during_train_recovers_after_a_restart(tmp_path, tl
 
     require_dag()
     conf = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 20, "epochs": 40}
-    with pg_database(PG_ADMIN_URL) as metadata_url:
+    with pg_database(PG_ADMIN_URL, template=airflow_pg_template) as metadata_url:   # migrated already
         harness = AirflowHarness(
             home=tmp_path / "airflow", dags_folder=DAGS_FOLDER, executor="CeleryExecutor",
             sql_alchemy_conn=metadata_url, parallelism=4,
@@ -257,7 +258,6 @@ def test_celery_worker_killed_during_train_recovers_after_a_restart(tmp_path, tl
                        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
                        "TL_RETRY_DELAY_S": "5"})
         try:
-            harness.migrate()
             harness.create_pool("gpu", 1)
             harness.start_core()
             harness.start_celery_worker("worker-default", "default", 2, "tl-test-cpu-worker")
