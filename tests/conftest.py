@@ -1,5 +1,6 @@
 """Shared fixtures: an isolated TL_HOME per test, the shared real CIFAR-10 archive, throwaway PostgreSQL, Redis,
-headless Chromium, and one migrated Airflow metadata database per test session.
+headless Chromium, and one migrated Airflow metadata database (SQLite and PostgreSQL) per test session. A session
+that changed the checkout's own tl_home fails (a test wrote outside its temporary TL_HOME).
 
 Helper libraries (plain functions) are modules of the `tests` package, imported one way: `from tests.x import y`.
 Anything with set-up or clean-up is a fixture here. A fixture whose external requirement is missing on a
