@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tl_tasks import champions, config, pipeline, schema
+from tl_tasks import config, pipeline, schema
 from tl_tasks.__main__ import main
+from tl_tasks.gating import champions
 from tl_tasks.layout import RunLayout
 from tl_tasks.store import connect
 
@@ -186,7 +187,7 @@ from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.api.datamodels._generated import AssetAliasReferenceAssetEventDagRun, AssetReferenceAssetEventDagRun
 from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
 from airflow.sdk.execution_time.context import OutletEventAccessors, TriggeringAssetEventsAccessor
-from tl_tasks.assets import champion_alias, emit_promotions
+from tl_tasks.gating.assets import champion_alias, emit_promotions
 
 dag_file, gate_results = sys.argv[1], json.loads(sys.argv[2])
 events = []

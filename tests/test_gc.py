@@ -56,7 +56,7 @@ def history(tl_home):
     run0's cnn and resnet50_v1 (current), run2's cnn (published, then its version removed by hand and
     `current` pointed back at run0: the database alone remembers it), run3's resnet50_v1 (named under
     champions/ although its stored decision says kept)."""
-    from tl_tasks import champions
+    from tl_tasks.gating import champions
 
     store = connect()
     ids, files = {}, {}

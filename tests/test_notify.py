@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tl_tasks import notify
+from tl_tasks.notify import channels as notify
 from tl_tasks.store import connect
 
 RUN = "scheduled__2026-12-01T00:00:00+00:00"
@@ -71,7 +71,7 @@ def _smtp_conn(monkeypatch, port: int, **extra) -> None:
 
 
 def _notify(run_id: str, run_failed: bool = False, reason: str | None = None) -> None:
-    from tl_tasks.notifier import RetrainingNotifier
+    from tl_tasks.notify.notifier import RetrainingNotifier
 
     notifier = RetrainingNotifier(run_failed=run_failed, base_url="http://airflow.example:8080/")
     notifier({"dag_run": SimpleNamespace(run_id=run_id, dag_id="cifar10_retraining"), "reason": reason})
@@ -157,7 +157,7 @@ def test_a_broken_channel_neither_raises_nor_stops_the_other(store, regressed_ru
     _notify(RUN)  # both channels fail: logged, not raised
     assert [m.split(":")[0] for m in _errors(caplog)] == ["retraining notification by email failed",
                                                           "retraining notification by webhook failed"]
-    (summary,) = [r.getMessage() for r in caplog.records if r.name == "tl_tasks.notifier"]
+    (summary,) = [r.getMessage() for r in caplog.records if r.name == "tl_tasks.notify.notifier"]
     assert summary.startswith(f"retraining notification for {RUN}: {{'email': 'error: ")
     assert "'webhook': 'error: URLError: " in summary
     monkeypatch.setenv("TL_NOTIFY_WEBHOOK_URL", "ftp://nope")
@@ -167,7 +167,7 @@ def test_a_broken_channel_neither_raises_nor_stops_the_other(store, regressed_ru
 def test_the_notifier_logs_what_it_swallows(store, regressed_run, monkeypatch, caplog):
     """An error outside the channels (here the metrics database) is swallowed by the notifier, and logged with
     its traceback: the log is the only trace a failed notification leaves."""
-    from tl_tasks import notifier
+    from tl_tasks.notify import notifier
 
     def broken_connect():
         raise OSError("metrics database unreachable")
@@ -181,7 +181,7 @@ def test_the_notifier_logs_what_it_swallows(store, regressed_run, monkeypatch, c
 
 
 def _errors(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "tl_tasks.notify" and r.levelno == logging.ERROR]
+    return [r.getMessage() for r in caplog.records if r.name == "tl_tasks.notify.channels" and r.levelno == logging.ERROR]
 
 
 @pytest.fixture
