@@ -37,15 +37,19 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-# Everything CI needs: lint, then every test (tiers: the markers in pyproject.toml).
+# Everything CI needs: lint, then every test (tiers: the markers in pyproject.toml); the 25 slowest are listed.
+# `make test WORKERS=2` spreads the test files over pytest-xdist workers (a module's tests stay together, so its
+# shared fixtures are built once); the default runs them in this process.
+WORKERS ?= 0
+XDIST = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile)
 test: venv system-deps lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 $(XDIST) tests
 
 # The edit loop (under 90 s on two cores): no real Airflow components, no migrated Airflow database, no Chromium,
 # no decode of the whole CIFAR-10 archive.
 FAST_MARKERS := not slow and not airflow and not browser and not full_data
 test-fast: venv
-	$(PY) -m pytest -q tests -m "$(FAST_MARKERS)"
+	$(PY) -m pytest -q $(XDIST) tests -m "$(FAST_MARKERS)"
 
 # One whole retraining: the Airflow DAG once, headless (dag.test() on ./airflow_home), quick profile; ends with
 # the report's path. `make run PROFILE=smoke` for a fast check; `make run ARGS="--epochs 1"` for other options.

@@ -23,7 +23,8 @@ stop() {
   trap - INT TERM EXIT
   echo "[airflow] stopping..."
   for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  for _ in $(seq $((STOP_GRACE_S * 10))); do
+  local end=$((SECONDS + STOP_GRACE_S))  # a clock, not a count of polls: a loaded machine polls slower
+  while (( SECONDS < end )); do
     alive=0
     for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
     [ "$alive" = 0 ] && break

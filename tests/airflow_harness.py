@@ -32,7 +32,9 @@ DAG_ID = config.DAG_ID
 HOSTNAME_ENV = "TL_TEST_AIRFLOW_HOSTNAME"
 PG_ADMIN_URL = os.environ.get("TL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 # A Redis database of its own for Celery tests: flushed before and after each run.
-REDIS_TEST_URL = os.environ.get("TL_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
+# A Redis database of its own per pytest-xdist worker (gw0 -> 5, gw1 -> 6, ...): Celery tests flush it.
+_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_TEST_URL = os.environ.get("TL_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{5 + _XDIST_WORKER}")
 ADMIN_USER = "admin"
 TERMINAL_RUN_STATES = ("success", "failed")
 
@@ -440,6 +442,23 @@ def smoke_variants() -> list[str]:
     return list(VARIANT_NAMES) if chosen == "all" else [v.strip() for v in chosen.split(",") if v.strip()]
 
 
+def dag_runs(harness: AirflowHarness, dag_id: str) -> list[dict]:
+    """The DAG's runs (newest 100) as the REST API lists them."""
+    return harness.api("GET", f"dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
+
+
+def wait_finished_runs(harness: AirflowHarness, dag_id: str, at_least: int, timeout: float = 300) -> None:
+    """Poll until `dag_id` has at least `at_least` finished runs (components must stay up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        harness.check_alive()
+        done = [r for r in dag_runs(harness, dag_id) if r["state"] in TERMINAL_RUN_STATES]
+        if len(done) >= at_least:
+            return
+        time.sleep(3)
+    raise AssertionError(f"fewer than {at_least} {dag_id} runs finished in {timeout}s\n{harness.diagnostics()}")
+
+
 def smoke_conf(variants: list[str] | None = None) -> dict:
     """Trigger conf of a test run: the smoke profile, 10 images per class (a few steps per epoch)."""
     return {"profile": "smoke", "variants": variants or smoke_variants(), "limit_per_class": 10}
@@ -470,8 +489,9 @@ def stored_results(metrics_url: str, run_id: str) -> dict[str, dict]:
     return {row["variant"]: dict(row) for row in rows}
 
 
-def pg_database(admin_url: str, prefix: str = "tl_af"):
-    """Context manager: a throwaway PostgreSQL database (dropped afterwards); yields its SQLAlchemy URL."""
+def pg_database(admin_url: str, prefix: str = "tl_af", template: str | None = None):
+    """Context manager: a throwaway PostgreSQL database (dropped afterwards); yields its SQLAlchemy URL.
+    `template`: a copy of that database (conftest's `airflow_pg_template`: Airflow's schema, migrated once)."""
     import contextlib
     import uuid
 
@@ -483,7 +503,7 @@ def pg_database(admin_url: str, prefix: str = "tl_af"):
         admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
         try:
             with admin.connect() as conn:
-                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
             try:
                 yield admin_url.rsplit("/", 1)[0] + f"/{name}"
             finally:

@@ -1,5 +1,6 @@
 """Shared fixtures: an isolated TL_HOME per test, the shared real CIFAR-10 archive, throwaway PostgreSQL, Redis,
-headless Chromium, and one migrated Airflow metadata database per test session.
+headless Chromium, and one migrated Airflow metadata database (SQLite and PostgreSQL) per test session. A session
+that changed the checkout's own tl_home fails (a test wrote outside its temporary TL_HOME).
 
 Helper libraries (plain functions) are modules of the `tests` package, imported one way: `from tests.x import y`.
 Anything with set-up or clean-up is a fixture here. A fixture whose external requirement is missing on a
@@ -18,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.airflow_harness import PG_ADMIN_URL, REDIS_TEST_URL
+
+pytest_plugins = ["pytester"]   # tests/test_forbid_skips.py runs the hooks below on throwaway test folders
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -38,9 +41,46 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+CHECKOUT_TL_HOME = PROJECT_ROOT / "tl_home"
+_checkout_tl_home_key = pytest.StashKey[dict]()
+
+
+def _tree_state(folder: Path) -> dict[str, tuple]:
+    """Every entry under `folder` with its kind, size and modification time (empty when it does not exist)."""
+    state = {}
+    for top, dirs, names in os.walk(folder):
+        for name in dirs + names:
+            path = Path(top) / name
+            st = path.lstat()
+            state[str(path.relative_to(folder))] = (st.st_mode >> 12, st.st_size if name in names else 0,
+                                                    st.st_mtime_ns if name in names else 0)
+    return state
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_checkout_tl_home_key] = _tree_state(CHECKOUT_TL_HOME)
+
+
+def _checkout_tl_home_changes(session) -> list[str]:
+    """What the tests changed in the checkout's own tl_home: every test must write under its own TL_HOME."""
+    before = session.config.stash.get(_checkout_tl_home_key, None)
+    if before is None or hasattr(session.config, "workerinput"):  # an xdist worker: the controller checks
+        return []
+    after = _tree_state(CHECKOUT_TL_HOME)
+    return sorted(f"{'added' if k not in before else 'removed' if k not in after else 'changed'} "
+                  f"{CHECKOUT_TL_HOME / k}" for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """With TL_TEST_FORBID_SKIPS=1, a skip outside a test (a whole module skipped at collection) fails the run too."""
+    """With TL_TEST_FORBID_SKIPS=1, a skip outside a test (a whole module skipped at collection) fails the run too.
+    A test that wrote into the checkout's own tl_home (not its temporary TL_HOME) fails the run, always."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    changes = _checkout_tl_home_changes(session)
+    if changes:
+        if reporter is not None:
+            reporter.write_line(f"the tests changed the checkout's {CHECKOUT_TL_HOME} (a test wrote outside its "
+                                f"temporary TL_HOME):\n  " + "\n  ".join(changes[:20]), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if FORBID_SKIPS and reporter is not None and reporter.stats.get("skipped") and session.exitstatus == 0:
         reporter.write_line("TL_TEST_FORBID_SKIPS=1: something was skipped (see above); failing the run", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -109,6 +149,29 @@ def migrated_airflow_db(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def airflow_pg_template(tmp_path_factory, pg_server) -> str:
+    """One `airflow db migrate` on PostgreSQL per test session: the name of a database that
+    `pg_database(PG_ADMIN_URL, template=...)` copies (CREATE DATABASE ... TEMPLATE: seconds, not a migration)."""
+    import sqlalchemy as sa
+
+    from tests.airflow_harness import DAGS_FOLDER, AirflowHarness
+
+    name = f"tl_af_template_{uuid.uuid4().hex[:12]}"
+    admin = _pg_admin_engine()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        AirflowHarness(home=tmp_path_factory.mktemp("airflow_pg_template"), dags_folder=DAGS_FOLDER,
+                       executor="CeleryExecutor", sql_alchemy_conn=url).migrate()
+        yield name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
 def airflow_home_with_db(migrated_airflow_db):
     """`airflow_home_with_db(folder)`: create `folder` with a copy of the session's migrated airflow.db; returns it."""
     def make(folder: Path) -> Path:
@@ -151,19 +214,31 @@ def _pg_admin_engine():
     return sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The admin URL of PostgreSQL on 127.0.0.1:5432; skips when it is not reachable."""
+    import sqlalchemy as sa
+
+    admin = _pg_admin_engine()
+    try:
+        with admin.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({exc.orig}); start it (.ci/run does)")
+    finally:
+        admin.dispose()
+    return PG_ADMIN_URL
+
+
 @pytest.fixture
-def pg_url():
+def pg_url(pg_server):
     """A throwaway PostgreSQL database on 127.0.0.1:5432, dropped afterwards; yields its SQLAlchemy URL."""
     import sqlalchemy as sa
 
     name = f"tl_test_{uuid.uuid4().hex[:12]}"
     admin = _pg_admin_engine()
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({exc.orig}); start it (.ci/run does)")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
         yield url

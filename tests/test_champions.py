@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,17 +30,37 @@ print(json.dumps({"probs": probs.tolist(), "tl_tasks": any(m.startswith("tl_task
 """
 
 
+@pytest.fixture(scope="module")
+def promoted_home(tmp_path_factory):
+    """Two smoke runs of the CNN on the same synthetic data, once per module: the first bootstraps, the second
+    is forced. Returns (TL_HOME they ran in, an untouched copy of it, their results)."""
+    home = tmp_path_factory.mktemp("champions") / "tl_home"
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith("TL_") and not k.startswith("TL_TEST_")]:
+            patch.delenv(key)
+        patch.setenv("TL_HOME", str(home))
+        patch.setenv("TL_DATA_ROOTS", str(tmp_path_factory.getbasetemp()))
+        params = {"profile": "smoke", "variants": ["cnn"]}
+        first = pipeline.run_local("champ-1", params)
+        second = pipeline.run_local("champ-2", {**params, "force": True, "force_promote": True})  # same data: forced
+    pristine = home.with_name("pristine")
+    shutil.copytree(home, pristine, symlinks=True)
+    return home, pristine, (first, second)
+
+
 @pytest.fixture
-def promoted_cnn(capsys):
-    """Two smoke runs of the CNN on the same synthetic data: the first bootstraps, the second is forced."""
-    params = {"profile": "smoke", "variants": ["cnn"]}
-    first = pipeline.run_local("champ-1", params)
-    second = pipeline.run_local("champ-2", {**params, "force": True, "force_promote": True})  # same data: forced
-    return first, second
+def promoted_cnn(promoted_home, tl_home, monkeypatch):
+    """The two runs of `promoted_home`, restored to their pristine state for this test and made its TL_HOME
+    (at the same path: the metrics database holds absolute paths)."""
+    home, pristine, results = promoted_home
+    shutil.rmtree(home)
+    shutil.copytree(pristine, home, symlinks=True)
+    monkeypatch.setenv("TL_HOME", str(home))
+    return results
 
 
-@pytest.mark.slow  # two whole pipeline runs per test (promoted_cnn)
-def test_promotion_publishes_a_servable_champion_and_keeps_history(promoted_cnn, tl_home):
+@pytest.mark.slow  # two whole pipeline runs per module (promoted_home)
+def test_promotion_publishes_a_servable_champion_and_keeps_history(promoted_cnn):
     first, second = promoted_cnn
     assert first["decisions"]["cnn"]["decision"] == "bootstrap"
     assert second["decisions"]["cnn"]["forced"] is True
@@ -48,7 +69,7 @@ def test_promotion_publishes_a_servable_champion_and_keeps_history(promoted_cnn,
         result = run["results"]["cnn"]
         assert store.champion("cnn", lineage=run["lineage"])["run_id"] == "champ-2"
     home = champions.lineage_dir("cnn", run["lineage"])
-    versions = sorted(p.name for p in (home / "versions").iterdir())
+    versions = sorted(p.name for p in (home / "versions").iterdir() if not p.name.startswith("."))
     assert versions == [config.run_key("champ-1"), config.run_key("champ-2")]  # the old one is history
     current = home / "current"
     assert current.is_symlink() and current.resolve() == (home / "versions" / config.run_key("champ-2")).resolve()
@@ -80,7 +101,7 @@ def test_promotion_publishes_a_servable_champion_and_keeps_history(promoted_cnn,
     assert np.array_equal(probs.argmax(axis=1)[clear], stored[clear])
 
 
-@pytest.mark.slow  # two whole pipeline runs per test (promoted_cnn)
+@pytest.mark.slow  # two whole pipeline runs per module (promoted_home)
 def test_champion_command_verifies_files(promoted_cnn, capsys):
     assert main(["champion", "show"]) == 0
     out = capsys.readouterr().out
@@ -115,8 +136,9 @@ def test_publish_refuses_a_model_that_changed_since_evaluation(tl_home):
     assert not list((tl_home / "champions").glob("cnn/*/current"))  # nothing half-published
 
 
-@pytest.mark.slow  # two whole pipeline runs per test (promoted_cnn)
-def test_example_deployment_points_at_a_verified_champion_of_one_lineage(promoted_cnn, tl_home):
+@pytest.mark.slow  # two whole pipeline runs per module (promoted_home)
+def test_example_deployment_points_at_a_verified_champion_of_one_lineage(promoted_cnn):
+    tl_home = config.tl_home()
     with connect() as store:
         published = store.champion_history("cnn")[0]["published"]
     lineage = champions.read_champion(published)["lineage"]
@@ -137,8 +159,9 @@ def test_example_deployment_points_at_a_verified_champion_of_one_lineage(promote
     assert target.resolve() == Path(other["published"]).resolve()
 
 
-@pytest.mark.slow  # two whole pipeline runs per test (promoted_cnn)
-def test_deployment_refuses_what_the_database_did_not_promote(promoted_cnn, tl_home):
+@pytest.mark.slow  # two whole pipeline runs per module (promoted_home)
+def test_deployment_refuses_what_the_database_did_not_promote(promoted_cnn):
+    tl_home = config.tl_home()
     with connect() as store:
         published = store.champion_history("cnn")[0]["published"]
     with pytest.raises(champions.ChampionError, match="not a published champion of resnet50_v1"):
@@ -152,24 +175,72 @@ def test_deployment_refuses_what_the_database_did_not_promote(promoted_cnn, tl_h
         champions.deploy(published, "cnn")
 
 
-@pytest.mark.slow  # two whole pipeline runs per test (promoted_cnn)
-def test_deploy_dag_task_deploys_each_event_and_reports_refusals(promoted_cnn, tl_home, monkeypatch):
-    from types import SimpleNamespace
+# In a fresh interpreter without Keras (as a worker runs the deploy DAG): the gate's own emission
+# (`emit_promotions` into Airflow's OutletEventAccessors), turned into the events Airflow hands a DAG run that
+# the champion asset triggered (AssetEventDagRunReferenceResult, through the alias, in a
+# TriggeringAssetEventsAccessor), then the deploy DAG's task as parsed from its file, called with them.
+DEPLOY_ON_EVENTS = """
+import json, sys
+from datetime import UTC, datetime
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk.api.datamodels._generated import AssetAliasReferenceAssetEventDagRun, AssetReferenceAssetEventDagRun
+from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+from airflow.sdk.execution_time.context import OutletEventAccessors, TriggeringAssetEventsAccessor
+from tl_tasks.gating.assets import champion_alias, emit_promotions
 
+dag_file, gate_results = sys.argv[1], json.loads(sys.argv[2])
+events = []
+for gate_result in gate_results:
+    outlets = OutletEventAccessors()
+    emit_promotions(outlets, gate_result)
+    for e in outlets[champion_alias()].asset_alias_events:
+        events.append(AssetEventDagRunReferenceResult(
+            asset=AssetReferenceAssetEventDagRun(name=e.dest_asset_key.name, uri=e.dest_asset_key.uri, extra={}),
+            extra=e.extra, source_task_id="gate", source_dag_id="cifar10_retraining",
+            source_run_id=gate_result["run_id"], source_map_index=-1,
+            source_aliases=[AssetAliasReferenceAssetEventDagRun(name=e.source_alias_name)],
+            timestamp=datetime.now(UTC)))
+triggering = TriggeringAssetEventsAccessor.build(events)
+bag = DagBag(dag_folder=dag_file)
+assert not bag.import_errors, bag.import_errors
+try:
+    out = bag.dags["deploy_champion"].get_task("deploy").python_callable(triggering_asset_events=triggering)
+    print(json.dumps({"deployed": out}))
+except Exception as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+"""
+
+
+def _deploy_on_events(gate_results: list[dict]) -> dict:
+    proc = subprocess.run([sys.executable, "-c", DEPLOY_ON_EVENTS, str(config.PROJECT_ROOT / "dags" / "deploy_champion.py"),
+                           json.dumps(gate_results)], capture_output=True, text=True, timeout=300,
+                          cwd=config.PROJECT_ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # two whole pipeline runs per module (promoted_home)
+def test_deploy_dag_task_deploys_each_real_asset_event_and_reports_refusals(promoted_cnn, monkeypatch):
+    _, second = promoted_cnn
+    tl_home = config.tl_home()
     with connect() as store:
         history = store.champion_history("cnn")
-    monkeypatch.setenv("TL_DEPLOY_LINEAGE", history[0]["lineage"][:12])
-    event = SimpleNamespace(extra={"variant": "cnn", "run_id": "champ-2", "published": history[0]["published"]})
-    out = champions.deploy_events({"tl_champion_cnn": [event]}, lineage=history[0]["lineage"][:12])
-    assert out[0]["deployed"] == str(tl_home / "deployed" / "cnn")
-    bad = SimpleNamespace(extra={"variant": "cnn", "run_id": "x", "published": "/etc"})
-    with pytest.raises(champions.ChampionError, match="refused to deploy 'cnn' of run 'x'"):
-        champions.deploy_events({"tl_champion_cnn": [bad, event]})
+    lineage = history[0]["lineage"]
+    monkeypatch.setenv("TL_DEPLOY_LINEAGE", lineage[:12])
+    promoted = {"run_id": "champ-2", "lineage": lineage, "decisions": second["decisions"],
+                "promoted": {"cnn": history[0]["published"]}}
+    out = _deploy_on_events([promoted])
+    assert out == {"deployed": [{"variant": "cnn", "lineage": lineage, "deployed": str(tl_home / "deployed" / "cnn"),
+                                 "skipped": None}]}, "one event, one deployment"
     assert (tl_home / "deployed" / "cnn").resolve() == Path(history[0]["published"]).resolve()
+    bad = {**promoted, "run_id": "x", "promoted": {"cnn": "/etc"}}
+    refused = _deploy_on_events([bad, promoted])
+    assert refused["error"] == "ChampionError"
+    assert refused["message"].startswith("refused to deploy 'cnn' of run 'x': /etc is not a published champion")
 
 
-@pytest.mark.slow  # two whole pipeline runs per test (promoted_cnn)
-def test_an_older_runs_gate_rerun_does_not_roll_current_back(promoted_cnn, tl_home):
+@pytest.mark.slow  # two whole pipeline runs per module (promoted_home)
+def test_an_older_runs_gate_rerun_does_not_roll_current_back(promoted_cnn):
     with connect() as store:
         run = store.get_run("champ-1")
     out = pipeline.gate_stage("champ-1", force_promote=True)  # e.g. the older run's gate task cleared later

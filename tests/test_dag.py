@@ -152,7 +152,8 @@ def test_params_defaults(dag, run_dag_module):
     assert params["fail_on_regression"] is False and params["force_promote"] is False
     assert params["class_gate"] is True and params["class_tolerance"] == 0.03  # the per-class gate is on
     assert params["force"] is False  # an unchanged run is skipped unless forced
-    for name in ("profile", "dataset", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed",
+    assert params["profile"] == "quick"   # the form shows the profile a run will use
+    for name in ("dataset", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed",
                  "mixed_precision", "data_parallel"):
         assert params[name] is None, name  # = the profile's, resolved at run time
     good = {"profile": "smoke", "dataset": "synthetic", "variants": ["cnn", "resnet50_v4"], "epochs": 2,

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.data_helpers import CIFAR_NAMES, class_colour, make_tar, make_zip, write_cifar_batches, write_image_folder
-from tl_tasks import data
+from tl_tasks import data, files
 from tl_tasks.data import load_prepared, prepare_data, storage
 from tl_tasks.data.sources import cifar, folders
 
@@ -418,13 +418,15 @@ def test_rerun_hits_the_cache_and_a_changed_source_does_not(tmp_path, decode_cal
     archive = make_tar(src, tmp_path / "imgs.tar.gz")
     first = prepare_data(f"folder:{archive}", tmp_path / "out")
     assert len(decode_calls) == 12
-    assert list((data_cache := Path(os.environ["TL_HOME"]) / "cache").iterdir())   # the default cache_dir
+    data_cache = Path(os.environ["TL_HOME"]) / "cache"
+    assert list(data_cache.iterdir())   # the default cache_dir
     second = prepare_data(f"folder:{archive}", tmp_path / "out")
     assert len(decode_calls) == 12 and second.fingerprint == first.fingerprint
     os.utime(archive, ns=(1, 1))                              # touched, same content: still a hit
     prepare_data(f"folder:{archive}", tmp_path / "out")
     assert len(decode_calls) == 12
-    assert len(list(data_cache.iterdir())) == 1
+    (entry,) = [p for p in data_cache.iterdir() if not p.name.startswith(".")]   # one entry, one version of it
+    assert sorted(data_cache.iterdir()) == sorted([entry, *files.version_dirs(entry)]) and entry.is_symlink()
 
 
 def test_cache_notices_a_file_replaced_with_the_same_size_and_mtime(tmp_path, decode_calls):
@@ -455,7 +457,7 @@ def test_rerun_replaces_files_and_leaves_nothing_behind(tmp_path):
     (out / "stale.npy").write_bytes(b"from an older layout")
     second = prepare_data("synthetic", out, limit_per_class=20)
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.npy" for n in data.ARRAY_NAMES] + ["meta.json"])
-    assert sorted(p.name for p in out.parent.iterdir()) == ["data"]
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["data", os.readlink(out)])  # its one version
     assert json.loads((out / "meta.json").read_text())["fingerprint"] == second.fingerprint != first.fingerprint
 
 
@@ -477,7 +479,7 @@ def test_a_crash_while_writing_keeps_the_previous_data(tmp_path, monkeypatch):
     monkeypatch.setattr(storage.np, "save", real_save)
     assert load_prepared(out).fingerprint == first.fingerprint
     assert load_prepared(out).y_train.shape == (first.counts["train"],)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "tl_home") == ["data"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "tl_home") == sorted(["data", os.readlink(out)])
 
 
 def test_load_prepared_round_trip(tmp_path):

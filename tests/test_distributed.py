@@ -35,14 +35,14 @@ def test_celery_executor_loads():
 
 
 @pytest.mark.slow
-def test_celery_run_with_default_and_gpu_workers(tmp_path, tl_home, pg_url, redis_url):
+def test_celery_run_with_default_and_gpu_workers(tmp_path, tl_home, pg_url, redis_url, airflow_pg_template):
     require_dag()
     problem = celery_executor_problem()
     assert problem is None, problem
     conf = smoke_conf()
     variants = conf["variants"]
     metrics_url = pg_url
-    with pg_database(PG_ADMIN_URL) as metadata_url:
+    with pg_database(PG_ADMIN_URL, template=airflow_pg_template) as metadata_url:   # migrated already
         harness = AirflowHarness(
             home=tmp_path / "airflow", dags_folder=DAGS_FOLDER, executor="CeleryExecutor",
             sql_alchemy_conn=metadata_url, parallelism=4,
@@ -53,7 +53,6 @@ def test_celery_run_with_default_and_gpu_workers(tmp_path, tl_home, pg_url, redi
             },
         )
         try:
-            harness.migrate()
             harness.create_pool("gpu", GPU_POOL_SLOTS)
             harness.start_core()
             cpu_worker = harness.start_celery_worker("worker-default", "default", 2, CPU_WORKER)

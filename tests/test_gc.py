@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tl_tasks import config
 from tl_tasks import demo as rf
 from tl_tasks.errors import BadInput
 from tl_tasks.gc import collect_garbage
@@ -37,28 +39,53 @@ def _files_of(run_id: str, variants=VARIANTS) -> dict[str, Path]:
     return files
 
 
+LABELS = ("run0", "run1", "run2", "run3", "run4", "run5")   # oldest first
+# The gate's decisions, as each run's results hold them (res["gate"]["decision"]).
+DECISIONS = {"run0": {"cnn": "bootstrap", "resnet50_v1": "bootstrap"},
+             "run1": {"cnn": "kept", "resnet50_v1": "kept"},
+             "run2": {"cnn": "promoted", "resnet50_v1": "regressed"},   # a champion once; its version was pruned
+             "run3": {"cnn": "kept", "resnet50_v1": "kept"},            # kept, yet published under champions/
+             "run4": {"cnn": "kept", "resnet50_v1": "kept"},
+             "run5": {"cnn": "kept", "resnet50_v1": "failed"}}
+
+
 @pytest.fixture
 def history(tl_home):
-    """Five ended runs, oldest first: run 0 promotes (bootstrap) both variants, later runs are kept or regress,
-    run 3 promotes cnn; run 4 has a failed variant. Plus a champion published under $TL_HOME/champions/."""
+    """Six ended runs (LABELS, oldest first) with the gate decisions in DECISIONS, and champions published the
+    real way (champions.publish + make_current: `<variant>/<lineage>/versions/<run>/` and `current`):
+    run0's cnn and resnet50_v1 (current), run2's cnn (published, then its version removed by hand and
+    `current` pointed back at run0: the database alone remembers it), run3's resnet50_v1 (named under
+    champions/ although its stored decision says kept)."""
+    from tl_tasks.gating import champions
+
     store = connect()
-    accuracies = [{"cnn": 0.60, "resnet50_v1": 0.80}, {"cnn": 0.55, "resnet50_v1": 0.70},
-                  {"cnn": 0.58, "resnet50_v1": 0.79}, {"cnn": 0.70, "resnet50_v1": 0.78}, {"cnn": 0.65}]
-    ids, files = [], {}
-    for i, acc in enumerate(accuracies):
+    ids, files = {}, {}
+    for i, label in enumerate(LABELS):
         run_id = f"scheduled__2026-0{i + 1}-01T00:00:00+00:00"
-        failed = {"resnet50_v1": ("train", "RuntimeError: boom")} if i == 4 else None
-        rf.seed_run(store, run_id, rf.run_date(i), variants=VARIANTS, accuracies=acc, failed=failed, detail=True,
-                    write_data=False, seed=i)
-        ids.append(run_id)
-        files[run_id] = _files_of(run_id)
+        failed = {"resnet50_v1": ("train", "RuntimeError: boom")} if label == "run5" else None
+        rf.seed_run(store, run_id, rf.run_date(i), variants=VARIANTS, accuracies={"cnn": 0.6, "resnet50_v1": 0.7},
+                    failed=failed, detail=True, write_data=False, seed=i)
+        for variant, decision in DECISIONS[label].items():
+            store.record_gate(run_id, variant, {"decision": decision, "accuracy": None if decision == "failed"
+                                                else 0.6})
+        ids[label] = run_id
+        files[label] = _files_of(run_id)
+
+    def publish(label, variant):
+        run = store.get_run(ids[label])
+        result = {**run["results"][variant], "variant": variant}
+        return champions.make_current(champions.publish(run, result, result["gate"], serving_export=False))
+
+    publish("run0", "cnn")
+    publish("run2", "cnn")
+    pruned = champions.lineage_dir("cnn", rf.seed_run.__kwdefaults__["lineage"]) / "versions" / config.run_key(
+        ids["run2"])
+    shutil.rmtree(pruned.resolve())
+    pruned.unlink()
+    champions.make_current(pruned.with_name(config.run_key(ids["run0"])))
+    publish("run0", "resnet50_v1")
+    publish("run3", "resnet50_v1")
     store.close()
-    champ = tl_home / "champions" / "cnn"
-    (champ / "history").mkdir(parents=True)
-    (champ / "model.keras").write_bytes(b"champion model")
-    (champ / "champion.json").write_text(json.dumps({"run_id": ids[3], "variant": "cnn"}))
-    (champ / "history" / "0001.keras").write_bytes(b"old champion")
-    (champ / "history" / "0001.json").write_text(json.dumps({"run_id": ids[0]}))
     cache = tl_home / "cache"
     for name, age_days in (("folder-old", 90), ("folder-new", 1)):
         (cache / name).mkdir(parents=True)
@@ -66,67 +93,91 @@ def history(tl_home):
         (cache / name / "meta.json").write_text("{}")
         stamp = time.time() - age_days * 86400
         os.utime(cache / name / "meta.json", (stamp, stamp))
-    return ids, files, champ
+    return ids, files, tl_home / "champions"
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _run_files(tl_home: Path, ids: dict) -> set[str]:
+    """Every file under runs/, named `<label>/<path in the run folder>` (the data folder's version hidden)."""
+    names = {config.run_key(run_id): label for label, run_id in ids.items()}
+    out = set()
+    for path in (tl_home / "runs").rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            key, *rest = path.relative_to(tl_home / "runs").parts
+            out.add("/".join([names[key], *rest]))
+    return out
+
+
+# What gc --keep 2 removes, written out: data arrays and checkpoints of the four older runs, the models of the
+# older runs that were never a champion (run1 only: run0 and run2 by their decisions, run3 by champions/), and
+# the checkpoints of run5's failed variant. Nothing else.
+REMOVED = {f"{label}/{path}" for label in ("run0", "run1", "run2", "run3")
+           for path in ("data/x_train.npy", "models/cnn/checkpoints/epoch_001.keras",
+                        "models/resnet50_v1/checkpoints/epoch_001.keras")} | {
+    "run1/models/cnn/model.keras", "run1/models/resnet50_v1/model.keras",
+    "run5/models/resnet50_v1/checkpoints/epoch_001.keras"}
+KEPT_MODELS = {f"{label}/models/{v}/model.keras" for label in ("run0", "run2", "run3", "run4", "run5")
+               for v in VARIANTS}
+
+
 def test_champions_are_never_deleted_and_old_runs_are_thinned(history, tl_home):
-    ids, files, champ = history
-    before = _snapshot(champ)
-    with connect() as store:
-        decisions = {r: {v: (res or {}).get("decision") for v, res in store.get_run(r)["results"].items()}
-                     for r in ids}
+    ids, _, champions_dir = history
+    with connect() as store:   # the fixture's decisions, read back the way get_run returns them
+        stored = {label: {v: res["gate"]["decision"] for v, res in store.get_run(run_id)["results"].items()}
+                  for label, run_id in ids.items()}
+    assert stored == DECISIONS
+    named = {json.loads(p.read_text())["run_id"] for p in champions_dir.rglob("champion.json")}
+    assert named == {ids["run0"], ids["run3"]}, "run2 must be a champion the champions/ folder no longer names"
+    before_champions, before_runs = _snapshot(champions_dir), _run_files(tl_home, ids)
+    assert before_runs >= REMOVED | KEPT_MODELS
+
     plan = collect_garbage(2)
-    assert _snapshot(champ) == before, "gc touched $TL_HOME/champions"
-    assert plan.kept_runs == ids[:-3:-1] and set(plan.thinned_runs) == set(ids[:3])
-    for run_id in ids[:3]:
-        f = files[run_id]
-        assert not f["x_train"].exists() and not f["cnn/ckpt"].exists()
-        for keep in ("meta", "settings", "report", "cnn/predictions", "cnn/summary", "resnet50_v1/predictions"):
-            assert f[keep].exists(), (run_id, keep)
-        for v in VARIANTS:   # a run that is or was a champion keeps its model
-            was_champion = decisions[run_id][v] in ("promoted", "bootstrap") or run_id in (ids[0], ids[3])
-            assert f[f"{v}/model"].exists() == (was_champion or any(
-                d in ("promoted", "bootstrap") for d in decisions[run_id].values())), (run_id, v)
-    assert files[ids[0]]["cnn/model"].exists()          # bootstrap + named in champions/history
-    assert not files[ids[1]]["cnn/model"].exists()      # neither promoted nor referenced
-    for run_id in ids[3:]:                             # the newest two: whole, except a failed variant's checkpoints
-        assert files[run_id]["x_train"].exists() and files[run_id]["cnn/model"].exists()
-    assert not files[ids[4]]["resnet50_v1/ckpt"].exists() and files[ids[4]]["cnn/ckpt"].exists()
+
+    assert _snapshot(champions_dir) == before_champions, "gc touched $TL_HOME/champions"
+    assert plan.kept_runs == [ids["run5"], ids["run4"]]
+    assert set(plan.thinned_runs) == {ids[label] for label in ("run0", "run1", "run2", "run3")}
+    assert set(plan.champion_runs) == {ids["run0"], ids["run2"], ids["run3"]}
+    after = _run_files(tl_home, ids)
+    assert before_runs - after == REMOVED
+    assert after >= KEPT_MODELS
     assert not (tl_home / "cache" / "folder-old").exists() and (tl_home / "cache" / "folder-new").exists()
     with connect() as store:                           # every database row is still there
-        assert [r["run_id"] for r in store.recent_runs(100)] == ids[::-1]
+        assert [r["run_id"] for r in store.recent_runs(100)] == list(ids.values())[::-1]
     assert plan.freed_bytes > 0
 
 
 def test_dry_run_removes_nothing_and_the_cli_prints_what_it_frees(history, tl_home):
-    ids, files, _ = history
+    _, files, _ = history
     before = _snapshot(tl_home)
     out = subprocess.run([sys.executable, "-m", "tl_tasks", "gc", "--keep", "2", "--dry-run"], cwd=PROJECT_ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("[dry run] would free ") and "would remove" in out.stdout
-    assert str(files[ids[1]]["x_train"]) in out.stdout and "champions" not in out.stdout.replace(
+    assert str(files["run1"]["x_train"]) in out.stdout and "champions" not in out.stdout.replace(
         "champion run", "")
     assert _snapshot(tl_home) == before
     real = subprocess.run([sys.executable, "-m", "tl_tasks", "gc", "--keep", "2"], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=300)
     assert real.returncode == 0 and real.stdout.startswith("freed ")
-    assert not files[ids[1]]["x_train"].exists()
+    assert not files["run1"]["x_train"].exists()
+
+
+def _airflow_logs(folder: Path, ids: dict) -> Path:
+    for run_id in ids.values():
+        (folder / "dag_id=cifar10_retraining" / f"run_id={run_id}" / "task_id=train").mkdir(parents=True)
+        (folder / "dag_id=cifar10_retraining" / f"run_id={run_id}" / "task_id=train" / "attempt=1.log").write_text("x")
+    return folder
 
 
 def test_airflow_logs_of_thinned_runs_go(history, tmp_path):
     ids, _, _ = history
-    logs = tmp_path / "logs"
-    for run_id in ids:
-        (logs / "dag_id=cifar10_retraining" / f"run_id={run_id}" / "task_id=train").mkdir(parents=True)
-        (logs / "dag_id=cifar10_retraining" / f"run_id={run_id}" / "task_id=train" / "attempt=1.log").write_text("x")
+    logs = _airflow_logs(tmp_path / "logs", ids)
     collect_garbage(2, airflow_logs=logs)
     left = sorted(p.name for p in (logs / "dag_id=cifar10_retraining").iterdir())
-    assert left == sorted(f"run_id={r}" for r in ids[3:])
+    assert left == sorted(f"run_id={ids[label]}" for label in ("run4", "run5"))
 
 
 def test_keep_must_be_positive():
@@ -135,15 +186,29 @@ def test_keep_must_be_positive():
 
 
 def test_the_maintenance_dag_runs_gc_on_a_schedule(tmp_path, history, tl_home):
-    """The DAG file parses, schedules gc, and its task (run as a plain function) thins the same way."""
+    """The DAG file parses with no import errors and schedules gc daily; its task, run as Airflow calls it
+    (the operator's python_callable) with TL_GC_KEEP=2, thins exactly what collect_garbage(2) does and removes
+    the thinned runs' Airflow logs under $AIRFLOW_HOME/logs."""
+    ids, _, champions_dir = history
+    airflow_home = tmp_path / "airflow"
+    _airflow_logs(airflow_home / "logs", ids)
+    before_champions, before_runs = _snapshot(champions_dir), _run_files(tl_home, ids)
     code = ("import json, sys; from airflow.dag_processing.dagbag import DagBag; "
             "bag = DagBag(dag_folder=sys.argv[1]); d = bag.dags['tl_maintenance']; "
+            "out = d.get_task('collect_garbage').python_callable(); "
             "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()}, 'schedule': d.schedule, "
-            "'tasks': d.task_ids}))")
+            "'tasks': d.task_ids, 'out': out}))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__LOAD_EXAMPLES="False", TL_GC_KEEP="2")
-    out = subprocess.run([sys.executable, "-c", code, str(PROJECT_ROOT / "dags")], capture_output=True, text=True,
-                         timeout=300, env=env, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    parsed = json.loads(out.stdout.strip().splitlines()[-1])
+    env.update(AIRFLOW_HOME=str(airflow_home), AIRFLOW__CORE__LOAD_EXAMPLES="False", TL_GC_KEEP="2")
+    proc = subprocess.run([sys.executable, "-c", code, str(PROJECT_ROOT / "dags" / "tl_maintenance.py")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parsed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert parsed["errors"] == {} and parsed["schedule"] == "@daily" and parsed["tasks"] == ["collect_garbage"]
+    assert set(parsed["out"]["thinned_runs"]) == {ids[label] for label in ("run0", "run1", "run2", "run3")}
+    assert before_runs - _run_files(tl_home, ids) == REMOVED
+    assert _snapshot(champions_dir) == before_champions
+    left = sorted(p.name for p in (airflow_home / "logs" / "dag_id=cifar10_retraining").iterdir())
+    assert left == sorted(f"run_id={ids[label]}" for label in ("run4", "run5"))
+    logs_removed = 4
+    assert parsed["out"]["removed"] == len(REMOVED) + logs_removed + 1   # + the old decode-cache entry

@@ -120,10 +120,22 @@ def test_publish_dir_replaces_a_folder_whole(work):
 
     with pytest.raises(RuntimeError, match="killed"):
         files.publish_dir(target, crash)
-    assert sorted(p.name for p in work.iterdir()) == ["entry"] and DataFiles(target).meta.read_text() == "two"
-    (work / ".entry.tmp-stale").mkdir()             # left by a process that died mid-build
+    versions = files.version_dirs(target)
+    assert sorted(p.name for p in work.iterdir()) == sorted([".entry.v-" + os.readlink(target)[9:], "entry"])
+    assert versions == [work / os.readlink(target)] and DataFiles(target).meta.read_text() == "two"
+    (work / ".entry.tmp-stale").mkdir()             # left by a process that died mid-build (older versions)
+    (work / ".entry.v-0123456789ab").mkdir()        # left by a process that died mid-build
     files.publish_dir(target, build("three"), clean_stale=True)
-    assert sorted(p.name for p in work.iterdir()) == ["entry"]
+    assert sorted(p.name for p in work.iterdir()) == sorted([os.readlink(target), "entry"])
+
+
+def test_publish_dir_turns_a_plain_folder_from_before_versions_into_a_version(work):
+    target = work / "entry"
+    target.mkdir()
+    DataFiles(target).meta.write_text("plain")
+    files.publish_dir(target, lambda tmp: DataFiles(tmp).meta.write_text("versioned"))
+    assert target.is_symlink() and DataFiles(target).meta.read_text() == "versioned"
+    assert [p.name for p in work.iterdir() if p.name != "entry"] == [os.readlink(target)]
 
 
 def test_replace_symlink_swaps_in_one_rename(work):

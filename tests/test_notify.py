@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import json
+import logging
 import socket
 from email import policy
 from types import SimpleNamespace
@@ -143,13 +144,113 @@ def test_not_configured_is_off(store, regressed_run, monkeypatch):
     assert notify.send(message) == {"email": "off", "webhook": "off"}
 
 
-def test_a_broken_channel_neither_raises_nor_stops_the_other(store, regressed_run, webhook_server, monkeypatch):
+def test_a_broken_channel_neither_raises_nor_stops_the_other(store, regressed_run, webhook_server, monkeypatch,
+                                                               caplog):
     url, posts = webhook_server
     _smtp_conn(monkeypatch, _free_port())  # nothing listens there
     monkeypatch.setenv("TL_NOTIFY_WEBHOOK_URL", url)
+    caplog.set_level(logging.INFO, logger="tl_tasks")
     outcome = notify.send(notify.build_message(store.get_run(RUN)))
     assert outcome["email"].startswith("error: ") and outcome["webhook"] == "sent" and len(posts) == 1
+    assert _errors(caplog) == [f"retraining notification by email failed: {outcome['email'][len('error: '):]}"]
+    caplog.clear()
     monkeypatch.setenv("TL_NOTIFY_WEBHOOK_URL", f"http://127.0.0.1:{_free_port()}/closed")
     _notify(RUN)  # both channels fail: logged, not raised
+    assert [m.split(":")[0] for m in _errors(caplog)] == ["retraining notification by email failed",
+                                                          "retraining notification by webhook failed"]
+    (summary,) = [r.getMessage() for r in caplog.records if r.name == "tl_tasks.notify.notifier"]
+    assert summary.startswith(f"retraining notification for {RUN}: {{'email': 'error: ")
+    assert "'webhook': 'error: URLError: " in summary
     monkeypatch.setenv("TL_NOTIFY_WEBHOOK_URL", "ftp://nope")
     assert "not an http(s) URL" in notify.send(notify.build_message(store.get_run(RUN)))["webhook"]
+
+
+def test_the_notifier_logs_what_it_swallows(store, regressed_run, monkeypatch, caplog):
+    """An error outside the channels (here the metrics database) is swallowed by the notifier, and logged with
+    its traceback: the log is the only trace a failed notification leaves."""
+    from tl_tasks.notify import notifier
+
+    def broken_connect():
+        raise OSError("metrics database unreachable")
+
+    monkeypatch.setattr("tl_tasks.store.connect", broken_connect)
+    caplog.set_level(logging.INFO, logger="tl_tasks")
+    _notify(RUN)
+    (record,) = [r for r in caplog.records if r.name == notifier.__name__]
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert record.getMessage() == "retraining notification failed: metrics database unreachable"
+
+
+def _errors(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "tl_tasks.notify.channels" and r.levelno == logging.ERROR]
+
+
+@pytest.fixture
+def answering_server():
+    """A loopback HTTP server whose answer the test sets: `("status", 503)` or `("hang", seconds)`."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    behaviour = {"status": 204}
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            if "hang" in behaviour:
+                time.sleep(behaviour["hang"])
+                return
+            self.send_response(behaviour["status"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", behaviour
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("status", [404, 500, 503])
+def test_a_webhook_that_answers_an_error_status_is_an_error(store, regressed_run, answering_server, monkeypatch,
+                                                            caplog, status):
+    url, behaviour = answering_server
+    behaviour["status"] = status
+    monkeypatch.setenv("TL_NOTIFY_WEBHOOK_URL", url)
+    caplog.set_level(logging.ERROR, logger="tl_tasks")
+    outcome = notify.send(notify.build_message(store.get_run(RUN)))
+    assert outcome["webhook"].startswith(f"error: HTTPError: HTTP Error {status}"), outcome
+    assert _errors(caplog) == [f"retraining notification by webhook failed: {outcome['webhook'][7:]}"]
+
+
+def test_a_hanging_webhook_times_out(store, regressed_run, answering_server, monkeypatch, caplog):
+    import time
+
+    url, behaviour = answering_server
+    behaviour["hang"] = 10
+    monkeypatch.setenv("TL_NOTIFY_WEBHOOK_URL", url)
+    monkeypatch.setattr(notify, "WEBHOOK_TIMEOUT_S", 0.5)
+    caplog.set_level(logging.ERROR, logger="tl_tasks")
+    start = time.monotonic()
+    outcome = notify.send(notify.build_message(store.get_run(RUN)))
+    assert time.monotonic() - start < 8, "the webhook's timeout did not stop the wait"
+    assert outcome["webhook"] in ("error: TimeoutError: timed out", "error: URLError: <urlopen error timed out>"), \
+        outcome
+    assert len(_errors(caplog)) == 1
+
+
+def test_smtp_without_recipients_is_an_error_naming_the_fix(store, regressed_run, smtp_server, monkeypatch, caplog):
+    port, mails = smtp_server
+    _smtp_conn(monkeypatch, port, to="")
+    caplog.set_level(logging.ERROR, logger="tl_tasks")
+    outcome = notify.send(notify.build_message(store.get_run(RUN)))
+    assert outcome["email"].startswith("error: ValueError: connection 'tl_smtp' is set but has no recipients: set "
+                                       "TL_NOTIFY_EMAIL_TO"), outcome
+    assert mails == [] and len(_errors(caplog)) == 1
+    monkeypatch.setenv("TL_NOTIFY_EMAIL_TO", "oncall@example.com")   # the variable fills the gap
+    assert notify.send(notify.build_message(store.get_run(RUN)))["email"] == "sent"
+    assert mails[0][0] == ["oncall@example.com"]

@@ -28,7 +28,7 @@ def probe(tmp_path_factory, airflow_home_with_db) -> dict:
     """Run `_probe` in a fresh interpreter configured like an api-server with the project's plugins folder."""
     root = tmp_path_factory.mktemp("plugin")
     password = "pw-" + os.urandom(8).hex()
-    (root / "passwords.json").write_text(json.dumps({"admin": password, "outsider": password}))
+    (root / "passwords.json").write_text(json.dumps({"admin": password, "outsider": password, "no_website": password}))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TL_"))}
     env.update({
         "AIRFLOW_HOME": str(root / "airflow"),
@@ -37,9 +37,10 @@ def probe(tmp_path_factory, airflow_home_with_db) -> dict:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{root / 'airflow.db'}",
-        # Airflow's simple auth manager, except that user "outsider" may not read the cifar10_retraining DAG
+        # Airflow's simple auth manager, except that user "outsider" may not read the cifar10_retraining DAG and
+        # user "no_website" may not view the website
         "AIRFLOW__CORE__AUTH_MANAGER": "tests.restricted_auth_manager.RestrictedDagAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,outsider:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,outsider:viewer,no_website:viewer",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(root / "passwords.json"),
         "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
         "TL_HOME": str(root / "tl_home"),
@@ -95,6 +96,15 @@ def test_a_user_without_read_access_to_the_dag_gets_no_report_page(probe):
     assert outsider["other_dag_readable"] is True, "the outsider is a real, logged-in user with other DAG access"
     assert outsider["index"] == 403 and outsider["report"] == 403 and outsider["root"] == 403
     assert outsider["cookie_report"] == 403 and "read access to the DAG 'cifar10_retraining'" in outsider["detail"]
+
+
+def test_a_user_who_may_not_view_the_website_gets_no_report_page(probe):
+    """The view check comes first: a logged-in user denied the website view (the auth manager's
+    is_authorized_view) is refused every page with a plain 403, before any DAG permission is asked."""
+    blocked = probe["no_website"]
+    assert blocked["dag_readable"] is True, "the user may read the DAG: only the website view is denied"
+    assert blocked["index"] == blocked["report"] == blocked["root"] == blocked["cookie_report"] == 403
+    assert blocked["detail"] == '{"detail":"Forbidden"}'
 
 
 def test_reports_are_not_cached(probe):
@@ -198,6 +208,21 @@ def _probe() -> None:
             "other_dag_readable": get_auth_manager().is_authorized_dag(
                 method="GET", details=DagDetails(id="some_other_dag"),
                 user=type("U", (), {"username": "outsider", "role": "VIEWER", "teams": []})()),
+        }
+
+        blocked = client.post("/auth/token", json={"username": "no_website",
+                                                   "password": os.environ["PROBE_PASSWORD"]})
+        blocked.raise_for_status()
+        blocked_auth = {"Authorization": f"Bearer {blocked.json()['access_token']}"}
+        refused = client.get(report_url, headers=blocked_auth)
+        out["no_website"] = {
+            "index": client.get(f"{PREFIX}/reports/index.html", headers=blocked_auth).status_code,
+            "report": refused.status_code, "detail": refused.text,
+            "root": client.get(f"{PREFIX}/", headers=blocked_auth, follow_redirects=False).status_code,
+            "cookie_report": client.get(report_url, cookies={"_token": blocked.json()["access_token"]}).status_code,
+            "dag_readable": get_auth_manager().is_authorized_dag(
+                method="GET", details=DagDetails(id="cifar10_retraining"),
+                user=type("U", (), {"username": "no_website", "role": "VIEWER", "teams": []})()),
         }
 
         for path in (f"{PREFIX}/..%2fmetrics.db", f"{PREFIX}/%2e%2e/%2e%2e/etc/passwd",

@@ -33,8 +33,8 @@ def test_form_cli_and_validation_list_the_same_parameters():
     for p in schema.PARAMS:
         assert p.section in schema.SECTIONS and p.type in schema.TYPES
         assert p.field is None or p.field in fields, p.name
-        assert params[p.name].value == p.default
-        assert params[p.name].description == schema.help_text(p)
+        assert params[p.name].value == schema.form_default(p)
+        assert params[p.name].description == schema.json_schema(p)["description"]
     assert {p.name for p in schema.PARAMS if p.field is not None} >= {"mixed_precision", "data_parallel", "seed"}
     # every command that takes settings gets every setting (train/evaluate: all but variants); gate/run its own
     settings = {p.name for p in schema.PARAMS if p.field is not None}
@@ -44,6 +44,18 @@ def test_form_cli_and_validation_list_the_same_parameters():
         assert expected <= dests, (command, expected - dests)
     assert {"tolerance", "alpha", "fail_on_regression", "force_promote"} <= _cli_dests("gate")
     assert {"tolerance", "alpha", "fail_on_regression", "force_promote", "force"} <= _cli_dests("run")
+
+
+def test_the_forms_profile_shows_the_default_profile_and_the_cli_keeps_an_empty_one():
+    """The trigger form's Profile starts at `quick` (not an empty `null` choice); `--profile` left out stays
+    None on the command line, where it means the profile the run was prepared with."""
+    profile = schema.dag_params()["profile"]
+    assert profile.value == config.DEFAULT_PROFILE == "quick"
+    assert profile.schema["type"] == "string" and None not in profile.schema["enum"]
+    assert profile.description == "Defaults for every setting below. Default: quick."
+    assert profile.resolve() == "quick"
+    assert build_parser().parse_args(["train", "--run-id", "r", "--variant", "cnn"]).profile is None
+    assert schema.settings_from_params({}, base=PROFILES["smoke"]).profile == "smoke"
 
 
 def test_help_texts_quote_each_profiles_real_default():

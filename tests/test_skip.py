@@ -54,13 +54,14 @@ def test_unchanged_run_is_skipped_with_a_link_and_force_retrains(tl_home, monkey
     with connect() as store:
         for run_id in ("r4", "r5"):
             store.upsert_run(run_id, state="running")
-    monkeypatch.setattr(skip, "code_version", lambda: "9.9.9+0123456789ab")
-    assert len(_jobs("r6", 6)) == 1              # other code
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:   # not monkeypatch.undo(): that would undo tl_home's TL_HOME too
+        patch.setattr(skip, "code_version", lambda: "9.9.9+0123456789ab")
+        assert len(_jobs("r6", 6)) == 1          # other code
     with connect() as store:
         store.upsert_run("r6", state="running")
         store.upsert_run("r2", data_fingerprint="0" * 64)
     assert len(_jobs("r7", 7)) == 1              # other data
+    assert (tl_home / "runs" / config.run_key("r7") / "settings.json").is_file()  # in this test's TL_HOME
 
 
 @pytest.mark.parametrize("run, previous, expected", [

@@ -86,38 +86,70 @@ def save_npy_atomic(path: Path, array) -> None:
 
 
 def publish_dir(target: Path, build: Callable[[Path], None], *, clean_stale: bool = False) -> None:
-    """Build a folder under a temporary name beside `target` (`build(tmp)` fills it), then rename it over
-    `target` in one step: readers see the old folder or the new one, whole; a crash leaves no half folder.
+    """Build a new version of the folder `target` beside it (`build(tmp)` fills it), then point `target` at it
+    with one symlink swap: a reader of `target` finds the old version or the new one, whole, at every moment;
+    a crash leaves the old one in place and no half folder under `target`.
 
-    An existing `target` is set aside and removed after the swap. `clean_stale` first removes temporary folders
-    that crashed earlier attempts left beside `target` (only where one writer at a time publishes `target`).
+    `target` is a symlink to a hidden sibling `.<name>.v-<id>` (see `version_dirs`); the version it replaced is
+    removed after the swap. A `target` that is still a plain folder (published before versions existed) is
+    moved into a version first, the one step where a reader can briefly miss it. `clean_stale` first removes
+    what crashed earlier attempts left beside `target` (only where one writer at a time publishes `target`).
     """
     target = Path(target)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
     if clean_stale:
-        for stale in [*parent.glob(f".{target.name}.tmp-*"), *parent.glob(f".{target.name}.old-*")]:
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
+        current = _link_name(target)
+        for stale in [*parent.glob(f".{target.name}.tmp-*"), *parent.glob(f".{target.name}.old-*"),
+                      *version_dirs(target)]:
+            if stale.name != current:
+                shutil.rmtree(stale, ignore_errors=True)
+    version = parent / f".{target.name}.v-{uuid.uuid4().hex[:12]}"
+    version.mkdir()
+    moved = False
     try:
-        build(tmp)
-        for top, _, names in os.walk(tmp):  # the files first: after a crash the new folder is whole, not empty
+        build(version)
+        for top, _, names in os.walk(version):  # the files first: after a crash the new folder is whole, not empty
             for name in names:
                 if not os.path.islink(os.path.join(top, name)):
                     fsync_path(Path(top) / name)
             fsync_path(Path(top))
-        if target.exists():
-            old = parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        fsync_path(parent)
+        previous, moved = _link_name(target), False
+        if previous is None and target.is_dir():  # a plain folder from before versions: becomes a version
+            previous = f".{target.name}.v-{uuid.uuid4().hex[:12]}"
+            os.replace(target, parent / previous)
+            moved = True
+        replace_symlink(target, version.name)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if moved and not os.path.lexists(target):   # put the plain folder back: never leave no target
+            os.replace(parent / previous, target)
+        if _link_name(target) != version.name:      # a failure after the swap (its fsync) keeps the new one
+            shutil.rmtree(version, ignore_errors=True)
         raise
+    if previous and previous != version.name and (parent / previous).is_dir():
+        shutil.rmtree(parent / previous, ignore_errors=True)
+
+
+def published_path(target: Path) -> Path:
+    """`target` made absolute with the folders above it resolved, but not itself: a `publish_dir` target is a
+    link to its current version, and resolving it would name a version that the next publish removes."""
+    target = Path(target).expanduser()
+    return target.parent.resolve() / target.name
+
+
+def version_dirs(target: Path) -> list[Path]:
+    """The hidden version folders of a `publish_dir` target (the current one among them), sorted by name."""
+    target = Path(target)
+    return sorted(target.parent.glob(f".{target.name}.v-*"))
+
+
+def _link_name(target: Path) -> str | None:
+    """The version folder `target` points at (a sibling's name), or None when `target` is not such a link."""
+    try:
+        name = os.readlink(target)
+    except OSError:   # missing, or a plain folder
+        return None
+    return name if os.sep not in name else None
 
 
 def replace_symlink(link: Path, points_to: str | Path) -> None:

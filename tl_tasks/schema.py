@@ -350,14 +350,22 @@ def dag_params() -> dict:
     """The DAG's trigger form: `{name: airflow.sdk.Param}`, one per entry of `PARAMS`, in order."""
     from airflow.sdk import Param as AirflowParam
 
-    return {p.name: AirflowParam(p.default, **json_schema(p)) for p in PARAMS}
+    return {p.name: AirflowParam(form_default(p), **json_schema(p)) for p in PARAMS}
+
+
+def form_default(p: Param):
+    """The value the trigger form starts with: the default profile for `profile` (so the form shows what a run
+    will use, not an empty field); every other parameter's own default. The command line keeps None for
+    `--profile`: there an empty value means the profile the run was prepared with."""
+    return DEFAULT_PROFILE if p.name == "profile" else p.default
 
 
 def json_schema(p: Param) -> dict:
     """The JSON-schema keywords (plus Airflow's title, description, section, values_display) of `p`."""
-    nullable = p.default is None
+    nullable = form_default(p) is None
     kind = {"list": "array"}.get(p.type, p.type)
-    out: dict = {"type": ["null", kind] if nullable else kind, "title": p.title, "description": help_text(p),
+    description = help_text(p) if nullable or p.default is not None else f"{p.help} Default: {form_default(p)}."
+    out: dict = {"type": ["null", kind] if nullable else kind, "title": p.title, "description": description,
                  "section": p.section}
     if p.type == "list":
         out.update(items={"type": "string", "enum": list(p.choices)}, minItems=1, uniqueItems=True)

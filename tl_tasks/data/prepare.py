@@ -12,6 +12,7 @@ from tl_tasks.data.sources import decode_source, parse_source
 from tl_tasks.data.splitting import check_bad_fraction, check_raw, split
 from tl_tasks.data.storage import SPLITS, PreparedData, fingerprint_arrays, fingerprint_test_set, write_prepared
 from tl_tasks.errors import BadInput
+from tl_tasks.files import published_path
 from tl_tasks.layout import cache_root
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def prepare_data(source: str, out_dir: Path, *, limit_per_class: int | None = No
     fingerprint = fingerprint_arrays(arrays, raw.class_names)
     names = raw.class_names
     prepared = PreparedData(
-        path=Path(out_dir).expanduser().resolve(), source=source, class_names=names,
+        path=published_path(out_dir), source=source, class_names=names,
         counts={s: len(arrays[f"y_{s}"]) for s in SPLITS},
         class_counts={s: {n: int(c) for n, c in zip(names, np.bincount(arrays[f"y_{s}"], minlength=len(names)), strict=True)}
                       for s in SPLITS},

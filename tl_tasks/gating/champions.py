@@ -2,6 +2,7 @@
 
     champions/<variant>/<lineage[:16]>/
         current -> versions/<run_key>          (a symlink, swapped atomically on each promotion)
+        versions/<run_key> -> .<run_key>.v-<id>  (files.publish_dir: a new model for the run swaps in whole)
         versions/<run_key>/model.keras         (the evaluated model, byte for byte)
                            predictions.npy     (its per-image predictions on the lineage's test set)
                            serving/            (TF SavedModel, endpoint `serve`, loads with plain TensorFlow)
@@ -244,7 +245,10 @@ def deploy(published: str | Path, variant: str, *, target_root: Path | None = No
         log.warning("not deploying %s: %s", variant, out["skipped"])
         return out
     root.mkdir(parents=True, exist_ok=True)
-    _point_current_named(root, variant, folder)
+    # the version's own name (versions/<run>), not the hidden folder it links to (files.publish_dir): a version
+    # published again replaces that folder, and the deployed link keeps working
+    named = Path(published).absolute().parent.resolve() / Path(published).name
+    _point_current_named(root, variant, named if named.resolve() == folder else folder)
     out["deployed"] = str(link)
     return out
 
@@ -254,9 +258,14 @@ def deploy_events(triggering_asset_events, *, lineage: str | None = None) -> lis
 
     Every event is tried; a refused one does not stop the others, and the task fails at the end naming them.
     """
-    out, refused = [], []
+    out, refused, seen = [], [], set()
     for events in (triggering_asset_events or {}).values():
         for event in events:
+            # Airflow lists an event that came through an alias (the gate emits through one) under the asset
+            # and under the alias: the same object twice, deployed once
+            if id(event) in seen:
+                continue
+            seen.add(id(event))
             extra = dict(getattr(event, "extra", None) or {})
             try:
                 out.append(deploy(extra.get("published") or "", extra.get("variant") or "", lineage=lineage))
@@ -283,4 +292,4 @@ def _deployed_lineage(link: Path) -> str | None:
 
 
 def _point_current_named(home: Path, name: str, target: Path) -> None:
-    replace_symlink(home / name, Path(target).resolve())
+    replace_symlink(home / name, Path(target).absolute())
