@@ -17,10 +17,12 @@ rng = np.random.default_rng(0)
 image = rng.integers(0, 256, (1, 32, 32, 3)).astype("float32")
 batch = np.repeat(image, 16, axis=0)
 out = {}
-for kind in ("flip", "flip_shift", "full"):
-    layer = augmentation(kind, seed=5)
+layers = {"flip": lambda: augmentation("flip", seed=5), "full": lambda: augmentation("full", seed=5),
+          "flip_shift": lambda: RandomAugment(flip=True, translate=0.125, seed=5)}  # pad-and-crop, 4 px
+for kind, make in layers.items():
+    layer = make()
     y = keras.ops.convert_to_numpy(layer(batch, training=True))
-    same = keras.ops.convert_to_numpy(augmentation(kind, seed=5)(batch, training=True))
+    same = keras.ops.convert_to_numpy(make()(batch, training=True))
     out[kind] = {
         "shape": list(y.shape), "dtype": str(y.dtype),
         "distinct": len({a.tobytes() for a in y}),

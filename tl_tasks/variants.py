@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from tl_tasks.errors import BadInput
 
 OPTIMIZERS = ("adam", "adamw")
-AUGMENTATIONS = ("", "flip", "flip_shift", "full")  # tl_tasks.augment.KINDS
+AUGMENTATIONS = ("", "flip", "full")  # tl_tasks.augment.KINDS
 LR_SCHEDULES = ("constant", "cosine")
 MONITORS = {"val_accuracy": "max", "val_loss": "min"}
 
@@ -30,7 +30,7 @@ class Variant:
     lr_schedule: str = "constant"      # "constant" or "cosine" (cosine decay to 0 over the phase)
     lr_warmup_fraction: float = 0.0    # share of the main phase's steps with a linear LR warm-up from 0
     head_warmup_lr: float | None = None  # LR of the head warm-up phase (base frozen); None = no warm-up phase
-    augment: str = ""                  # "" none, "flip", "flip_shift" (flip + pad-and-crop), "full" (+ brightness)
+    augment: str = ""                  # "" none, "flip" (horizontal flips), "full" (flip, brightness, translation)
     early_stopping: bool = False
     monitor: str = "val_accuracy"      # what early stopping and best_epoch watch
     patience: int = 5                  # epochs without improvement before early stopping stops
