@@ -2,7 +2,7 @@
 resnet50_v2 (none), `train_on_batch` on one uint8 batch, on TensorFlow and on JAX (each in its own process,
 TensorFlow blocked under JAX). Goal: a v4 step <= 1.2 x a v2 step.
 
-Also the augmentation layer alone: this project's `tl_tasks.augment` layer against the Keras layers it replaced
+Also the augmentation layer alone: this project's `tl_tasks.training.augment` layer against the Keras layers it replaced
 (RandomFlip + RandomBrightness + RandomTranslation), per batch of float images at the data's size.
 
     python -m bench.bench_augment_cost --mode quick [--out bench/out/augment_cost.json]
@@ -33,8 +33,8 @@ def step_ratio(image_size: int, batch: int, rounds: int, steps: int, *, mixed: b
     import keras
     import numpy as np
 
-    from tl_tasks import loop, runtime
-    from tl_tasks.models import build_model, compile_recipe, one_hot
+    from tl_tasks.training import feeding, runtime
+    from tl_tasks.training.builders import build_model, compile_recipe, one_hot
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, data_size, data_size, 3), dtype=np.uint8)
@@ -43,7 +43,7 @@ def step_ratio(image_size: int, batch: int, rounds: int, steps: int, *, mixed: b
     with runtime.dtype_policy(mixed):
         for name in variants:
             model = build_model(name, 10, input_size=data_size, image_size=image_size, weights="none")
-            compile_recipe(model, name, 10, steps=1000, steps_per_execution=loop.steps_per_execution())
+            compile_recipe(model, name, 10, steps=1000, steps_per_execution=feeding.steps_per_execution())
             t = time.perf_counter()
             np.asarray(model.train_on_batch(x, y))
             warm[name] = round(time.perf_counter() - t, 3)
@@ -69,7 +69,7 @@ def layer_alone(batch: int, size: int = 32, repeats: int = 20) -> dict:
     import keras
     import numpy as np
 
-    from tl_tasks.augment import augmentation
+    from tl_tasks.training.augment import augmentation
 
     keras_layers = keras.Sequential([
         keras.layers.RandomFlip("horizontal", seed=1, dtype="float32"),

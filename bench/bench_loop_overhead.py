@@ -1,4 +1,4 @@
-"""What the workflow's training loop adds around the model: `tl_tasks.train.train_variant`'s training img/s (each
+"""What the workflow's training loop adds around the model: `tl_tasks.training.loop.train_variant`'s training img/s (each
 epoch's training steps, as its summary records them) divided by a bare `model.fit` of the same model, compiled the
 same way, on the same in-memory arrays, batch size and epochs. Goal: >= 0.9 for the CNN and for resnet50_v2 at
 32 px. No GPU needed: overhead the loop adds (callbacks, synchronisation, feeding) shows here first.
@@ -30,7 +30,7 @@ CELLS = {
 def run(mode: str = "full") -> dict:
     common.check_mode(mode)
     begun = common.begin()
-    from tl_tasks import loop, runtime
+    from tl_tasks.training import feeding, runtime
 
     runtime.configure()
     results: dict = {}
@@ -46,7 +46,7 @@ def run(mode: str = "full") -> dict:
         "images / epoch wall time of model.fit(x, y, batch_size, epochs, shuffle=True, verbose=0) with no "
         "callbacks but a timer and no validation, epochs 2.., median.",
         "Both sides: build_model + compile_recipe with the workflow's steps_per_execution "
-        f"({loop.steps_per_execution()} here), the same batch size ({loop.batch_size(_settings(1, 1))} here), "
+        f"({feeding.steps_per_execution()} here), the same batch size ({feeding.batch_size(_settings(1, 1))} here), "
         "random init, float32, 32 px. resnet50_v2's head warm-up phase is off on both sides (one phase, one "
         "compiled step).",
         "ratio_whole_train_variant: bare seconds for all epochs / train_variant's whole train_seconds (data "
@@ -97,7 +97,7 @@ def _cell(home, variant: str, per_class: int, epochs: int) -> dict:
 
 
 def _workflow(variant: str, data_dir, out_dir, settings) -> dict:
-    from tl_tasks.train import train_variant
+    from tl_tasks.training.loop import train_variant
 
     s = train_variant(variant, data_dir, out_dir, settings, verbose=0).summary()
     return {"epoch_img_per_s": s["epoch_img_per_s"], "train_seconds": s["train_seconds"],
@@ -108,16 +108,16 @@ def _workflow(variant: str, data_dir, out_dir, settings) -> dict:
 def _bare(variant: str, data, settings) -> dict:
     import numpy as np
 
-    from tl_tasks import loop, runtime
-    from tl_tasks.models import build_model, compile_recipe, one_hot
+    from tl_tasks.training import feeding, runtime
+    from tl_tasks.training.builders import build_model, compile_recipe, one_hot
 
     x, t = np.ascontiguousarray(data.x_train), one_hot(data.y_train, len(data.class_names))
-    batch, epochs = loop.batch_size(settings), settings.epochs_for(variant)
+    batch, epochs = feeding.batch_size(settings), settings.epochs_for(variant)
     runtime.seed_everything(settings.seed)
     model = build_model(variant, len(data.class_names), input_size=DATA_SIZE, image_size=DATA_SIZE, weights="none",
                         seed=settings.seed)
     compile_recipe(model, variant, len(data.class_names), steps=epochs * -(-len(x) // batch),
-                   steps_per_execution=loop.steps_per_execution())
+                   steps_per_execution=feeding.steps_per_execution())
     timer = common.epoch_timer()
     started = time.perf_counter()
     model.fit(x, t, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=[timer])

@@ -82,8 +82,8 @@ def throughput(size: dict, mixed: bool) -> dict:
     import keras
     import numpy as np
 
-    from tl_tasks import loop, runtime
-    from tl_tasks.models import build_model, compile_recipe, one_hot
+    from tl_tasks.training import feeding, runtime
+    from tl_tasks.training.builders import build_model, compile_recipe, one_hot
 
     batch, px = size["batch"], size["image_size"]
     rng = np.random.default_rng(0)
@@ -94,7 +94,7 @@ def throughput(size: dict, mixed: bool) -> dict:
         for variant in VARIANTS if size is SIZES["full"] else ("resnet50_v2", "resnet50_v4"):
             image_size = 32 if variant == "cnn" else px
             model = build_model(variant, NUM_CLASSES, input_size=32, image_size=image_size, weights="none")
-            compile_recipe(model, variant, NUM_CLASSES, steps=1000, steps_per_execution=loop.steps_per_execution())
+            compile_recipe(model, variant, NUM_CLASSES, steps=1000, steps_per_execution=feeding.steps_per_execution())
             t = _time_steps(lambda model=model: _sync(model.train_on_batch(x, y)), min_steps=size["min_steps"],
                             budget_s=size["budget_s"])
             out[variant] = {**t, "image_size": image_size, "img_per_s": round(batch * t["steps"] / t["seconds"], 1)}
@@ -114,8 +114,8 @@ def whole_variant(variant: str, size: dict, dataset: str, work: Path, mixed: boo
     """One variant whole on the full profile (or its tiny stand-in): prepare (shared), train, evaluate."""
     from tl_tasks.config import resolve_settings
     from tl_tasks.data import prepare_data
-    from tl_tasks.evaluate import evaluate_variant
-    from tl_tasks.train import train_variant
+    from tl_tasks.training.evaluate import evaluate_variant
+    from tl_tasks.training.loop import train_variant
 
     overrides = dict(dataset=dataset, weights="none", limit_per_class=size["limit_per_class"],
                      mixed_precision="on" if mixed else "off", epochs=size["epochs"])
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
 
     import keras
 
-    from tl_tasks import runtime
+    from tl_tasks.training import runtime
 
     if keras.backend.backend() != "jax":
         print(f"KERAS_BACKEND={keras.backend.backend()}: this benchmark runs Keras on JAX", file=sys.stderr)
@@ -219,9 +219,9 @@ def main(argv=None) -> int:
     gpu = runtime.gpu_available()
     mixed = gpu or args.size == "full"
     if args.size == "tiny":  # a CPU runs the GPU's loop settings (steps per execution) too
-        from tl_tasks import loop
+        from tl_tasks.training import feeding
 
-        loop.STEPS_PER_EXECUTION["cpu"] = loop.STEPS_PER_EXECUTION["gpu"]
+        feeding.STEPS_PER_EXECUTION["cpu"] = feeding.STEPS_PER_EXECUTION["gpu"]
     work = args.work or args.out.parent / "gpu_work"
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TL_HOME", str(work / "tl_home"))

@@ -11,7 +11,7 @@ from tests.backend_helpers import run_backend
 _CHECK = """
 import json
 import numpy as np, keras
-from tl_tasks.augment import augmentation, RandomAugment
+from tl_tasks.training.augment import RandomAugment, augmentation
 
 rng = np.random.default_rng(0)
 image = rng.integers(0, 256, (1, 32, 32, 3)).astype("float32")

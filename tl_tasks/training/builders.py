@@ -2,7 +2,7 @@
 
 Models take uint8 images; casting, resizing, augmentation and ResNet50 preprocessing happen inside
 the model (on the accelerator). Saved models use built-in Keras layers plus the augmentation layer of
-`tl_tasks.augment` (registered with Keras when that module is imported, as this one does), so
+`tl_tasks.training.augment` (registered with Keras when that module is imported, as this one does), so
 `keras.models.load_model("model.keras")` needs no custom_objects.
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from tl_tasks import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
-from tl_tasks.augment import augmentation
 from tl_tasks.config import keras_home
+from tl_tasks.data.roots import check_allowed
 from tl_tasks.errors import BadInput, MissingInput
-from tl_tasks.roots import check_allowed
+from tl_tasks.training import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
+from tl_tasks.training.augment import augmentation
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def compile_recipe(model: keras.Model, variant: Variant | str, num_classes: int,
         steps: optimizer steps the phase will take (epochs x batches per epoch); sizes the LR schedule.
         phase: "head" = the head warm-up (constant `head_warmup_lr`, Adam: only the head trains), or
             "main" = the variant's own optimizer, learning rate and schedule.
-        steps_per_execution: training steps per call of the compiled train function (`tl_tasks.loop`).
+        steps_per_execution: training steps per call of the compiled train function (`tl_tasks.training.feeding`).
     """
     v = variant if isinstance(variant, Variant) else get_variant(variant)
     if phase == "head":

@@ -9,8 +9,8 @@ import time
 
 import keras
 
-from tl_tasks import runtime
 from tl_tasks.config import Settings
+from tl_tasks.training import runtime
 
 # Training steps compiled into one call of the train function: Keras's per-step Python work (dispatch, callbacks,
 # logs) is paid once per call. Callbacks here act per epoch only, and an epoch's steps need not divide by it.

@@ -11,13 +11,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tl_tasks import devices, loop, runtime
 from tl_tasks.config import Settings
 from tl_tasks.data import load_prepared
 from tl_tasks.files import sha256_file, write_json_atomic
 from tl_tasks.layout import ModelFiles
-from tl_tasks.predictions import write_predictions
-from tl_tasks.train import _count
+from tl_tasks.training import devices, feeding, runtime
+from tl_tasks.training.loop import _count
+from tl_tasks.training.predictions import write_predictions
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
     if model.output_shape[-1] != len(class_names):
         raise ValueError(f"{model_path} predicts {model.output_shape[-1]} classes but the prepared data in "
                          f"{data_dir} lists {len(class_names)}; retrain {v.name} on this data")
-    batch = loop.batch_size(settings)
+    batch = feeding.batch_size(settings)
     # Warm-up on both batch shapes the timed pass sees (full and remainder): compiling is not inferring.
     for n in {min(batch, len(x_test)), len(x_test) % batch} - {0}:
         model.predict(x_test[:n], batch_size=batch, verbose=0)

@@ -6,14 +6,14 @@ The flip and the translation are one row and one column permutation per image, a
 matrix products: plain matmuls that cost the same on TensorFlow and JAX (Keras's `RandomTranslation` interpolates
 through `map_coordinates`, which is slow under JAX). Pixel values stay exact: each output pixel is one input
 pixel times 1.0. The layer is registered with Keras (`tl_tasks>RandomAugment`): loading a model that holds one
-needs `tl_tasks.augment` imported (`tl_tasks.models` does it).
+needs `tl_tasks.training.augment` imported (`tl_tasks.training.builders` does it).
 """
 from __future__ import annotations
 
 import keras
 from keras import ops
 
-from tl_tasks import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
+from tl_tasks.training import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
 
 # How the variants' augmentation kinds (Variant.augment) map to the layer's settings.
 KINDS: dict[str, dict] = {
