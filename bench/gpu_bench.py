@@ -196,7 +196,7 @@ def main(argv=None) -> int:
                         help="data source (default: the CIFAR-10 archive in bench/data/ or ../shared/data/)")
     parser.add_argument("--parts", default=os.environ.get("GPU_BENCH_PARTS", ",".join(PARTS)),
                         help=f"comma-separated, in order: {','.join(PARTS)}")
-    parser.add_argument("--budget-s", type=float, default=float(os.environ.get("GPU_BENCH_BUDGET_S", "540")),
+    parser.add_argument("--budget-s", type=float, default=float(os.environ.get("GPU_BENCH_BUDGET_S", "520")),
                         help="seconds for all parts; a part that cannot fit what is left is skipped")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "out" / "gpu.json")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: next to --out)")
