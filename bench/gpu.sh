@@ -23,7 +23,8 @@ for whl in bench/wheels/*.whl; do
   [ -e "$whl" ] || continue
   dist=$(basename "$whl" | cut -d- -f1 | tr 'A-Z' 'a-z')
   case "$dist" in
-    absl_py) mod=absl ;; pillow) mod=PIL ;; markdown_it_py) mod=markdown_it ;; *) mod=$dist ;;
+    absl_py) mod=absl ;; pillow) mod=PIL ;; markdown_it_py) mod=markdown_it ;; python_dateutil) mod=dateutil ;;
+    fonttools) mod=fontTools ;; *) mod=$dist ;;
   esac
   "$PY" -c "import $mod" >/dev/null 2>&1 || missing+=("$whl")
 done
