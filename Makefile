@@ -75,7 +75,7 @@ gpu-wheels: venv
 	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
 	  -d bench/wheels -r bench/gpu-wheels.txt
 	test ! -f $(SHARED_CIFAR) || cp $(SHARED_CIFAR) bench/data/
-	@du -cb bench/wheels/*.whl bench/data/* | tail -1 | awk '{ printf "bench/wheels + bench/data: %.1f MiB\n", $$1/1048576; if ($$1 > 48*1048576) { print "too big to carry (limit 64 MiB, keep a margin)"; exit 1 } }'
+	@du -cb bench/wheels/*.whl bench/data/* | tail -1 | awk '{ printf "bench/wheels + bench/data: %.1f MiB\n", $$1/1048576; if ($$1 > 60*1048576) { print "too big to carry (limit 64 MiB with the checkout, keep a margin)"; exit 1 } }'
 
 # The GPU benchmark at its tiny size on this CPU (Keras on JAX, synthetic data): checks it runs end to end.
 gpu-bench-tiny: venv

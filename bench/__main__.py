@@ -22,6 +22,8 @@ BENCHMARKS = {
     "input_pipeline": "bench.bench_input_pipeline",
     "feature_cache": "bench.bench_feature_cache",
     "throughput": "bench.bench_throughput",
+    "loop_overhead": "bench.bench_loop_overhead",
+    "augment_cost": "bench.bench_augment_cost",
     "robustness": "bench.bench_robustness",
     "orchestration": "bench.bench_orchestration",
     "make_run": "bench.bench_make_run",
@@ -167,7 +169,17 @@ def _store(r: dict) -> dict:
                 "meets_goal": v["meets_goal"]} for b, v in r.get("backends", {}).items()}
 
 
-_HEADLINES = {"input_pipeline": _input_pipeline, "throughput": _throughput, "feature_cache": _feature_cache,
+def _loop_overhead(r: dict) -> dict:
+    return {"ratio_workflow_over_bare_fit": r["ratios"], "meets_goal_0.9": r["meets_goal"],
+            **{v: {"workflow_img_per_s": r[v]["workflow_img_per_s"], "bare_fit_img_per_s": r[v]["bare_fit_img_per_s"]}
+               for v in r["ratios"]}}
+
+
+def _augment_cost(r: dict) -> dict:
+    return {"v4_step_over_v2_step": r["v4_over_v2"], "meets_goal_1.2": r["meets_goal"]}
+
+
+_HEADLINES = {"loop_overhead": _loop_overhead, "augment_cost": _augment_cost, "input_pipeline": _input_pipeline, "throughput": _throughput, "feature_cache": _feature_cache,
               "orchestration": _orchestration, "history_scaling": _history, "make_run": _make_run,
               "store": _store}
 

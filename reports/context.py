@@ -302,6 +302,7 @@ def _facts(r: dict, gate: dict) -> list[tuple[str, str]]:
         ("Epochs", f"{fmt.integer(r.get('epochs_run'))} run, best {fmt.integer(r.get('best_epoch'))}"
                    + (f", resumed after {r['resumed_from_epoch']}" if r.get("resumed_from_epoch") else "")),
         ("Train time", fmt.duration(r.get("train_seconds"))),
+        ("Training speed", _training_speed((r.get("train_info") or {}).get("epoch_img_per_s"))),
         ("Weights", fmt.weights(r.get("weights"))),
     ]
     if gate:
@@ -317,6 +318,20 @@ def _facts(r: dict, gate: dict) -> list[tuple[str, str]]:
         if gate.get("champion_run_id"):
             facts.append(("Champion run", str(gate["champion_run_id"])))
     return [(k, v) for k, v in facts if v.replace("—", "").strip(" /,") and not v.startswith("— run")]
+
+
+def _training_speed(per_epoch) -> str:
+    """Each epoch's training img/s (the train summary's epoch_img_per_s), e.g. "2,310 img/s median; per epoch:
+    1,020 (compiling), 2,300, 2,320"."""
+    rates = [float(x) for x in per_epoch or [] if isinstance(x, (int, float))]
+    if not rates:
+        return "—"
+    median = sorted(rates)[len(rates) // 2]
+    shown = [f"{x:,.0f}" for x in rates]
+    shown[0] += " (compiling)"
+    if len(shown) > 12:
+        shown = [*shown[:6], "…", *shown[-5:]]
+    return f"{median:,.0f} img/s median; per epoch: " + ", ".join(shown)
 
 
 def _confusion_table(matrix: list, class_names: list[str]) -> dict | None:

@@ -78,6 +78,7 @@ def test_a_killed_training_resumes_on_jax(tmp_path, variant):
 
 _PREDICT = """
 import sys, keras, numpy as np
+import tl_tasks.training.augment  # registers the augmentation layer v3/v4/cnn models hold
 model = keras.models.load_model(sys.argv[1])
 np.save(sys.argv[3], keras.ops.convert_to_numpy(model.predict(np.load(sys.argv[2]), verbose=0)))
 if len(sys.argv) > 4:  # also save a model of our own for the other backend

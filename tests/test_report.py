@@ -115,6 +115,8 @@ def test_two_runs_show_deltas_trend_and_index(store, tl_home):
     assert text.count('<table class="confusion') == 5 and text.count('<table class="perclass">') == 5
     thumbs = [i for i in page.all("img") if i["alt"].startswith("test image")]
     assert 5 <= len(thumbs) <= 5 * MISCLASSIFIED_SHOWN
+    # each variant's training speed: the median of its epochs' img/s, then each epoch's
+    assert len(re.findall(r"Training speed [\d,]+ img/s median; per epoch: [\d,]+ \(compiling\), [\d,]+", plain)) == 5
     assert "Run metadata" in plain and "folder:/data/cifar-10-images-jpg.tar.gz" in plain
     assert "keras" in plain and "3.15.1" in plain and "CPU (2 cores)" in plain and "train cnn" in plain
 

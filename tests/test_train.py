@@ -21,7 +21,8 @@ from tl_tasks.variants import get_variant
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"variant", "state", "model_path", "weights", "epochs_run", "best_epoch", "train_seconds", "history",
                 "resumed_from_epoch", "params_total", "params_trainable", "feature_cache"}
-HISTORY_KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "phase", "learning_rate"}
+HISTORY_KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "phase", "learning_rate",
+                "train_seconds", "img_per_s"}
 
 
 def _cross_entropy(model, x, y, label_smoothing: float = 0.0) -> float:
@@ -41,6 +42,11 @@ def test_cnn_learns_synthetic_patterns_and_writes_its_outputs(tmp_path):
     assert summary["state"] == "success" and summary["epochs_run"] == 3 and summary["resumed_from_epoch"] == 0
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
     assert all(set(h) == HISTORY_KEYS for h in summary["history"])
+    # each epoch's training steps alone (validation excluded), and their img/s in the summary
+    assert all(0 < h["train_seconds"] <= h["seconds"] for h in summary["history"])
+    assert summary["epoch_img_per_s"] == [h["img_per_s"] for h in summary["history"]]
+    assert all(r == pytest.approx(summary["train_images"] / h["train_seconds"], rel=0.05)  # seconds are rounded
+               for r, h in zip(summary["epoch_img_per_s"], summary["history"], strict=True))
     assert summary["history"][-1]["val_accuracy"] > 0.5  # chance is 0.1
     assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
     assert summary["feature_cache"] is False and summary["weights"] == "none"

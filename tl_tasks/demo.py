@@ -159,6 +159,7 @@ def _train_summary(variant: str, run_id: str, epochs: int, accuracy: float, rng)
     return {"variant": variant, "state": "success", "model_path": str(RunLayout(run_id).model_file(variant)),
             "weights": "none" if variant == "cnn" else "imagenet", "epochs_run": epochs, "best_epoch": best,
             "train_seconds": float(sum(h["seconds"] for h in history)), "history": history,
+            "epoch_img_per_s": [round(45_000 / h["seconds"], 1) for h in history],  # as train.py records it
             "resumed_from_epoch": None, "params_total": 23_850_000 if variant != "cnn" else 545_098,
             "params_trainable": 23_800_000 if variant != "cnn" else 545_098}
 

@@ -311,6 +311,8 @@ def apply_overrides(base: Settings, values: dict) -> Settings:
         raise BadInput(f"unknown setting(s) {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(Settings)]}")
     if "epochs" in values and isinstance(values["epochs"], int) and not isinstance(values["epochs"], bool):
         values["epochs"] = dict.fromkeys(base.epochs, values["epochs"])
+    if values.get("batch_size") is not None and "gpu_batch_size" not in values:
+        values["gpu_batch_size"] = None  # an explicit batch size holds on every device
     if "variants" in values:
         values["variants"] = tuple(get_variant(v).name for v in values["variants"])
         if not values["variants"]:
@@ -340,6 +342,10 @@ def validate(s: Settings) -> None:
         raise BadInput(f"image_size={s.image_size!r} is too small for ResNet50 with weights={s.weights!r}; "
                        "use 32 or more, or weights=none")
     check_val_fraction(s.val_fraction)
+    if s.gpu_batch_size is not None and (isinstance(s.gpu_batch_size, bool) or not isinstance(s.gpu_batch_size, int)
+                                         or not 1 <= s.gpu_batch_size <= 4096):
+        raise BadInput(f"gpu_batch_size={s.gpu_batch_size!r} must be a whole number from 1 to 4096, or None "
+                       "(= batch_size)")
     if s.head_warmup_epochs < 0:
         raise BadInput(f"head_warmup_epochs={s.head_warmup_epochs!r} must be >= 0 (0 = no head warm-up)")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from tl_tasks.errors import BadInput
 
 OPTIMIZERS = ("adam", "adamw")
-AUGMENTATIONS = ("", "flip", "full")
+AUGMENTATIONS = ("", "flip", "full")  # tl_tasks.training.augment.KINDS
 LR_SCHEDULES = ("constant", "cosine")
 MONITORS = {"val_accuracy": "max", "val_loss": "min"}
 

@@ -187,6 +187,8 @@ def _export_serving(model_path: Path, out: Path, enabled: bool | None) -> dict:
         except ImportError:
             return {"format": None, "reason": f"Keras runs on {keras.backend.backend()} without TensorFlow installed: "
                                               "no SavedModel export (model.keras is published)"}
+    import tl_tasks.training.augment  # noqa: F401  (registers the augmentation layer the model may hold)
+
     model = keras.models.load_model(model_path, compile=False, safe_mode=True)
     # Not `model.export(...)`: its endpoint calls the model without `training`, and Keras's augmentation
     # layers (RandomFlip, ...) default to training=True, so the served model would flip its inputs.

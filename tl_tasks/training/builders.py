@@ -1,8 +1,9 @@
 """Model builders, one per family (cnn, resnet50), driven by the variant registry; ResNet50 weight resolution.
 
 Models take uint8 images; casting, resizing, augmentation and ResNet50 preprocessing happen inside
-the model (on the accelerator). Saved models use built-in Keras layers only, so
-`keras.models.load_model("model.keras")` needs no custom objects.
+the model (on the accelerator). Saved models use built-in Keras layers plus the augmentation layer of
+`tl_tasks.training.augment` (registered with Keras when that module is imported, as this one does), so
+`keras.models.load_model("model.keras")` needs no custom_objects.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tl_tasks.config import keras_home
 from tl_tasks.data.roots import check_allowed
 from tl_tasks.errors import BadInput, MissingInput
 from tl_tasks.training import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
+from tl_tasks.training.augment import augmentation
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
@@ -178,18 +180,10 @@ def _head_layers(v: Variant, num_classes: int, seed: int) -> list[layers.Layer]:
     return head
 
 
-def _augmentation(seed: int, kind: str = "full") -> keras.Sequential:
-    """Random flip ("flip"), or flip, brightness and translation ("full"), on [0, 255] pixels; identity outside
-    training."""
-    steps = [layers.RandomFlip("horizontal", seed=seed, dtype="float32", name="flip")]
-    if kind == "full":
-        steps += [
-            layers.RandomBrightness(0.2, value_range=(0.0, 255.0), seed=seed + 1, dtype="float32",
-                                    name="brightness"),
-            layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 2, dtype="float32",
-                                     name="translation"),
-        ]
-    return keras.Sequential(steps, name="augment")
+def _augmentation(seed: int, kind: str = "full") -> keras.layers.Layer:
+    """The variant's augmentation kind (tl_tasks.augment.KINDS) as one layer on [0, 255] pixels, drawn per image on
+    the device; identity outside training."""
+    return augmentation(kind, seed)
 
 
 def _preprocess(image_size: int) -> keras.Model:
@@ -258,7 +252,7 @@ def _set_trainable(base: keras.Model, trainable_from: str | None) -> None:
 
 
 def compile_recipe(model: keras.Model, variant: Variant | str, num_classes: int, *, steps: int,
-                   phase: str = "main") -> None:
+                   phase: str = "main", steps_per_execution: int = 1) -> None:
     """Compile `model` for one training phase of `variant`'s recipe (the registry's hyperparameters).
 
     Targets are one-hot (see `one_hot`): Keras' categorical cross-entropy takes `label_smoothing`.
@@ -267,6 +261,7 @@ def compile_recipe(model: keras.Model, variant: Variant | str, num_classes: int,
         steps: optimizer steps the phase will take (epochs x batches per epoch); sizes the LR schedule.
         phase: "head" = the head warm-up (constant `head_warmup_lr`, Adam: only the head trains), or
             "main" = the variant's own optimizer, learning rate and schedule.
+        steps_per_execution: training steps per call of the compiled train function (`tl_tasks.training.feeding`).
     """
     v = variant if isinstance(variant, Variant) else get_variant(variant)
     if phase == "head":
@@ -284,6 +279,7 @@ def compile_recipe(model: keras.Model, variant: Variant | str, num_classes: int,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=v.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                  keras.metrics.TopKCategoricalAccuracy(k=min(3, num_classes), name="top3")],
+        steps_per_execution=steps_per_execution,
     )
 
 

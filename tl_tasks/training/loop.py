@@ -19,7 +19,7 @@ from tl_tasks.data import load_prepared
 from tl_tasks.files import sha256_file, write_json_atomic
 from tl_tasks.layout import ModelFiles
 from tl_tasks.progress import keras_verbose
-from tl_tasks.training import devices, runtime
+from tl_tasks.training import devices, feeding, runtime
 from tl_tasks.training.builders import (
     build_head,
     build_model,
@@ -64,7 +64,7 @@ class TrainResult:
     params_trainable: int
     feature_cache: bool
     feature_seconds: float | None   # time spent computing cached base features
-    train_img_per_s: float | None   # training images per second over this attempt's epochs
+    train_img_per_s: float | None   # training images per second over this attempt's epochs (training steps only)
     train_images: int
     val_images: int
     input_size: int
@@ -80,6 +80,7 @@ class TrainResult:
     monitor: str = "val_accuracy"   # the metric best_epoch and early stopping follow
     replicas: int = 1               # devices the model trained on at once (data-parallel mode)
     recipe: dict = field(default_factory=dict)  # every hyperparameter with its reason: variant and profile
+    epoch_img_per_s: list = field(default_factory=list)  # each epoch's training img/s (the first includes compiling)
 
     def summary(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -149,7 +150,7 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     model_path = files.model
     save_model_atomic(model, model_path)
     history = run.history
-    attempt_seconds = sum(h["seconds"] for h in history[run.start_epoch:])
+    attempt_seconds = sum(h.get("train_seconds") or h["seconds"] for h in history[run.start_epoch:])
     attempt_epochs = len(history) - run.start_epoch
     result = TrainResult(
         variant=v.name, state="success", model_path=str(model_path.resolve()), weights=weights,
@@ -161,10 +162,12 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
         feature_cache=feature_cache, feature_seconds=run.feature_seconds,
         train_img_per_s=round(len(y_train) * attempt_epochs / attempt_seconds, 1) if attempt_seconds > 0 else None,
         train_images=len(y_train), val_images=len(y_val), input_size=input_size, image_size=image_size,
-        batch_size=settings.batch_size, seed=settings.seed, early_stopping=v.early_stopping, train_limit=limit,
+        batch_size=run.batch_size, seed=settings.seed, early_stopping=v.early_stopping, train_limit=limit,
         mixed_precision=mixed, backend=keras.backend.backend(), device=runtime.device_description(),
         head_warmup_epochs=run.warmup_epochs, monitor=v.monitor, replicas=replicas,
-        recipe={"variant": v.recipe(), "profile": settings.recipe(), "steps_per_epoch": run.steps_per_epoch},
+        recipe={"variant": v.recipe(), "profile": settings.recipe(), "steps_per_epoch": run.steps_per_epoch,
+                "steps_per_execution": run.steps_per_execution},
+        epoch_img_per_s=[h.get("img_per_s") for h in history],
     )
     write_json_atomic(files.train_summary, result.summary())
     write_json_atomic(files.finished, {"signature": checkpoints.signature, "epochs": epochs,
@@ -203,13 +206,17 @@ class _Run:
             self.history = list(self.state["history"])
             self.start_epoch = int(self.state["completed_epochs"])
         self.warmup_epochs = self.settings.head_warmup_epochs_for(self.v.name)
-        self.steps_per_epoch = max(1, math.ceil(len(self.y_train) / self.settings.batch_size))
+        device = feeding.device_kind()
+        self.batch_size = feeding.batch_size(self.settings, device)
+        self.steps_per_execution = feeding.steps_per_execution(device)
+        self.steps_per_epoch = max(1, math.ceil(len(self.y_train) / self.batch_size))
         self.t_train = one_hot(self.y_train, self.num_classes)
         self.t_val = one_hot(self.y_val, self.num_classes)
 
     def compile(self, model: keras.Model, phase: str) -> None:
         epochs = self.warmup_epochs if phase == "head" else self.epochs - self.warmup_epochs
-        compile_recipe(model, self.v, self.num_classes, steps=self.steps_per_epoch * epochs, phase=phase)
+        compile_recipe(model, self.v, self.num_classes, steps=self.steps_per_epoch * epochs, phase=phase,
+                       steps_per_execution=self.steps_per_execution)
 
     def build(self) -> keras.Model:
         runtime.seed_everything(self.settings.seed)
@@ -284,7 +291,7 @@ class _Run:
             self.compile(head, "main")
         t0 = time.perf_counter()
         features = keras.Model(model.inputs, model.get_layer("head_pool").output, name="features")
-        batch = self.settings.batch_size
+        batch = self.batch_size
         # feature extraction shows progress like fit: a bar on a terminal, one line per split in logs
         log.info("extracting ResNet50 features of %d train and %d validation images", len(self.x_train), len(self.x_val))
         f_train = np.asarray(features.predict(self.x_train, batch_size=batch, verbose=self.verbose), dtype="float32")
@@ -303,34 +310,46 @@ class _Run:
                                             patience=self.v.patience, restore_best_weights=True)
             early.resume_from(self.state if self.state and self.state.get("phase", "main") == self.phase else None,
                               self.checkpoints)
-        epoch_log = _EpochLog(self.history, self.phase)
+        epoch_log = _EpochLog(self.history, self.phase, len(self.y_train))
         callbacks = [epoch_log] + ([early] if early else []) + [_CheckpointEachEpoch(self, early)]
         already_stopped = bool(self.state and self.state.get("stopped"))
         done = len(self.history)
         if done < until and not already_stopped:
             runtime.seed_everything(self.settings.seed + done)
             model.fit(x_train, self.t_train, validation_data=(x_val, self.t_val), epochs=until,
-                      initial_epoch=done, batch_size=self.settings.batch_size, shuffle=True,
+                      initial_epoch=done, batch_size=self.batch_size, shuffle=True,
                       verbose=self.verbose, callbacks=callbacks)
         elif early is not None and early.best_weights is not None:
             model.set_weights(early.best_weights)  # crashed after the last epoch: finish what fit would have done
 
 
 class _EpochLog(keras.callbacks.Callback):
-    def __init__(self, history: list[dict], phase: str):
+    """Per epoch only (no batch hooks, so Keras dispatches steps without waiting): metrics, wall seconds, and the
+    training steps' own seconds and img/s (validation excluded)."""
+
+    def __init__(self, history: list[dict], phase: str, images: int):
         super().__init__()
         self.history = history
         self.phase = phase
+        self.images = images
         self._t0 = 0.0
+        self._train = feeding.EpochThroughput()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
+        self._train.begin()
+
+    def on_test_begin(self, logs=None):
+        self._train.end(self.model)  # fit validates after the epoch's training steps
 
     def on_epoch_end(self, epoch, logs=None):
+        self._train.end(self.model)  # no validation this epoch
         logs = logs or {}
         entry = {"epoch": epoch + 1}
         entry.update({k: (float(logs[k]) if k in logs else None) for k in HISTORY_KEYS})
         entry["seconds"] = round(time.perf_counter() - self._t0, 3)
+        entry["train_seconds"] = round(self._train.seconds, 3)
+        entry["img_per_s"] = self._train.img_per_s(self.images)
         entry["phase"] = self.phase
         entry["learning_rate"] = _current_lr(self.model)
         self.history.append(entry)
