@@ -20,6 +20,7 @@ from tl_tasks import devices, layout, runtime
 from tl_tasks.config import Settings
 from tl_tasks.data import load_prepared
 from tl_tasks.files import copy_file_atomic, write_atomic, write_json_atomic
+from tl_tasks.inference import even_batch, predict_equal_batches
 from tl_tasks.layout import ModelFiles
 from tl_tasks.models import build_head, build_model, compile_recipe, one_hot, resolve_weights, set_base_frozen
 from tl_tasks.variants import Variant, get_variant
@@ -49,7 +50,7 @@ class TrainResult:
     params_trainable: int
     feature_cache: bool
     feature_seconds: float | None   # time spent computing cached base features
-    train_img_per_s: float | None   # training images per second over this attempt's epochs
+    train_img_per_s: float | None   # training images per second over this attempt's epochs, validation excluded
     train_images: int
     val_images: int
     input_size: int
@@ -98,6 +99,10 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     if limit and limit < len(y_train):
         keep = _stratified_subset(y_train, limit, settings.seed)
         x_train, y_train = x_train[keep], y_train[keep]
+    val_limit = settings.val_limit.get(v.family)
+    if val_limit and val_limit < len(y_val):
+        keep = _stratified_subset(y_val, val_limit, settings.seed)
+        x_val, y_val = x_val[keep], y_val[keep]
     x_train, y_train = np.ascontiguousarray(x_train), np.ascontiguousarray(y_train)
     x_val, y_val = np.ascontiguousarray(x_val), np.ascontiguousarray(y_val)
 
@@ -134,7 +139,7 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     model_path = files.model
     _save_model_atomic(model, model_path)
     history = run.history
-    attempt_seconds = sum(h["seconds"] for h in history[run.start_epoch:])
+    attempt_seconds = sum(h["seconds"] - (h.get("val_seconds") or 0.0) for h in history[run.start_epoch:])
     attempt_epochs = len(history) - run.start_epoch
     result = TrainResult(
         variant=v.name, state="success", model_path=str(model_path.resolve()), weights=weights,
@@ -295,11 +300,12 @@ class _Run:
             self.compile(head, "main")
         t0 = time.perf_counter()
         features = keras.Model(model.inputs, model.get_layer("head_pool").output, name="features")
-        batch = self.settings.batch_size
-        # feature extraction shows progress like fit: a bar on a terminal, one line per split in logs
+        # feature extraction shows progress like fit: a bar on a terminal, one line in logs
         log.info("extracting ResNet50 features of %d train and %d validation images", len(self.x_train), len(self.x_val))
-        f_train = np.asarray(features.predict(self.x_train, batch_size=batch, verbose=self.verbose), dtype="float32")
-        f_val = np.asarray(features.predict(self.x_val, batch_size=batch, verbose=self.verbose), dtype="float32")
+        images = np.concatenate([self.x_train, self.x_val])  # one pass, one batch shape: one trace
+        pooled = predict_equal_batches(features, images, even_batch(len(images), self.settings.eval_batch_size),
+                                       verbose=self.verbose).astype("float32")
+        f_train, f_val = pooled[:len(self.x_train)], pooled[len(self.x_train):]
         self.feature_seconds = round(time.perf_counter() - t0, 3)
         self._fit(head, f_train, f_val, until=self.epochs, early_stopping=self.v.early_stopping)
         _copy_weights(head, model)
@@ -332,16 +338,24 @@ class _EpochLog(keras.callbacks.Callback):
         super().__init__()
         self.history = history
         self.phase = phase
-        self._t0 = 0.0
+        self._t0 = self._val_t0 = self._val_seconds = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
+        self._val_seconds = 0.0
+
+    def on_test_begin(self, logs=None):  # fit's validation pass at the end of an epoch
+        self._val_t0 = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self._val_seconds += time.perf_counter() - self._val_t0
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         entry = {"epoch": epoch + 1}
         entry.update({k: (float(logs[k]) if k in logs else None) for k in HISTORY_KEYS})
         entry["seconds"] = round(time.perf_counter() - self._t0, 3)
+        entry["val_seconds"] = round(self._val_seconds, 3)  # of `seconds`
         entry["phase"] = self.phase
         entry["learning_rate"] = _current_lr(self.model)
         self.history.append(entry)
