@@ -21,15 +21,15 @@ SIZES = {"tiny": (64, 64, 256), "quick": (500, 5000, 10_000), "full": (500, 5000
 def run(mode: str = "full") -> dict:
     common.check_mode(mode)
     begun = common.begin()
-    from tl_tasks import runtime
+    from tl_tasks.training import runtime
 
     runtime.configure()
     import keras
     import numpy as np
 
-    from tl_tasks.champions import _export_serving
-    from tl_tasks.inference import even_batch, predict_equal_batches
-    from tl_tasks.models import build_model, compile_recipe, one_hot
+    from tl_tasks.gating.champions import _export_serving
+    from tl_tasks.training.builders import build_model, compile_recipe, one_hot
+    from tl_tasks.training.inference import even_batch, predict_equal_batches
 
     n_train, n_val, n_test = SIZES[mode]
     small_val = min(500, n_val)

@@ -1,11 +1,11 @@
-"""Inference in batches of one size (tl_tasks.inference): the batch size chosen, and one traced step shape."""
+"""Inference in batches of one size (tl_tasks.training.inference): the batch size chosen, and one traced step shape."""
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
 
-from tl_tasks.inference import even_batch, predict_equal_batches
+from tl_tasks.training.inference import even_batch, predict_equal_batches
 
 
 @pytest.mark.parametrize("n, max_batch, batch", [
