@@ -139,12 +139,12 @@ def test_params_defaults(dag, run_dag_module):
     assert params["fail_on_regression"] is False and params["force_promote"] is False
     assert params["force"] is False  # an unchanged run is skipped unless forced
     for name in ("profile", "dataset", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed",
-                 "mixed_precision", "data_parallel"):
+                 "mixed_precision", "data_parallel", "eval_batch_size"):
         assert params[name] is None, name  # = the profile's, resolved at run time
     good = {"profile": "smoke", "dataset": "synthetic", "variants": ["cnn", "resnet50_v4"], "epochs": 2,
             "image_size": 64, "batch_size": 16, "limit_per_class": 50, "weights": "none", "seed": 1,
             "tolerance": 0.05, "alpha": 0.01, "fail_on_regression": True, "force_promote": False, "force": True,
-            "mixed_precision": "off", "data_parallel": False}
+            "mixed_precision": "off", "data_parallel": False, "eval_batch_size": 40}
     assert run_dag_module.validate_conf(dag, good) == good
 
 
