@@ -154,12 +154,13 @@ def test_params_defaults(dag, run_dag_module):
     assert params["force"] is False  # an unchanged run is skipped unless forced
     assert params["profile"] == "quick"   # the form shows the profile a run will use
     for name in ("dataset", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed",
-                 "mixed_precision", "data_parallel"):
+                 "mixed_precision", "data_parallel", "eval_batch_size"):
         assert params[name] is None, name  # = the profile's, resolved at run time
     good = {"profile": "smoke", "dataset": "synthetic", "variants": ["cnn", "resnet50_v4"], "epochs": 2,
             "image_size": 64, "batch_size": 16, "limit_per_class": 50, "weights": "none", "seed": 1,
             "tolerance": 0.05, "alpha": 0.01, "fail_on_regression": True, "force_promote": False, "force": True,
-            "mixed_precision": "off", "data_parallel": False, "class_gate": False, "class_tolerance": 0.05}
+            "mixed_precision": "off", "data_parallel": False, "class_gate": False, "class_tolerance": 0.05,
+            "eval_batch_size": 40}
     assert run_dag_module.validate_conf(dag, good) == good
 
 

@@ -22,7 +22,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"variant", "state", "model_path", "weights", "epochs_run", "best_epoch", "train_seconds", "history",
                 "resumed_from_epoch", "params_total", "params_trainable", "feature_cache"}
 HISTORY_KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "phase", "learning_rate",
-                "train_seconds", "img_per_s"}
+                "train_seconds", "img_per_s", "val_seconds"}
 
 
 def _cross_entropy(model, x, y, label_smoothing: float = 0.0) -> float:
@@ -47,6 +47,7 @@ def test_cnn_learns_synthetic_patterns_and_writes_its_outputs(tmp_path):
     assert summary["epoch_img_per_s"] == [h["img_per_s"] for h in summary["history"]]
     assert all(r == pytest.approx(summary["train_images"] / h["train_seconds"], rel=0.05)  # seconds are rounded
                for r, h in zip(summary["epoch_img_per_s"], summary["history"], strict=True))
+    assert all(0 < h["val_seconds"] < h["seconds"] for h in summary["history"])
     assert summary["history"][-1]["val_accuracy"] > 0.5  # chance is 0.1
     assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
     assert summary["feature_cache"] is False and summary["weights"] == "none"
@@ -55,6 +56,13 @@ def test_cnn_learns_synthetic_patterns_and_writes_its_outputs(tmp_path):
     assert Path(summary["model_path"]) == (out / "model.keras").resolve() and (out / "model.keras").is_file()
     assert not (out / "checkpoints").exists()
     assert not list(out.glob(".tmp-*"))
+
+
+def test_val_limit_validates_on_a_stratified_subset_of_the_family(tmp_path):
+    data = write_prepared(tmp_path / "data", n_train=200, n_val=60, n_test=20)
+    settings = small_settings(epochs={"cnn": 1, "resnet50": 1}, val_limit={"cnn": 40, "resnet50": None})
+    summary = train_variant("cnn", data, tmp_path / "cnn", settings, verbose=0).summary()
+    assert summary["val_images"] == 40 and summary["train_images"] == 200
 
 
 _CRASHING_TRAINING = textwrap.dedent("""

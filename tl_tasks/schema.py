@@ -136,6 +136,9 @@ PARAMS: tuple[Param, ...] = (
     Param("data_parallel", "boolean", "Data parallel",
           "Train one variant across all of the worker's GPUs (Keras DataParallel on JAX, MirroredStrategy on "
           "TensorFlow) instead of one device per task.", RUN, field="data_parallel"),
+    Param("eval_batch_size", "integer", "Evaluation batch size",
+          "Images per inference step of the evaluation and of a frozen base's feature pass: speed and memory, "
+          "not accuracy.", RUN, field="eval_batch_size", minimum=1, maximum=4096, metavar="N"),
 )
 
 # Environment variables that used to override settings; a run refuses to start while one is set.
@@ -346,6 +349,9 @@ def validate(s: Settings) -> None:
                                          or not 1 <= s.gpu_batch_size <= 4096):
         raise BadInput(f"gpu_batch_size={s.gpu_batch_size!r} must be a whole number from 1 to 4096, or None "
                        "(= batch_size)")
+    for family, n in s.val_limit.items():
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise BadInput(f"val_limit={n!r} for {family} must be a whole number >= 1, or None for all images")
     if s.head_warmup_epochs < 0:
         raise BadInput(f"head_warmup_epochs={s.head_warmup_epochs!r} must be >= 0 (0 = no head warm-up)")
 

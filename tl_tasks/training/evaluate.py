@@ -15,9 +15,10 @@ from tl_tasks.config import Settings
 from tl_tasks.data import load_prepared
 from tl_tasks.files import save_npy_atomic, sha256_file, write_json_atomic
 from tl_tasks.layout import ModelFiles
-from tl_tasks.training import devices, feeding, runtime
+from tl_tasks.training import devices, runtime
 from tl_tasks.training.builders import count_weights
 from tl_tasks.training.diagnostics import diagnose
+from tl_tasks.training.inference import even_batch, predict_equal_batches
 from tl_tasks.training.predictions import write_predictions
 from tl_tasks.variants import Variant, get_variant
 
@@ -78,13 +79,12 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
     if model.output_shape[-1] != len(class_names):
         raise ValueError(f"{model_path} predicts {model.output_shape[-1]} classes but the prepared data in "
                          f"{data_dir} lists {len(class_names)}; retrain {v.name} on this data")
-    batch = feeding.batch_size(settings)
-    # Warm-up on both batch shapes the timed pass sees (full and remainder): compiling is not inferring.
-    for n in {batch, len(x_test) % batch} - {0}:  # full batches also serve diagnostics' padded passes
-        model.predict(np.resize(x_test, (n, *x_test.shape[1:])), batch_size=batch, verbose=0)
+    batch = even_batch(len(x_test), settings.eval_batch_size)  # every step one shape: one trace
+    # Warm-up on the one batch shape the timed pass sees: compiling is not inferring.
+    model.predict(x_test[:batch], batch_size=batch, verbose=0)
     log.info("evaluating %s on %d test images", v.name, len(x_test))
     t0 = time.perf_counter()
-    probs = model.predict(x_test, batch_size=batch, verbose=0)  # timed: no progress output inside
+    probs = predict_equal_batches(model, x_test, batch)  # timed: no progress output inside
     seconds = time.perf_counter() - t0
     log.info("evaluated %s: %d images in %.1f s", v.name, len(x_test), seconds)
 

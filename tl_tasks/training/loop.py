@@ -37,6 +37,7 @@ from tl_tasks.training.checkpoints import (
     save_model_atomic,
     signature,
 )
+from tl_tasks.training.inference import even_batch, predict_equal_batches
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,10 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     if limit and limit < len(y_train):
         keep = _stratified_subset(y_train, limit, settings.seed)
         x_train, y_train = x_train[keep], y_train[keep]
+    val_limit = settings.val_limit.get(v.family)
+    if val_limit and val_limit < len(y_val):
+        keep = _stratified_subset(y_val, val_limit, settings.seed)
+        x_val, y_val = x_val[keep], y_val[keep]
     x_train, y_train = np.ascontiguousarray(x_train), np.ascontiguousarray(y_train)
     x_val, y_val = np.ascontiguousarray(x_val), np.ascontiguousarray(y_val)
 
@@ -291,11 +296,12 @@ class _Run:
             self.compile(head, "main")
         t0 = time.perf_counter()
         features = keras.Model(model.inputs, model.get_layer("head_pool").output, name="features")
-        batch = self.batch_size
-        # feature extraction shows progress like fit: a bar on a terminal, one line per split in logs
+        # feature extraction shows progress like fit: a bar on a terminal, one line in logs
         log.info("extracting ResNet50 features of %d train and %d validation images", len(self.x_train), len(self.x_val))
-        f_train = np.asarray(features.predict(self.x_train, batch_size=batch, verbose=self.verbose), dtype="float32")
-        f_val = np.asarray(features.predict(self.x_val, batch_size=batch, verbose=self.verbose), dtype="float32")
+        images = np.concatenate([self.x_train, self.x_val])  # one pass, one batch shape: one trace
+        pooled = predict_equal_batches(features, images, even_batch(len(images), self.settings.eval_batch_size),
+                                       verbose=self.verbose).astype("float32")
+        f_train, f_val = pooled[:len(self.x_train)], pooled[len(self.x_train):]
         self.feature_seconds = round(time.perf_counter() - t0, 3)
         self._fit(head, f_train, f_val, until=self.epochs, early_stopping=self.v.early_stopping)
         _copy_weights(head, model)
@@ -332,15 +338,20 @@ class _EpochLog(keras.callbacks.Callback):
         self.history = history
         self.phase = phase
         self.images = images
-        self._t0 = 0.0
+        self._t0 = self._val_t0 = self._val_seconds = 0.0
         self._train = feeding.EpochThroughput()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
+        self._val_seconds = 0.0
         self._train.begin()
 
-    def on_test_begin(self, logs=None):
-        self._train.end(self.model)  # fit validates after the epoch's training steps
+    def on_test_begin(self, logs=None):  # fit validates after the epoch's training steps
+        self._train.end(self.model)
+        self._val_t0 = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self._val_seconds += time.perf_counter() - self._val_t0
 
     def on_epoch_end(self, epoch, logs=None):
         self._train.end(self.model)  # no validation this epoch
@@ -350,6 +361,7 @@ class _EpochLog(keras.callbacks.Callback):
         entry["seconds"] = round(time.perf_counter() - self._t0, 3)
         entry["train_seconds"] = round(self._train.seconds, 3)
         entry["img_per_s"] = self._train.img_per_s(self.images)
+        entry["val_seconds"] = round(self._val_seconds, 3)  # of `seconds`
         entry["phase"] = self.phase
         entry["learning_rate"] = _current_lr(self.model)
         self.history.append(entry)
