@@ -227,6 +227,9 @@ def report_stage(run_id: str) -> str:
         path = Path(build_report(run_id, store))
         store.upsert_run(run_id, report_path=str(path))
     log.info("report of run %s: %s", run_id, path)
+    from tl_tasks.integrations.mlflow import log_run_safely  # off unless TL_MLFLOW_TRACKING_URI is set
+
+    log_run_safely(run_id)
     return str(path)
 
 
