@@ -342,7 +342,7 @@ def test_dag_test_emits_openlineage_events_and_logs_to_mlflow(airflow_home, tl_h
         run = store.get_run(run_id)
     cnn = run["results"]["cnn"]
     events = [payload for path, _, payload in received if path == "/api/v1/lineage"]
-    tasks = [e for e in events if e["run"]["facets"].get("parent") and e["job"]["namespace"] == "tl-test"]
+    tasks = [e for e in events if e["job"]["namespace"] == "tl-test" and "." in e["job"]["name"]]  # <dag>.<task>
     by_job = {}
     for e in tasks:
         by_job.setdefault((e["job"]["name"].split(".", 1)[1], e["eventType"]), []).append(e)

@@ -195,20 +195,21 @@ def run_facets(run: dict, settings: dict | None) -> dict:
 
 class RetrainingExtractor(BaseExtractor):
     """The provider's extractor for `@task` tasks: lineage for runs recorded in the metrics database by the
-    same DAG; for any other task it returns nothing, and the provider falls back to its default behaviour."""
+    same DAG; for any other task it finds nothing, and the provider falls back to the task's inlets/outlets."""
 
     @classmethod
     def get_operator_classnames(cls) -> list[str]:
         return [DECORATED_OPERATOR]
 
-    def _execute_extraction(self) -> OperatorLineage | None:
-        return None  # START: the task has not read or written anything yet (its COMPLETE/FAIL event says what)
+    def _execute_extraction(self) -> OperatorLineage:
+        return OperatorLineage()  # START: the task has read and written nothing yet (COMPLETE/FAIL say what)
 
-    def extract_on_complete(self, task_instance) -> OperatorLineage | None:
+    def extract_on_complete(self, task_instance) -> OperatorLineage:
+        # Empty (not None, which the provider logs as invalid) for other DAGs: it then uses inlets/outlets.
         run = _recorded_run(task_instance)
-        return task_lineage(run, task_instance.task_id) if run else None
+        return task_lineage(run, task_instance.task_id) if run else OperatorLineage()
 
-    def extract_on_failure(self, task_instance) -> OperatorLineage | None:
+    def extract_on_failure(self, task_instance) -> OperatorLineage:
         return self.extract_on_complete(task_instance)
 
 
