@@ -1,8 +1,8 @@
 """Item 3: resnet50_v1 (frozen base) trained on cached base features against naive frozen training.
 
-Cached: `tl_tasks.train.train_variant("resnet50_v1", ...)`, which computes the base's pooled features once
+Cached: `tl_tasks.training.loop.train_variant("resnet50_v1", ...)`, which computes the base's pooled features once
 (`feature_seconds`) and then trains only the head (per-epoch `history[i].seconds`). Naive: the same model from
-`tl_tasks.models.build_model` fitted end to end (`model.fit` on uint8 images, validation each epoch) with the same
+`tl_tasks.training.builders.build_model` fitted end to end (`model.fit` on uint8 images, validation each epoch) with the same
 data, batch size and epochs, as the seeds did. `train_variant` has no switch to turn the cache off, so the naive
 side is this plain `fit`; it saves no checkpoints, which only flatters the naive side.
 
@@ -36,7 +36,7 @@ GPU_CONFIG = {
 def run(mode: str = "full") -> dict:
     common.check_mode(mode)
     begun = common.begin()
-    from tl_tasks import runtime
+    from tl_tasks.training import runtime
 
     runtime.configure()
     gpu = runtime.gpu_available()
@@ -93,11 +93,11 @@ def run(mode: str = "full") -> dict:
 def _cell(home: Path, size: int, per_class: int, epochs: int, batch: int, full_scale: bool) -> dict:
     import keras
 
-    from tl_tasks import runtime
     from tl_tasks.config import PROFILES
     from tl_tasks.data import load_prepared, prepare_data
-    from tl_tasks.models import build_model
-    from tl_tasks.train import train_variant
+    from tl_tasks.training import runtime
+    from tl_tasks.training.builders import build_model
+    from tl_tasks.training.loop import train_variant
 
     tag = f"{size}px_{per_class}"
     data_dir = home / tag / "data"
@@ -179,12 +179,12 @@ def _cell(home: Path, size: int, per_class: int, epochs: int, batch: int, full_s
 
 def _full_scale_parts(model, x_train, y_train, x_val, y_val, batch: int, seed: int, rounds: int = 2) -> dict:
     """Steady per-image costs with tracing excluded, measured back to back on the naive model (so machine load
-    hits both alike): the feature pass as tl_tasks.train computes it (`predict` of the pooled features over train +
+    hits both alike): the feature pass as tl_tasks.training.loop computes it (`predict` of the pooled features over train +
     val) alternating with one more naive epoch, `rounds` times; then a head epoch on 8,192 random feature rows."""
     import keras
     import numpy as np
 
-    from tl_tasks.models import build_head
+    from tl_tasks.training.builders import build_head
 
     x_all = np.concatenate([x_train, x_val])
     n_images = len(x_all)

@@ -5,7 +5,7 @@ Seeds' side, KERAS_BACKEND=tensorflow: `tf.data` from the uint8 arrays, shuffle,
 `tf.image.resize` bilinear to 224, `resnet50.preprocess_input`, parallel AUTOTUNE), batch, prefetch AUTOTUNE; the
 model takes float32 224x224x3. Other backends (jax, torch: no TensorFlow): a `keras.utils.PyDataset` that resizes
 each image with PIL (bilinear) and preprocesses with NumPy, in worker threads. This project's side:
-`tl_tasks.models.build_model` fed uint8 32x32 NumPy batches through `model.fit`, as `tl_tasks.train` does.
+`tl_tasks.training.builders.build_model` fed uint8 32x32 NumPy batches through `model.fit`, as `tl_tasks.training.loop` does.
 The two are timed in alternating rounds (seeds, ours, ours, seeds, ...) so drifting machine load hits both.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def run(mode: str = "full") -> dict:
     begun = common.begin()
     import keras
 
-    from tl_tasks import runtime
+    from tl_tasks.training import runtime
 
     runtime.configure()
     gpu = runtime.gpu_available()
@@ -67,8 +67,8 @@ def run(mode: str = "full") -> dict:
         "process's CPU time (all threads, tf.data's included) instead: less sensitive to other programs on the "
         "cores, and it counts the work the seeds' pipeline threads do beside the training step.",
         "seeds' pipeline: " + _seeds_pipeline_description(backend),
-        "ours: tl_tasks.models.build_model(uint8 32x32 input; Resizing + preprocess_input inside the model), "
-        "fed NumPy uint8 batches through model.fit, as tl_tasks.train does." if cfg["base"] == "resnet50" else
+        "ours: tl_tasks.training.builders.build_model(uint8 32x32 input; Resizing + preprocess_input inside the model), "
+        "fed NumPy uint8 batches through model.fit, as tl_tasks.training.loop does." if cfg["base"] == "resnet50" else
         "tiny mode: a one-convolution stand-in replaces ResNet50 on both sides (checks the code path only).",
         "pipeline_only: batches/s of each input pipeline alone, no model: the ceiling it puts on training speed "
         "(on a GPU that trains faster than the seeds' CPU resize can feed it, the seeds' pipeline is the bottleneck).",
@@ -204,7 +204,7 @@ def _build_ours(base: str, size: int, trainable: bool):
     import keras
 
     if base == "resnet50":
-        from tl_tasks.models import build_model
+        from tl_tasks.training.builders import build_model
 
         variant = "resnet50_v2" if trainable else "resnet50_v1"
         keras.utils.set_random_seed(0)

@@ -152,7 +152,7 @@ def _seed(store, n_runs: int, n_epochs: int, children: bool = True) -> dict:
     (`children=False`: runs, results and gate rows only, for very long histories)."""
     import sqlalchemy as sa
 
-    from tl_tasks.gate import Decision
+    from tl_tasks.gating.decision import Decision
     from tl_tasks.store import rows
     from tl_tasks.store.db import write_transaction
 

@@ -1,7 +1,7 @@
 """Item 2: training throughput (img/s) of every variant at image sizes 32, 64, 128, 224 and a few batch sizes;
 mixed precision off and on where a GPU is present.
 
-Each cell builds the variant with `tl_tasks.models.build_model` (uint8 32x32 input, resized inside the model to
+Each cell builds the variant with `tl_tasks.training.builders.build_model` (uint8 32x32 input, resized inside the model to
 the cell's size, random weights) under the cell's dtype policy and times `train_on_batch` on one uint8 batch:
 one warm-up step (tracing/compiling; reported as `warmup_seconds`), then steps until a time budget is spent
 (at least one). The grid is ordered by priority and bounded by a total budget: cells it cannot reach are listed
@@ -49,7 +49,7 @@ def run(mode: str = "full") -> dict:
     begun = common.begin()
     import keras
 
-    from tl_tasks import runtime
+    from tl_tasks.training import runtime
 
     runtime.configure()
     gpu = runtime.gpu_available()
@@ -75,13 +75,13 @@ def run(mode: str = "full") -> dict:
         "img_per_s = batch_size x timed steps / their wall time, train_on_batch on one uint8 32x32 batch resized "
         "inside the model (the project's input contract); warm-up (tracing, first step) excluded, reported as "
         "warmup_seconds.",
-        "resnet50_v1 here trains end to end through the frozen base; tl_tasks.train trains v1 on cached base "
+        "resnet50_v1 here trains end to end through the frozen base; tl_tasks.training.loop trains v1 on cached base "
         "features instead (bench feature_cache), which is far faster per epoch.",
         "resnet50_v3/v4 add augmentation (at 32 px, before the resize) and head dropout to v2: at large sizes "
         "their cost is v2's, so on a CPU they are measured at 32 px and, budget permitting, at 224 px.",
     ]
     if not gpu:
-        notes.append("No GPU: mixed precision not measured (it only pays on a GPU; tl_tasks.train enables it there).")
+        notes.append("No GPU: mixed precision not measured (it only pays on a GPU; tl_tasks.training.loop enables it there).")
     params = {"grid": [{"variant": v, "image_size": s, "batch_sizes": list(b)} for v, s, b in grid],
               "total_budget_s": total_s, "cell_budget_s": cell_s, "mixed_precision": list(precisions),
               "backend": keras.backend.backend(), "gpu": gpu, "weights": "none (random init)"}
@@ -92,8 +92,8 @@ def _cells(variant: str, size: int, batches, mixed: bool, cell_s: float, budget:
            skipped: list) -> list[dict]:
     import keras
 
-    from tl_tasks import runtime
-    from tl_tasks.models import build_model
+    from tl_tasks.training import runtime
+    from tl_tasks.training.builders import build_model
 
     keras.utils.set_random_seed(0)
     with common.Stopwatch() as sw, runtime.dtype_policy(mixed):

@@ -148,7 +148,7 @@ def machine(probe_backend: bool = True) -> dict:
         try:
             import keras
 
-            from tl_tasks import runtime
+            from tl_tasks.training import runtime
 
             info["keras_backend"] = keras.backend.backend()
             info["device"] = runtime.device_description()
@@ -160,7 +160,7 @@ def machine(probe_backend: bool = True) -> dict:
 
 def gpu_available() -> bool:
     """True when the active Keras backend sees a GPU (imports Keras)."""
-    from tl_tasks import runtime
+    from tl_tasks.training import runtime
 
     return runtime.gpu_available()
 

@@ -76,8 +76,8 @@ def throughput(size: dict, mixed: bool) -> dict:
     import keras
     import numpy as np
 
-    from tl_tasks import runtime
-    from tl_tasks.models import build_model, compile_recipe, one_hot
+    from tl_tasks.training import runtime
+    from tl_tasks.training.builders import build_model, compile_recipe, one_hot
 
     batch, px = size["batch"], size["image_size"]
     rng = np.random.default_rng(0)
@@ -103,8 +103,8 @@ def throughput(size: dict, mixed: bool) -> dict:
 def full_profile_epoch(size: dict, dataset: str, work: Path, mixed: bool) -> dict:
     from tl_tasks.config import resolve_settings
     from tl_tasks.data import prepare_data
-    from tl_tasks.evaluate import evaluate_variant
-    from tl_tasks.train import train_variant
+    from tl_tasks.training.evaluate import evaluate_variant
+    from tl_tasks.training.loop import train_variant
 
     overrides = dict(dataset=dataset, weights="none", epochs=1, limit_per_class=size["limit_per_class"],
                      mixed_precision="on" if mixed else "off")
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
 
     import keras
 
-    from tl_tasks import runtime
+    from tl_tasks.training import runtime
 
     if keras.backend.backend() != "jax":
         print(f"KERAS_BACKEND={keras.backend.backend()}: this benchmark runs Keras on JAX", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Retrain the CIFAR-10 classifiers, evaluate them, gate them against their champions and write a report.
 
 Wiring only: every task body is one call into `tl_tasks.pipeline` (the gate task also emits its asset events
-through `tl_tasks.assets`), which imports Keras lazily, so parsing this file stays cheap (no TensorFlow, Keras
+through `tl_tasks.gating.assets`), which imports Keras lazily, so parsing this file stays cheap (no TensorFlow, Keras
 or matplotlib; a test checks).
 """
 from __future__ import annotations
@@ -24,13 +24,13 @@ from airflow.sdk import (
 )
 
 from tl_tasks import schema  # light modules: no heavy imports
-from tl_tasks.assets import champion_alias, champion_asset
 from tl_tasks.config import GPU_POOL, schedule_from_env  # the pool has TL_GPU_POOL_SLOTS slots
-from tl_tasks.notifier import RetrainingNotifier
+from tl_tasks.data.watch import DATASET_ASSET
+from tl_tasks.gating.assets import champion_alias, champion_asset
+from tl_tasks.notify.notifier import RetrainingNotifier
 from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS
-from tl_tasks.timeouts import DAGRUN_TIMEOUT, HARD
+from tl_tasks.stages.timeouts import DAGRUN_TIMEOUT, HARD
 from tl_tasks.variants import VARIANT_NAMES
-from tl_tasks.watch import DATASET_ASSET
 
 DAG_ID = Path(__file__).stem
 GPU_QUEUE = "gpu"    # Celery queue served by the GPU worker(s)
@@ -72,7 +72,7 @@ Every result is in the metrics database (`TL_METRICS_DB_URL`). Schedule: `TL_SCH
 (now `{SCHEDULE}`; `none` = no clock) **or** an event on the `{DATASET_ASSET}` asset, emitted by the
 `tl_data_watcher` DAG when the watched images change. Tasks retry twice, except on bad input (`BadInput`).
 Time limits: a hard `execution_timeout` per task and a `dagrun_timeout` of {DAGRUN_TIMEOUT.days} days; train and
-evaluate also stop at a deadline from the run's profile, variant and epochs (`tl_tasks/timeouts.py`).
+evaluate also stop at a deadline from the run's profile, variant and epochs (`tl_tasks/stages/timeouts.py`).
 """
 
 # Bad input, a failed run or a fatal regression fail at once: retrying cannot change them.
@@ -105,8 +105,8 @@ def cifar10_retraining():
     @task(execution_timeout=HARD["prepare_data"])
     def prepare_data(params=None, run_id=None, dag_run=None, triggering_asset_events=None) -> list[dict]:
         """Prepare the data; returns one {variant, settings} job per chosen variant."""
+        from tl_tasks.data.watch import dataset_for_run
         from tl_tasks.pipeline import prepare_jobs
-        from tl_tasks.watch import dataset_for_run
 
         params = dict(params)  # no dataset given: a watcher or clock run trains on the watched data (TL_WATCH_SOURCE)
         manual = str(getattr(dag_run.run_type, "value", dag_run.run_type)) == "manual"
@@ -133,7 +133,7 @@ def cifar10_retraining():
           inlets=[champion_asset(v) for v in VARIANT_NAMES], outlets=[champion_alias()])
     def gate(params=None, run_id=None, outlet_events=None) -> dict:
         # The champion assets are declared (inlets register them); events go out only for promoted variants.
-        from tl_tasks.assets import emit_promotions
+        from tl_tasks.gating.assets import emit_promotions
         from tl_tasks.pipeline import gate_stage
 
         # A regression with fail_on_regression fails the run in `finalize`, not here: a failed task would

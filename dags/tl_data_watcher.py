@@ -1,5 +1,5 @@
 """Watch the training data and emit an event on the `tl_training_data` Asset when it really changed; the
-retraining DAG is scheduled on that asset (and on its clock). Light: no TensorFlow, no decoding (tl_tasks.watch).
+retraining DAG is scheduled on that asset (and on its clock). Light: no TensorFlow, no decoding (tl_tasks.data.watch).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, dag, task
 
-from tl_tasks.watch import DATASET_ASSET, WATCHER_DAG_ID
+from tl_tasks.data.watch import DATASET_ASSET, WATCHER_DAG_ID
 
 DAG_ID = WATCHER_DAG_ID
 INTERVAL = timedelta(seconds=float(os.environ.get("TL_WATCH_INTERVAL_S", "300")))  # how often to look
@@ -31,7 +31,7 @@ def tl_data_watcher():
         """Succeeds (emitting the asset event) only on a confirmed change; otherwise skipped: no event."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from tl_tasks.watch import check
+        from tl_tasks.data.watch import check
 
         result = check()
         if not result["changed"]:

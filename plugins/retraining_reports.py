@@ -109,7 +109,7 @@ class RunReportLink(BaseOperatorLink):
             return ""  # the UI shows no link for other DAGs' tasks
         from airflow.configuration import conf
 
-        from tl_tasks.notify import report_url
+        from tl_tasks.notify.channels import report_url
 
         return report_url(conf.get("api", "base_url", fallback="") or "", ti_key.run_id)
 

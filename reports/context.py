@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from reports import formatting as fmt
 from tl_tasks import layout
-from tl_tasks.gate import Decision
+from tl_tasks.gating.decision import Decision
 from tl_tasks.layout import RunLayout
 from tl_tasks.variants import variant_sort_key
 
@@ -154,8 +154,8 @@ def _paired_with(r: dict, other: dict, y_test) -> dict | None:
     """Paired comparison of two results of one lineage from their stored per-image predictions, if both exist."""
     if y_test is None or not other or r.get("accuracy") is None or other.get("accuracy") is None:
         return None
-    from tl_tasks.gate import compare_paired
-    from tl_tasks.predictions import PredictionsUnavailable, load_predictions
+    from tl_tasks.gating.decision import compare_paired
+    from tl_tasks.training.predictions import PredictionsUnavailable, load_predictions
 
     try:
         new = load_predictions(r.get("predictions_path"), r.get("predictions_sha256"), expected_len=len(y_test))
@@ -168,7 +168,7 @@ def _paired_with(r: dict, other: dict, y_test) -> dict | None:
 def _wilson(acc, n) -> tuple[float, float] | None:
     if acc is None or not n:
         return None
-    from tl_tasks.gate import wilson_interval
+    from tl_tasks.gating.decision import wilson_interval
 
     return wilson_interval(round(float(acc) * n), int(n))
 

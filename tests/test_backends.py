@@ -12,15 +12,15 @@ import pytest
 from tests.backend_helpers import PROJECT_ROOT, backend_env, module_command, run_backend
 from tests.ml_helpers import small_settings, write_prepared
 from tl_tasks.config import resolve_settings, run_key
-from tl_tasks.models import build_model
-from tl_tasks.train import train_variant
+from tl_tasks.training.builders import build_model
+from tl_tasks.training.loop import train_variant
 from tl_tasks.variants import VARIANT_NAMES
 
 _TRAIN = """
 import json, sys
 from pathlib import Path
 from tl_tasks.config import Settings
-from tl_tasks.train import train_variant
+from tl_tasks.training.loop import train_variant
 summary = train_variant(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Settings.from_dict(json.loads(sys.argv[4])),
                         verbose=0).summary()
 print(json.dumps(summary))
@@ -28,12 +28,12 @@ print(json.dumps(summary))
 
 _KILL_AFTER_FIRST_EPOCH = """
 import os, signal
-from tl_tasks import train
-_save = train._Checkpoints.save
+from tl_tasks.training.checkpoints import Checkpoints
+_save = Checkpoints.save
 def _save_then_die(self, model, completed, *args, **kwargs):
     _save(self, model, completed, *args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
-train._Checkpoints.save = _save_then_die
+Checkpoints.save = _save_then_die
 """
 
 
@@ -80,7 +80,7 @@ import sys, keras, numpy as np
 model = keras.models.load_model(sys.argv[1])
 np.save(sys.argv[3], keras.ops.convert_to_numpy(model.predict(np.load(sys.argv[2]), verbose=0)))
 if len(sys.argv) > 4:  # also save a model of our own for the other backend
-    from tl_tasks.models import build_model
+    from tl_tasks.training.builders import build_model
     build_model(sys.argv[5], 10, weights="none", seed=7).save(sys.argv[4])
 """
 
@@ -110,7 +110,7 @@ import json, sys
 from pathlib import Path
 import keras
 from tl_tasks.config import Settings
-from tl_tasks.train import train_variant
+from tl_tasks.training.loop import train_variant
 summary = train_variant(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Settings.from_dict(json.loads(sys.argv[4])),
                         verbose=0).summary()
 model = keras.models.load_model(Path(sys.argv[3]) / "model.keras")

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tl_tasks import champions, config, pipeline, schema
+from tl_tasks import config, pipeline, schema
 from tl_tasks.__main__ import main
+from tl_tasks.gating import champions
 from tl_tasks.layout import RunLayout
 from tl_tasks.store import connect
 

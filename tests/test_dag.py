@@ -26,10 +26,10 @@ RUN_DAG = [sys.executable, "-m", "tl_tasks.airflow_local.run_dag"]
 # Importing Airflow in this process must not touch ~/airflow.
 os.environ.setdefault("AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / "tl-test-airflow-home"))
 
-from tl_tasks.assets import champion_alias  # noqa: E402
 from tl_tasks.errors import BadInput, MissingInput  # noqa: E402
+from tl_tasks.gating.assets import champion_alias  # noqa: E402
+from tl_tasks.stages.timeouts import DAGRUN_TIMEOUT, HARD  # noqa: E402
 from tl_tasks.store import connect  # noqa: E402
-from tl_tasks.timeouts import DAGRUN_TIMEOUT, HARD  # noqa: E402
 from tl_tasks.variants import VARIANT_NAMES  # noqa: E402
 
 TASK_IDS = {"prepare_data", "train", "evaluate", "gate", "build_report", "finalize"}

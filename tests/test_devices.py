@@ -16,7 +16,7 @@ from tests.ml_helpers import small_settings, write_prepared
 
 _HOLD = """
 import sys, time
-from tl_tasks import devices
+from tl_tasks.training import devices
 claim = devices.claim_device(wait_s=float(sys.argv[1]), poll_s=0.05)
 import os
 print(os.environ.get("CUDA_VISIBLE_DEVICES"), claim.slot if claim else None, flush=True)
@@ -100,7 +100,7 @@ def test_tasks_per_gpu_fills_every_device_before_doubling_up_and_visible_devices
 
 
 def test_no_gpu_means_no_claim_and_cuda_visible_devices_untouched(tmp_path, monkeypatch):
-    from tl_tasks import devices
+    from tl_tasks.training import devices
 
     monkeypatch.setenv("TL_GPU_COUNT", "0")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -114,11 +114,11 @@ def test_no_gpu_means_no_claim_and_cuda_visible_devices_untouched(tmp_path, monk
 _DATA_PARALLEL = """
 import json, sys
 from pathlib import Path
-from tl_tasks import runtime
+from tl_tasks.training import runtime
 runtime.import_keras_quietly()  # as the train task does: TensorFlow's logical CPUs are set before it starts
 from tl_tasks.config import Settings
-from tl_tasks.train import train_variant
-from tl_tasks.evaluate import evaluate_variant
+from tl_tasks.training.loop import train_variant
+from tl_tasks.training.evaluate import evaluate_variant
 settings = Settings.from_dict(json.loads(sys.argv[4]))
 summary = train_variant(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), settings, verbose=0).summary()
 evaluation = evaluate_variant(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), settings).to_dict()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tests.ml_helpers import CLASS_NAMES, small_settings, write_prepared
-from tl_tasks.evaluate import _metrics, evaluate_variant
-from tl_tasks.models import build_model
+from tl_tasks.training.builders import build_model
+from tl_tasks.training.evaluate import _metrics, evaluate_variant
 
 EVAL_KEYS = {"variant", "accuracy", "loss", "top3_accuracy", "macro_f1", "per_class", "confusion_matrix",
              "misclassified", "inference_img_per_s", "params_total", "params_trainable", "model_size_bytes",

@@ -37,7 +37,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_during_checkpointing_is_a_clear_error_and_the_previous_checkpoint_loads(tmp_path, small_disk):
     import keras
 
-    from tl_tasks.train import train_variant
+    from tl_tasks.training.loop import train_variant
 
     data = write_prepared(tmp_path / "data", n_train=60, n_val=20, n_test=10)
     out = small_disk / "cnn"
@@ -173,9 +173,9 @@ def own_postgres():
 @pytest.mark.slow
 def test_postgres_stopped_during_evaluate_fails_the_task_retryably_and_the_retry_completes(own_postgres,
                                                                                           monkeypatch):
-    from tl_tasks import evaluate as evaluate_module
     from tl_tasks import pipeline, schema
     from tl_tasks.store import connect
+    from tl_tasks.training import evaluate as evaluate_module
 
     monkeypatch.setenv("TL_METRICS_DB_URL", own_postgres.url)
     run_id = "manual__pg-outage"

@@ -9,8 +9,9 @@ from datetime import timedelta
 import pytest
 
 from tests.ml_helpers import small_settings, write_prepared
-from tl_tasks import config, pipeline, schema, timeouts
+from tl_tasks import config, pipeline, schema
 from tl_tasks.errors import BadInput, MissingInput
+from tl_tasks.stages import timeouts
 
 # --- retry classification ------------------------------------------------------------------------
 
@@ -85,8 +86,8 @@ def test_postgres_engine_has_connect_and_statement_timeouts(pg_url):
 # --- lost results and corrupt checkpoints --------------------------------------------------------
 
 def test_a_finished_model_is_rerecorded_not_retrained_when_recording_failed(tmp_path, monkeypatch):
-    from tl_tasks import train as train_module
     from tl_tasks.store import MetricsStore as Store
+    from tl_tasks.training import loop as train_module
 
     settings = small_settings(variants=("cnn",))
     pipeline.prepare_stage("r1", settings.to_dict())
@@ -114,7 +115,7 @@ def test_a_finished_model_is_rerecorded_not_retrained_when_recording_failed(tmp_
 
 
 def test_a_changed_model_file_is_not_reused(tmp_path):
-    from tl_tasks.train import train_variant
+    from tl_tasks.training.loop import train_variant
 
     data = write_prepared(tmp_path / "data", n_train=60, n_val=20, n_test=10)
     out = tmp_path / "cnn"
@@ -132,10 +133,10 @@ class _Stop(Exception):
 
 def _train_until_checkpoint(monkeypatch, data, out, settings, epoch: int) -> None:
     """Train the CNN until the checkpoint of `epoch` is written, then stop it there (as a crash would)."""
-    from tl_tasks import train as train_module
-    from tl_tasks.train import train_variant
+    from tl_tasks.training.checkpoints import Checkpoints
+    from tl_tasks.training.loop import train_variant
 
-    original = train_module._Checkpoints.save
+    original = Checkpoints.save
 
     def save_then_stop(self, model, completed, *args, **kwargs):
         original(self, model, completed, *args, **kwargs)
@@ -143,13 +144,13 @@ def _train_until_checkpoint(monkeypatch, data, out, settings, epoch: int) -> Non
             raise _Stop()
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_module._Checkpoints, "save", save_then_stop)
+        patch.setattr(Checkpoints, "save", save_then_stop)
         with pytest.raises(_Stop):
             train_variant("cnn", data, out, settings, verbose=0)
 
 
 def test_an_unloadable_checkpoint_falls_back_one_epoch(tmp_path, caplog, monkeypatch):
-    from tl_tasks.train import train_variant
+    from tl_tasks.training.loop import train_variant
 
     data = write_prepared(tmp_path / "data", n_train=60, n_val=20, n_test=10)
     out = tmp_path / "cnn"
@@ -166,7 +167,7 @@ def test_an_unloadable_checkpoint_falls_back_one_epoch(tmp_path, caplog, monkeyp
 
 
 def test_both_checkpoints_unloadable_start_over(tmp_path, caplog, monkeypatch):
-    from tl_tasks.train import train_variant
+    from tl_tasks.training.loop import train_variant
 
     data = write_prepared(tmp_path / "data", n_train=60, n_val=20, n_test=10)
     out = tmp_path / "cnn"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tl_tasks.gate import (
+from tl_tasks.gating.decision import (
     DECISIONS,
     DEFAULT_ALPHA,
     DEFAULT_TOLERANCE,

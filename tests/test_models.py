@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from tl_tasks import models
-from tl_tasks.models import WeightsUnavailableError, build_head, build_model, resolve_weights
+from tl_tasks.training import builders as models
+from tl_tasks.training.builders import WeightsUnavailableError, build_head, build_model, resolve_weights
 from tl_tasks.variants import VARIANT_NAMES, get_variant
 
 NUM_CLASSES = 10
@@ -191,7 +191,7 @@ def test_imagenet_unavailable_is_a_clear_error_and_fails_fast(offline_keras_cach
 
 
 def test_auto_falls_back_to_random_init_with_a_warning(offline_keras_cache, caplog):
-    with caplog.at_level(logging.WARNING, logger="tl_tasks.models"):
+    with caplog.at_level(logging.WARNING, logger="tl_tasks.training.builders"):
         assert resolve_weights("auto") is None
     assert any("random initialisation" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tl_tasks import notify
+from tl_tasks.notify import channels as notify
 from tl_tasks.store import connect
 
 RUN = "scheduled__2026-12-01T00:00:00+00:00"
@@ -70,7 +70,7 @@ def _smtp_conn(monkeypatch, port: int, **extra) -> None:
 
 
 def _notify(run_id: str, run_failed: bool = False, reason: str | None = None) -> None:
-    from tl_tasks.notifier import RetrainingNotifier
+    from tl_tasks.notify.notifier import RetrainingNotifier
 
     notifier = RetrainingNotifier(run_failed=run_failed, base_url="http://airflow.example:8080/")
     notifier({"dag_run": SimpleNamespace(run_id=run_id, dag_id="cifar10_retraining"), "reason": reason})

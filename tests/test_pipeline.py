@@ -13,7 +13,7 @@ import pytest
 
 from tl_tasks import config, pipeline, schema
 from tl_tasks.files import write_json_atomic
-from tl_tasks.gate import RegressionError
+from tl_tasks.gating.decision import RegressionError
 from tl_tasks.layout import RunLayout
 from tl_tasks.store import connect
 
@@ -44,7 +44,7 @@ def _fake_run(run_id: str, accuracies: dict, *, when: datetime, errors: dict | N
     """
     import numpy as np
 
-    from tl_tasks.predictions import write_predictions
+    from tl_tasks.training.predictions import write_predictions
 
     settings = schema.settings_from_params({"profile": "smoke", "variants": list(accuracies)})
     write_json_atomic(RunLayout(run_id).settings_file, settings.to_dict())

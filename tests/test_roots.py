@@ -9,8 +9,8 @@ import pytest
 from tests.data_helpers import write_image_folder
 from tl_tasks import config, pipeline, schema
 from tl_tasks.data import prepare_data
+from tl_tasks.data.roots import ENV, check_allowed, data_roots
 from tl_tasks.errors import BadInput
-from tl_tasks.roots import ENV, check_allowed, data_roots
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_inside_a_root_is_accepted(tmp_path, roots):
 
 
 def test_weights_outside_the_roots_are_refused(tmp_path, roots):
-    from tl_tasks.models import resolve_weights
+    from tl_tasks.training.builders import resolve_weights
 
     weights = tmp_path / "evil.keras"
     weights.write_bytes(b"not even a model")

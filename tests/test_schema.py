@@ -9,9 +9,10 @@ import tarfile
 
 import pytest
 
-from tl_tasks import config, local_data, schema
+from tl_tasks import config, schema
 from tl_tasks.__main__ import build_parser
 from tl_tasks.config import PROFILE_NAMES, PROFILES
+from tl_tasks.data import local as local_data
 from tl_tasks.errors import BadInput
 
 SETTINGS_COMMANDS = {"prepare": [], "train": ["--variant", "cnn"], "evaluate": ["--variant", "cnn"],

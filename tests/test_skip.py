@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tl_tasks import config, pipeline, skip
+from tl_tasks import config, pipeline
+from tl_tasks.stages import skip
 from tl_tasks.store import connect
 
 PARAMS = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 8}

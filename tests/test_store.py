@@ -121,7 +121,7 @@ def test_alembic_downgrade_to_base_and_upgrade_again(db_url):
 
 
 def test_db_upgrade_command_and_second_connect_is_a_no_op(db_url, monkeypatch):
-    from tl_tasks.store.cli import db_upgrade_command
+    from tl_tasks.cli import db_upgrade_command
 
     monkeypatch.setenv("TL_METRICS_DB_URL", db_url)
     assert "upgraded from empty to schema revision 0002_lineage" in db_upgrade_command()
@@ -432,7 +432,7 @@ def test_recent_runs_give_accuracy_and_change_from_the_previous_run(store):
 
 
 def test_runs_command_table_and_json(db_url, monkeypatch):
-    from tl_tasks.store.cli import runs_command
+    from tl_tasks.cli import runs_command
 
     monkeypatch.setenv("TL_METRICS_DB_URL", db_url)
     assert "no runs recorded yet" in runs_command(limit=5, as_json=False)
@@ -581,7 +581,7 @@ def test_sixteen_processes_write_one_run_at_the_same_moment(db_url):
 
 
 def test_importing_the_store_loads_no_ml_framework():
-    code = ("import sys, tl_tasks.store, tl_tasks.store.cli, tl_tasks.store.queries; "
+    code = ("import sys, tl_tasks.store, tl_tasks.cli, tl_tasks.store.queries; "
             "bad = [m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tests.ml_helpers import small_settings, write_prepared
-from tl_tasks.models import learning_rate_schedule
-from tl_tasks.train import _stratified_subset, train_variant
+from tl_tasks.training.builders import learning_rate_schedule
+from tl_tasks.training.loop import _stratified_subset, train_variant
 from tl_tasks.variants import get_variant
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -55,17 +55,18 @@ _CRASHING_TRAINING = textwrap.dedent("""
     import dataclasses, json, os, signal, sys
     from pathlib import Path
     from tests.ml_helpers import small_settings
-    from tl_tasks import train
+    from tl_tasks.training import loop as train
+    from tl_tasks.training.checkpoints import Checkpoints
     from tl_tasks.config import Settings
     from tl_tasks.variants import Variant
 
     kill_after = int(sys.argv[3])
-    save = train._Checkpoints.save
+    save = Checkpoints.save
     def save_then_die(self, model, completed, *args, **kwargs):
         save(self, model, completed, *args, **kwargs)
         if completed == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after this epoch's checkpoint
-    train._Checkpoints.save = save_then_die
+    Checkpoints.save = save_then_die
 
     variant = Variant(**json.loads(sys.argv[4]))
     settings = Settings.from_dict(json.loads(sys.argv[5]))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tl_tasks import watch
+from tl_tasks.data import watch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_state_survives_a_restart_and_a_torn_state_file_is_a_new_baseline(folder
     assert state.is_relative_to(tl_home) and json.loads(state.read_text())["signature"]["files"] == 6
     _image(folder / "train" / "dog" / "new.png")
     # a new process (a restarted scheduler/worker) sees the change exactly once
-    code = ("from pathlib import Path; from tl_tasks import watch; import json; "
+    code = ("from pathlib import Path; from tl_tasks.data import watch; import json; "
             f"print(json.dumps(watch.check(Path({str(folder)!r}), settle_seconds=0)['changed']))")
     outputs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT,
                               env={**os.environ, "TL_HOME": str(tl_home)}, timeout=120).stdout.strip()

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tl_tasks import schema
-from tl_tasks.gate import DECISIONS
+from tl_tasks.gating.decision import DECISIONS
 from tl_tasks.variants import VARIANT_NAMES
 
 log = logging.getLogger("tl_tasks")
@@ -219,14 +219,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from tl_tasks.store.cli import runs_command
+    from tl_tasks.cli import runs_command
 
     _out(runs_command(limit=args.limit, as_json=args.json, variant=args.variant, since=args.since, as_csv=args.csv))
     return 0
 
 
 def cmd_champion(args) -> int:
-    from tl_tasks.store.cli import champion_command
+    from tl_tasks.cli import champion_command
 
     text, ok = champion_command(args.action, variant=args.variant, as_json=args.json)
     _out(text)
@@ -234,7 +234,7 @@ def cmd_champion(args) -> int:
 
 
 def cmd_db(args) -> int:
-    from tl_tasks.store.cli import db_upgrade_command
+    from tl_tasks.cli import db_upgrade_command
 
     _out(db_upgrade_command())
     return 0
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl." on every connect
-    from tl_tasks.gate import RegressionError
+    from tl_tasks.gating.decision import RegressionError
     from tl_tasks.pipeline import RunFailed
 
     _OUTPUT.clear()

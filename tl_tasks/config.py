@@ -117,7 +117,7 @@ PROFILES: dict[str, Settings] = {
         epochs={"cnn": 1, "resnet50": 1}, limit_per_class=40, train_limit={"cnn": None, "resnet50": None},
     ),
     # A CPU laptop: all of the data for the CNN, a small subset for the (slow on CPU) ResNet50s. Works offline:
-    # cifar10 resolves to a local copy when there is one (tl_tasks.local_data), auto = ImageNet when obtainable.
+    # cifar10 resolves to a local copy when there is one (tl_tasks.data.local), auto = ImageNet when obtainable.
     "quick": Settings(
         profile="quick", dataset="cifar10", weights="auto", image_size=32, batch_size=64,
         epochs={"cnn": 8, "resnet50": 2}, limit_per_class=None, train_limit={"cnn": None, "resnet50": 500},

@@ -65,7 +65,7 @@ def fake_evaluation(variant: str, accuracy: float, class_names=CLASS_NAMES, *, n
                      for i in np.flatnonzero(y_true != y_pred)[:50]]
     stored = {}
     if predictions_path is not None:
-        from tl_tasks.predictions import write_predictions
+        from tl_tasks.training.predictions import write_predictions
 
         predictions_path.parent.mkdir(parents=True, exist_ok=True)
         stored = {"predictions_path": str(predictions_path),
@@ -162,7 +162,7 @@ def _train_summary(variant: str, run_id: str, epochs: int, accuracy: float, rng)
 
 def _gate(store, run_id: str, variant: str, evaluation: dict, k: int) -> dict:
     """The gate's decision as the pipeline makes it: paired when both runs stored per-image predictions."""
-    from tl_tasks.gate import compare_paired, decide
+    from tl_tasks.gating.decision import compare_paired, decide
 
     champ = store.champion(variant, before_run_id=run_id)
     paired = None

@@ -116,7 +116,7 @@ def _runs(store) -> list[dict]:
 
 def _champion_runs(runs: list[dict], champions_dir: Path) -> set[str]:
     """Runs whose model is or was a champion: a promoting gate decision, or named in a champions/ file."""
-    from tl_tasks.gate import PROMOTING
+    from tl_tasks.gating.decision import PROMOTING
 
     ids = {run["run_id"] for run in runs
            if any((r or {}).get("decision") in PROMOTING for r in (run.get("results") or {}).values())}

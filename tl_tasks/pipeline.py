@@ -13,11 +13,10 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tl_tasks import timeouts
 from tl_tasks.config import Settings
 from tl_tasks.errors import BadInput, MissingInput, RunFailed, first_line
 from tl_tasks.files import write_json_atomic
-from tl_tasks.gate import (
+from tl_tasks.gating.decision import (
     DEFAULT_ALPHA,
     DEFAULT_TOLERANCE,
     Decision,
@@ -26,7 +25,8 @@ from tl_tasks.gate import (
     validate_tolerance,
 )
 from tl_tasks.layout import RunLayout, cache_root
-from tl_tasks.skip import skip_note
+from tl_tasks.stages import timeouts
+from tl_tasks.stages.skip import skip_note
 from tl_tasks.variants import get_variant
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def prepare_stage(run_id: str, settings_dict: dict, *, dag_id: str | None = None
         `PreparedData.summary()` plus `data_dir` and `run_id`.
     """
     from tl_tasks.data import prepare_data
-    from tl_tasks.local_data import resolve_dataset
+    from tl_tasks.data.local import resolve_dataset
 
     settings = Settings.from_dict(settings_dict)
     layout = RunLayout(run_id)
@@ -123,7 +123,7 @@ def prepare_jobs(run_id: str, params: dict | None, *, dag_id: str | None = None,
 def skip_if_unchanged(run_id: str) -> dict | None:
     """Record the run as `skipped: unchanged` when its data fingerprint, settings and code version equal the
     last successful run's; returns the skip note ({reason, same_as}) or None when the run must train."""
-    from tl_tasks.skip import SKIP_KEY, unchanged_reason
+    from tl_tasks.stages.skip import SKIP_KEY, unchanged_reason
 
     with _store() as store:
         run = store.get_run(run_id)
@@ -152,7 +152,7 @@ def train_stage(run_id: str, variant: str, settings_dict: dict | None = None, *,
     _require_prepared(run_id)
     try:
         _set_up_process(settings)
-        from tl_tasks.train import train_variant
+        from tl_tasks.training.loop import train_variant
 
         limit = timeouts.train_deadline(settings.profile, get_variant(variant).family, settings.epochs_for(variant))
         with timeouts.deadline(limit, f"train {variant} of run {run_id!r}"):
@@ -185,7 +185,7 @@ def evaluate_stage(run_id: str, variant: str, settings_dict: dict | None = None)
     model_dir = layout.model_dir(variant)
     try:
         _set_up_process(settings)
-        from tl_tasks.evaluate import evaluate_variant
+        from tl_tasks.training.evaluate import evaluate_variant
 
         with timeouts.deadline(timeouts.evaluate_deadline(settings.profile), f"evaluate {variant} of run {run_id!r}"):
             evaluation = evaluate_variant(variant, layout.data_dir, model_dir, settings).to_dict()
@@ -204,9 +204,9 @@ def evaluate_stage(run_id: str, variant: str, settings_dict: dict | None = None)
 def gate_stage(run_id: str, settings_dict: dict | None = None, tolerance: float = DEFAULT_TOLERANCE,
                fail_on_regression: bool = False, force_promote: bool = False, alpha: float = DEFAULT_ALPHA,
                *, raise_on_regression: bool = True) -> dict:
-    """Gate each variant of the run against its champion and publish promotions: `tl_tasks.gating.gate_run`
+    """Gate each variant of the run against its champion and publish promotions: `tl_tasks.gating.gate.gate_run`
     (its docstring gives the result and the errors) on the run's settings and the metrics database."""
-    from tl_tasks.gating import gate_run
+    from tl_tasks.gating.gate import gate_run
 
     settings = _settings(run_id, settings_dict)
     with _store() as store:
@@ -331,7 +331,7 @@ def versions() -> dict:
     """Versions of what the run's numbers depend on, read from package metadata (nothing is imported)."""
     from importlib import metadata
 
-    from tl_tasks.skip import CODE_KEY, code_version
+    from tl_tasks.stages.skip import CODE_KEY, code_version
 
     out = {"python": platform.python_version(), "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
            CODE_KEY: code_version()}
@@ -344,7 +344,7 @@ def versions() -> dict:
 
 
 def _set_up_process(settings: Settings) -> None:
-    from tl_tasks import runtime  # sets TF_CPP_MIN_LOG_LEVEL & co. before Keras loads
+    from tl_tasks.training import runtime  # sets TF_CPP_MIN_LOG_LEVEL & co. before Keras loads
 
     runtime.set_up_worker(settings.data_parallel)
 

@@ -27,7 +27,7 @@ from typing import Any
 from tl_tasks import config
 from tl_tasks.config import DEFAULT_PROFILE, PROFILE_NAMES, PROFILES, Settings
 from tl_tasks.errors import BadInput
-from tl_tasks.gate import DEFAULT_ALPHA, DEFAULT_TOLERANCE
+from tl_tasks.gating.decision import DEFAULT_ALPHA, DEFAULT_TOLERANCE
 from tl_tasks.variants import VARIANT_NAMES, VARIANTS
 
 DATA, GATE, RUN = "Data and training", "Gate", "Run"

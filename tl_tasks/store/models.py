@@ -194,7 +194,7 @@ class ConfusionMatrix(Base):
 
 
 class GateDecision(Base):
-    """The gate's verdict on a result (one of `tl_tasks.gate.DECISIONS`), and why."""
+    """The gate's verdict on a result (one of `tl_tasks.gating.decision.DECISIONS`), and why."""
 
     __tablename__ = "gate_decisions"
 

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
 
-from tl_tasks.gate import PROMOTING
+from tl_tasks.gating.decision import PROMOTING
 from tl_tasks.store.models import to_utc
 from tl_tasks.store.rows import gates_t, load_results, pick, plain, results_t, run_dict, runs_t
 from tl_tasks.variants import in_registry_order

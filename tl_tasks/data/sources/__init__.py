@@ -33,7 +33,7 @@ def parse_source(source: str) -> tuple[str, Path | None]:
     if not rest.strip():
         raise BadInput(f"source={source!r} names no path; give one, e.g. {kind}:/data/"
                          + ("cifar-10-python.tar.gz" if kind == "cifar10" else "my-images"))
-    from tl_tasks.roots import check_allowed
+    from tl_tasks.data.roots import check_allowed
 
     path = Path(rest.strip()).expanduser()
     resolved = check_allowed(path, f"source={source!r}")   # after resolving symlinks

@@ -64,7 +64,7 @@ def db_upgrade_command() -> str:
 def champion_command(action: str, variant: str | None = None, as_json: bool = False) -> tuple[str, bool]:
     """`champion show` (the current champion of each variant and lineage) or `champion history` (every
     promotion, newest first), each checked against its published files. Returns (text, all intact)."""
-    from tl_tasks.champions import verify
+    from tl_tasks.gating.champions import verify
 
     if action not in ("show", "history"):
         raise ValueError(f"action={action!r}; use show or history")

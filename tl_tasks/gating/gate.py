@@ -1,5 +1,5 @@
 """The gate stage's work: for each variant of a run, compare with its champion, decide, publish promotions and
-record the decisions (the decision rules themselves are in `tl_tasks.gate`).
+record the decisions (the decision rules themselves are in `tl_tasks.gating.decision`).
 
 The store, NumPy and the champions module are imported inside the functions: importing this module is cheap.
 """
@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from tl_tasks.errors import RunFailed, first_line
-from tl_tasks.gate import (
+from tl_tasks.gating.decision import (
     Decision,
     RegressionError,
     compare_paired,
@@ -18,7 +18,7 @@ from tl_tasks.gate import (
     validate_alpha,
     validate_tolerance,
 )
-from tl_tasks.skip import skip_note
+from tl_tasks.stages.skip import skip_note
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fail_on_regression: bool = False,
              force_promote: bool = False, raise_on_regression: bool = True) -> dict:
     """Compare each variant of the run with its champion, image by image, record the decision, and publish
-    promoted models under `$TL_HOME/champions/` (see `tl_tasks.gate` and `tl_tasks.champions`).
+    promoted models under `$TL_HOME/champions/` (see `tl_tasks.gating.decision` and `tl_tasks.gating.champions`).
 
     The champion is the variant's latest promotion among earlier runs of the same lineage (the same test images);
     a run on other data never touches it. A variant without a result (its task was killed) or without an
@@ -54,7 +54,7 @@ def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fa
         RunFailed: the run's data was never prepared, so there is nothing to gate.
         ValueError: the run is not in the metrics database.
     """
-    from tl_tasks import champions
+    from tl_tasks.gating import champions
 
     tolerance, alpha = validate_tolerance(tolerance), validate_alpha(alpha)
     options = {"tolerance": tolerance, "alpha": alpha, "fail_on_regression": bool(fail_on_regression),
@@ -137,7 +137,7 @@ def _test_labels(run_id: str):
 
 def _paired(result: dict, champion: dict, y_test, alpha: float) -> tuple[dict | None, str | None]:
     """The paired comparison of a result with its champion, or (None, why not)."""
-    from tl_tasks.predictions import PredictionsUnavailable, load_predictions
+    from tl_tasks.training.predictions import PredictionsUnavailable, load_predictions
 
     try:
         new = load_predictions(result.get("predictions_path"), result.get("predictions_sha256"),
@@ -151,7 +151,7 @@ def _paired(result: dict, champion: dict, y_test, alpha: float) -> tuple[dict | 
 
 def _champion_predictions(champion: dict, n: int):
     """The champion's per-image predictions: from its run folder, else from its published copy."""
-    from tl_tasks.predictions import PredictionsUnavailable, load_predictions
+    from tl_tasks.training.predictions import PredictionsUnavailable, load_predictions
 
     try:
         return load_predictions(champion.get("predictions_path"), champion.get("predictions_sha256"), expected_len=n)

@@ -4,7 +4,7 @@ Resolved once, when a run's data is prepared (`resolve_dataset`), in this order:
 
 1. Keras's cache (`$KERAS_HOME` or `~/.keras`, `datasets/cifar-10-batches-py-target/`): what a download left;
    the source stays `cifar10` and Keras reads it without network access;
-2. a CIFAR-10 copy in the allowed data roots (`tl_tasks.roots`, `TL_DATA_ROOTS`; by default
+2. a CIFAR-10 copy in the allowed data roots (`tl_tasks.data.roots`, `TL_DATA_ROOTS`; by default
    `<checkout>/../shared/data` among them): `cifar-10-python.tar.gz` or `cifar-10-batches-py/` (the python
    batches, `cifar10:<path>`), else `cifar-10-images-jpg.tar.gz` or `cifar-10-images-jpg/` (the JPEG images
    in folder format, `folder:<path>`);
@@ -50,7 +50,7 @@ def resolve_dataset(dataset: str) -> str:
 
 def local_copy() -> str | None:
     """`cifar10:<path>` or `folder:<path>` of the first CIFAR-10 copy in the data roots, or None."""
-    from tl_tasks.roots import data_roots
+    from tl_tasks.data.roots import data_roots
 
     for root in data_roots():
         for kind, names in (("cifar10", PYTHON_COPIES), ("folder", FOLDER_COPIES)):

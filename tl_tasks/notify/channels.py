@@ -17,7 +17,7 @@ import os
 import urllib.request
 from urllib.parse import quote
 
-from tl_tasks.gate import Decision
+from tl_tasks.gating.decision import Decision
 
 log = logging.getLogger(__name__)
 

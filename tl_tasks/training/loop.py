@@ -4,11 +4,9 @@ frozen base without augmentation the base's features are computed once and only 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +14,27 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tl_tasks import devices, layout, runtime
 from tl_tasks.config import Settings
 from tl_tasks.data import load_prepared
-from tl_tasks.files import copy_file_atomic, write_atomic, write_json_atomic
+from tl_tasks.files import sha256_file, write_json_atomic
 from tl_tasks.layout import ModelFiles
-from tl_tasks.models import build_head, build_model, compile_recipe, one_hot, resolve_weights, set_base_frozen
+from tl_tasks.training import devices, runtime
+from tl_tasks.training.builders import (
+    build_head,
+    build_model,
+    compile_recipe,
+    one_hot,
+    resolve_weights,
+    set_base_frozen,
+)
+from tl_tasks.training.checkpoints import (
+    Checkpoints,
+    ResumableEarlyStopping,
+    previous_attempt,
+    reusable,
+    save_model_atomic,
+    signature,
+)
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
@@ -109,14 +122,16 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = ModelFiles(out_dir)
-    checkpoints = _Checkpoints(files.checkpoints, _signature(v, settings, data.fingerprint, y_train, y_val))
+    checkpoints = Checkpoints(files.checkpoints, signature(v, settings, data.fingerprint, y_train, y_val))
     if reuse_finished:
-        finished = _reusable(files, checkpoints.signature, epochs)
-        if finished is not None:
+        summary = reusable(files, checkpoints.signature, epochs)
+        if summary is not None:
+            names = {f.name for f in dataclasses.fields(TrainResult)}
+            finished = TrainResult(**{k: val for k, val in summary.items() if k in names})
             log.info("%s: reusing the finished model %s (same settings, data and epochs); not retraining",
                      v.name, finished.model_path)
             return finished
-    state = _previous_attempt(files, checkpoints)
+    state = previous_attempt(files, checkpoints)
     if state is not None:
         weights = state["weights"]
         log.info("%s: resuming after epoch %d from %s", v.name, state["completed_epochs"], checkpoints.directory)
@@ -132,7 +147,7 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
         model = run.fit_cached() if feature_cache else run.fit()
 
     model_path = files.model
-    _save_model_atomic(model, model_path)
+    save_model_atomic(model, model_path)
     history = run.history
     attempt_seconds = sum(h["seconds"] for h in history[run.start_epoch:])
     attempt_epochs = len(history) - run.start_epoch
@@ -153,35 +168,9 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     )
     write_json_atomic(files.train_summary, result.summary())
     write_json_atomic(files.finished, {"signature": checkpoints.signature, "epochs": epochs,
-                                       "model_sha256": _sha256(model_path)})
+                                       "model_sha256": sha256_file(model_path)})
     checkpoints.clear()
     return result
-
-
-def _reusable(files: ModelFiles, signature: dict, epochs: int) -> TrainResult | None:
-    """The finished training in `files` if it was made with `signature` and `epochs` and its model is intact."""
-    try:
-        summary = json.loads(files.train_summary.read_text())
-        finished = json.loads(files.finished.read_text())
-    except (OSError, ValueError):
-        return None
-    model_path = files.model
-    if (summary.get("state") != "success" or finished.get("signature") != signature
-            or finished.get("epochs") != epochs or not model_path.is_file()
-            or finished.get("model_sha256") != _sha256(model_path)):
-        return None
-    names = {f.name for f in dataclasses.fields(TrainResult)}
-    return TrainResult(**{k: v for k, v in summary.items() if k in names})
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -196,7 +185,7 @@ class _Run:
     epochs: int
     settings: Settings
     verbose: int
-    checkpoints: _Checkpoints
+    checkpoints: Checkpoints
     state: dict | None
     x_train: np.ndarray
     y_train: np.ndarray
@@ -279,8 +268,8 @@ class _Run:
         """Frozen base, no augmentation: compute the base's pooled features once, train only the head on them."""
         restored = None
         if self.state:
-            self.also_needs = [_Checkpoints.INITIAL_MODEL]
-            initial = self.checkpoints.directory / _Checkpoints.INITIAL_MODEL
+            self.also_needs = [Checkpoints.INITIAL_MODEL]
+            initial = self.checkpoints.directory / Checkpoints.INITIAL_MODEL
             restored = self.restore(lambda state: (keras.models.load_model(initial, safe_mode=True),
                                                    self.checkpoints.load_model(state)))
         if restored is not None:
@@ -288,7 +277,7 @@ class _Run:
         else:
             model = self.build()
             self.checkpoints.save_initial(model)
-            self.also_needs = [_Checkpoints.INITIAL_MODEL]
+            self.also_needs = [Checkpoints.INITIAL_MODEL]
             head = build_head(self.v, self.num_classes, model.get_layer("head_pool").output.shape[-1],
                               seed=self.settings.seed)
             _copy_weights(model, head)  # start from the assembled model's own head initialisation
@@ -310,7 +299,7 @@ class _Run:
         """Fit from the first epoch not yet in the history up to epoch `until` (exclusive, 0-based)."""
         early = None
         if early_stopping:
-            early = _ResumableEarlyStopping(monitor=self.v.monitor, mode=self.v.monitor_mode,
+            early = ResumableEarlyStopping(monitor=self.v.monitor, mode=self.v.monitor_mode,
                                             patience=self.v.patience, restore_best_weights=True)
             early.resume_from(self.state if self.state and self.state.get("phase", "main") == self.phase else None,
                               self.checkpoints)
@@ -347,31 +336,8 @@ class _EpochLog(keras.callbacks.Callback):
         self.history.append(entry)
 
 
-class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose counters and best weights survive a crash (they live in the checkpoint state)."""
-
-    _resume: dict | None = None
-
-    def resume_from(self, state: dict | None, checkpoints: _Checkpoints) -> None:
-        saved = (state or {}).get("early_stopping")
-        if saved:
-            # the weights file must be the snapshot's best epoch (after a fallback it may be a later one's)
-            self._resume = dict(saved, best_weights=checkpoints.load_best_weights(saved.get("best_epoch")))
-            self.best_weights = self._resume["best_weights"]
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self._resume:
-            self.wait, self.best = self._resume["wait"], self._resume["best"]
-            self.best_epoch, self.best_weights = self._resume["best_epoch"], self._resume["best_weights"]
-
-    def snapshot(self) -> dict:
-        best = None if self.best is None else float(self.best)
-        return {"wait": int(self.wait), "best": best, "best_epoch": int(self.best_epoch)}
-
-
 class _CheckpointEachEpoch(keras.callbacks.Callback):
-    def __init__(self, run: _Run, early: _ResumableEarlyStopping | None):
+    def __init__(self, run: _Run, early: ResumableEarlyStopping | None):
         super().__init__()
         self.run, self.early = run, early
 
@@ -384,133 +350,6 @@ class _CheckpointEachEpoch(keras.callbacks.Callback):
             if self.early.best_epoch == epoch and self.early.best_weights is not None:
                 best_weights = self.early.best_weights
         self.run.checkpoints.save(self.model, epoch + 1, self.run.history, self.run.weights, extra, best_weights)
-
-
-class _Checkpoints:
-    """`checkpoints/`: the model after the last completed epoch plus `state.json` (epoch, history, signature)."""
-
-    STATE = layout.CHECKPOINT_STATE_FILE
-    PREVIOUS_STATE = layout.CHECKPOINT_PREVIOUS_STATE_FILE
-    INITIAL_MODEL = layout.CHECKPOINT_INITIAL_MODEL
-    BEST_WEIGHTS = layout.CHECKPOINT_BEST_WEIGHTS
-
-    def __init__(self, directory: Path, signature: dict):
-        self.directory = directory
-        self.signature = signature
-
-    @staticmethod
-    def _read(path: Path) -> dict | None:
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def load(self) -> dict | None:
-        """The newest usable checkpoint state; its `fallback` key holds the one before, if any."""
-        state = self._load_one(self.directory / self.STATE)
-        previous = self._load_one(self.directory / self.PREVIOUS_STATE)
-        if state is None:
-            return previous
-        if previous is not None and previous.get("completed_epochs", 0) < state.get("completed_epochs", 0):
-            state["fallback"] = previous
-        return state
-
-    def _load_one(self, path: Path) -> dict | None:
-        if not path.is_file():
-            return None
-        state = self._read(path)
-        if state is None:
-            log.warning("ignoring unreadable checkpoint state %s", path)
-            return None
-        if state.get("signature") != self.signature:
-            log.warning("checkpoints in %s were made with other settings or data; training from scratch",
-                        self.directory)
-            return None
-        needed = [state.get("model_file") or "", *state.get("also_needs", [])]
-        if not all((self.directory / name).is_file() for name in needed):
-            log.warning("checkpoint files in %s are incomplete; training from scratch", self.directory)
-            return None
-        return state
-
-    def load_model(self, state: dict) -> keras.Model:
-        return keras.models.load_model(self.directory / state["model_file"], safe_mode=True)
-
-    def load_best_weights(self, epoch: int | None = None) -> list[np.ndarray] | None:
-        """The saved best weights, or None when there are none or they belong to another epoch than `epoch`."""
-        path = self.directory / self.BEST_WEIGHTS
-        if not path.is_file():
-            return None
-        with np.load(path) as f:
-            if epoch is not None and "best_epoch" in f.files and int(f["best_epoch"]) != int(epoch):
-                log.warning("best weights in %s are of epoch %d, not %d; early stopping keeps the resumed weights",
-                            path, int(f["best_epoch"]) + 1, int(epoch) + 1)
-                return None
-            return [f[f"arr_{i}"] for i in range(len([n for n in f.files if n.startswith("arr_")]))]
-
-    def save_initial(self, model: keras.Model) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        _save_model_atomic(model, self.directory / self.INITIAL_MODEL)
-
-    def save(self, model, completed: int, history: list[dict], weights: str, extra: dict,
-             best_weights: list | None) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        name = layout.checkpoint_epoch_file(completed)
-        _save_model_atomic(model, self.directory / name)
-        if best_weights is not None:
-            target = self.directory / self.BEST_WEIGHTS
-
-            def write(tmp: Path) -> None:
-                with open(tmp, "wb") as f:
-                    np.savez(f, *best_weights, best_epoch=np.asarray(completed - 1))
-
-            write_atomic(target, write)
-        state = {"signature": self.signature, "completed_epochs": completed, "model_file": name,
-                 "history": history, "weights": weights, **extra}
-        # The state is written after the weights it names (both fsynced); the previous state is kept as a
-        # fallback, so an epoch file that cannot be loaded falls back one epoch.
-        current = self.directory / self.STATE
-        if current.is_file():
-            copy_file_atomic(current, self.directory / self.PREVIOUS_STATE)
-        write_json_atomic(current, state)
-        keep = {name, (self._read(self.directory / self.PREVIOUS_STATE) or {}).get("model_file")}
-        for old in self.directory.glob(layout.CHECKPOINT_EPOCH_GLOB):
-            if old.name not in keep:
-                old.unlink(missing_ok=True)
-
-    def clear(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _previous_attempt(files: ModelFiles, checkpoints: _Checkpoints) -> dict | None:
-    """The checkpoint state to resume from, or None after cleaning up for a fresh training."""
-    if not _finished(files):
-        state = checkpoints.load()
-        if state is not None:
-            return state
-    checkpoints.clear()
-    for path in files.training_outputs():  # they describe the model being replaced
-        path.unlink(missing_ok=True)
-    return None
-
-
-def _finished(files: ModelFiles) -> bool:
-    try:
-        summary = json.loads(files.train_summary.read_text())
-    except (OSError, ValueError):
-        return False
-    return summary.get("state") == "success" and files.model.is_file()
-
-
-def _signature(v: Variant, settings: Settings, fingerprint: str, y_train: np.ndarray, y_val: np.ndarray) -> dict:
-    """What must match for a checkpoint to be resumable (epochs may change: a longer rerun continues)."""
-    ignored = {"epochs", "variants", "profile"}
-    sig = {
-        "variant": dataclasses.asdict(v),
-        "settings": {k: val for k, val in settings.to_dict().items() if k not in ignored},
-        "data": fingerprint or [len(y_train), int(y_train.sum()), len(y_val)],
-        "backend": keras.backend.backend(),
-    }
-    return json.loads(json.dumps(sig))
 
 
 def _stratified_subset(y: np.ndarray, limit: int, seed: int) -> np.ndarray:
@@ -562,26 +401,3 @@ def _count(variables) -> int:
     return int(sum(int(np.prod(w.shape)) for w in variables))
 
 
-def _save_model_atomic(model: keras.Model, path: Path) -> None:
-    """Save to a unique temporary name (keeping the .keras suffix Keras insists on), fsync, rename, fsync the
-    folder: a crash or a full disk leaves the previous file intact, never a truncated one under `path`."""
-    try:
-        write_atomic(path, model.save, keep_suffix=True)
-    except BaseException as exc:
-        if _disk_full(exc):
-            free = shutil.disk_usage(path.parent).free
-            raise OSError(errno.ENOSPC, f"no space left on the device while writing {path} ({free} bytes free "
-                                        f"there); {path.name} and any earlier checkpoint are intact. Free space "
-                                        f"or point TL_HOME at a larger disk, then retry: training resumes from "
-                                        f"the last complete checkpoint") from exc
-        raise
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """ENOSPC/EDQUOT anywhere in the chain (Keras and h5py wrap the OSError in their own errors)."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc):
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False

@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from tl_tasks import devices
+from tl_tasks.training import devices
 
 devices.prepare_environment()  # TL_CPU_DEVICES: simulated devices must be set before JAX starts
 

@@ -167,7 +167,7 @@ def _export_serving(model_path: Path, out: Path, enabled: bool | None) -> dict:
         enabled = os.environ.get(SERVING_EXPORT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
     if not enabled:
         return {"format": None, "reason": f"{SERVING_EXPORT_ENV}=0: no serving export"}
-    from tl_tasks.runtime import import_keras_quietly
+    from tl_tasks.training.runtime import import_keras_quietly
 
     import_keras_quietly()
     import keras
@@ -268,7 +268,7 @@ def deploy_events(triggering_asset_events, *, lineage: str | None = None) -> lis
 
 
 def _recorded_promotion(variant: str, run_id: str | None) -> dict | None:
-    from tl_tasks.gate import PROMOTING
+    from tl_tasks.gating.decision import PROMOTING
     from tl_tasks.store import connect
 
     with connect() as store:

@@ -1,12 +1,12 @@
 """The DAG's notifier: Airflow's own mechanism (a `BaseNotifier` as DAG-level success/failure callback) around
-`tl_tasks.notify`. One message per run, only when a variant regressed or failed or the run failed; never raises."""
+`tl_tasks.notify.channels`. One message per run, only when a variant regressed or failed or the run failed; never raises."""
 from __future__ import annotations
 
 import logging
 
 from airflow.sdk import BaseNotifier
 
-from tl_tasks import notify
+from tl_tasks.notify import channels as notify
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tl_tasks import devices, runtime
 from tl_tasks.config import Settings
 from tl_tasks.data import load_prepared
 from tl_tasks.files import sha256_file, write_json_atomic
 from tl_tasks.layout import ModelFiles
-from tl_tasks.predictions import write_predictions
-from tl_tasks.train import _count
+from tl_tasks.training import devices, runtime
+from tl_tasks.training.loop import _count
+from tl_tasks.training.predictions import write_predictions
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)

@@ -60,7 +60,7 @@ def deadline(limit: timedelta, what: str) -> Iterator[None]:
         yield
     except StageTimeout:
         raise StageTimeout(f"{what} ran past its deadline of {limit}; raise the profile's budget in "
-                           f"tl_tasks/timeouts.py if this run legitimately needs longer") from None
+                           f"tl_tasks/stages/timeouts.py if this run legitimately needs longer") from None
     finally:
         timer.cancel()
         if fired.is_set():   # fired between the last bytecode and cancel: clear a pending async exception

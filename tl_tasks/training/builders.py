@@ -14,10 +14,10 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from tl_tasks import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
 from tl_tasks.config import keras_home
+from tl_tasks.data.roots import check_allowed
 from tl_tasks.errors import BadInput, MissingInput
-from tl_tasks.roots import check_allowed
+from tl_tasks.training import runtime  # noqa: F401  (sets TF/XLA environment variables before Keras loads)
 from tl_tasks.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Run notifications: the channels (email, webhook) and the DAG's notifier around them."""
