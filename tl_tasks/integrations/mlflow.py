@@ -14,6 +14,8 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from tl_tasks.gating.decision import PROMOTING  # light: no NumPy or SciPy at import
+
 log = logging.getLogger(__name__)
 
 # Deployment facts (the environment), never run settings.
@@ -25,7 +27,6 @@ DEFAULT_EXPERIMENT = "cifar10_retraining"
 DEFAULT_MODEL_PREFIX = "cifar10-"
 REGISTER_CHOICES = ("promoted", "all")
 CHAMPION_ALIAS = "champion"
-PROMOTING = ("promoted", "bootstrap")  # tl_tasks.gate.PROMOTING's values (that module needs NumPy/SciPy)
 
 TAG_RUN, TAG_VARIANT, TAG_LOGGED = "tl.run_id", "tl.variant", "tl.logged"
 # A dead server must cost seconds, not MLflow's default 7 retries with back-off (minutes per call).
@@ -152,7 +153,7 @@ def _find_or_create_run(client, experiment: str, run: dict, variant: str):
 
 
 def _tags(run: dict, variant: str) -> dict:
-    from tl_tasks.skip import CODE_KEY
+    from tl_tasks.stages.skip import CODE_KEY
 
     tags = {TAG_RUN: run["run_id"], TAG_VARIANT: variant, "tl.lineage": run.get("lineage"),
             "tl.data_fingerprint": run.get("data_fingerprint"), "tl.data_source": run.get("data_source"),

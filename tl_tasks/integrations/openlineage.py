@@ -185,7 +185,7 @@ def run_facets(run: dict, settings: dict | None) -> dict:
             gate=dict(params.get("gate") or {}))
     versions = dict(run.get("versions") or {})
     if versions:
-        from tl_tasks.skip import CODE_KEY
+        from tl_tasks.stages.skip import CODE_KEY
 
         facets["tl_codeVersion"] = CodeVersionRunFacet(codeVersion=versions.get(CODE_KEY), versions=versions)
     return facets
