@@ -32,6 +32,7 @@ TAG_RUN, TAG_VARIANT, TAG_LOGGED = "tl.run_id", "tl.variant", "tl.logged"
 # A dead server must cost seconds, not MLflow's default 7 retries with back-off (minutes per call).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 PROBE_TIMEOUT_S = 5
+METRICS_PER_CALL, PARAMS_PER_CALL = 1000, 100  # MLflow's limits per log_batch call
 
 
 class MlflowUnavailable(RuntimeError):
@@ -184,8 +185,12 @@ def _log_contents(client, mlrun_id: str, run: dict, result: dict) -> None:
     metrics += [Metric(k, float(v), now, 0) for k, v in final.items() if v is not None]
     tags = [RunTag(k, str(v)) for k, v in {"tl.gate_decision": gate.get("decision"),
                                            "tl.state": result.get("state")}.items() if v is not None]
-    client.log_batch(mlrun_id, metrics=metrics[:1000], params=[Param(k, v) for k, v in params.items()][:100],
-                     tags=tags)
+    params = [Param(k, v) for k, v in params.items()]
+    client.log_batch(mlrun_id, tags=tags)
+    for start in range(0, len(params), PARAMS_PER_CALL):  # MLflow's limits per log_batch call
+        client.log_batch(mlrun_id, params=params[start:start + PARAMS_PER_CALL])
+    for start in range(0, len(metrics), METRICS_PER_CALL):
+        client.log_batch(mlrun_id, metrics=metrics[start:start + METRICS_PER_CALL])
     report = Path(run.get("report_path") or "")
     if report.is_file():
         client.log_artifacts(mlrun_id, str(report.parent), "report")
