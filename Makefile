@@ -32,9 +32,10 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing: install Debian's chromium package (sudo apt-get install chromium)"; exit 1; fi; }
 
-# ruff with the rules in pyproject.toml ([tool.ruff]).
+# ruff with the rules in pyproject.toml ([tool.ruff]), then the import layers ([tool.importlinter]: lint-imports).
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # The tests' MLflow tracking server in a venv of its own (requirements-mlflow.txt: the full mlflow package's pins
 # conflict with Airflow's); rebuilt when that freeze changes.
@@ -73,7 +74,7 @@ bench: venv
 # Wheels bench/gpu.sh carries to a GPU machine without TensorFlow (bench/gpu-wheels.txt; CPython GPU_PYVER,
 # manylinux x86_64; the script installs only those whose module the machine lacks), checked to stay well under the 64 MiB a run can carry; plus the CIFAR-10 archive.
 .PHONY: gpu-wheels gpu-bench-tiny
-GPU_PYVER ?= 312  # the lent H200 machine's python3 is 3.12 (/work/.library/device/KINDS.md)
+GPU_PYVER ?= 312  # the GPU benchmark machine's python3 is 3.12
 gpu-wheels: venv
 	rm -rf bench/wheels && mkdir -p bench/wheels bench/data
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYVER) \

@@ -9,29 +9,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import time
 from pathlib import Path
 
 from bench import common
 
-# Ours: item of issue 7 -> module. Cheap ones first, `make run` last.
+# name -> module, cheap ones first, `make run` last; each writes one record (bench/common.py: `record`).
 BENCHMARKS = {
     "history_scaling": "bench.bench_history_scaling",
+    "store": "bench.bench_store",
     "input_pipeline": "bench.bench_input_pipeline",
     "feature_cache": "bench.bench_feature_cache",
     "throughput": "bench.bench_throughput",
     "orchestration": "bench.bench_orchestration",
     "make_run": "bench.bench_make_run",
 }
-# The store and report benchmarks (their own command lines and JSON; wrapped into results.json as they are).
-EXTERNAL = {
-    "store": ("bench.bench_store", "store.json"),
-    "report": ("bench.bench_report", "report.json"),
-}
-ORDER = ("history_scaling", "store", "report", "input_pipeline", "feature_cache", "throughput", "orchestration",
-         "make_run")
+ORDER = tuple(BENCHMARKS)
 TIMEOUT_S = {"tiny": 900, "quick": 1200, "full": 3600}
 
 
@@ -83,13 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_one(name: str, mode: str, out_dir: Path) -> dict:
     log = out_dir / "logs" / f"{name}.log"
-    if name in BENCHMARKS:
-        json_path = out_dir / f"{name}.json"
-        cmd = [sys.executable, "-m", BENCHMARKS[name], "--mode", mode, "--out", str(json_path)]
-    else:
-        module, file_name = EXTERNAL[name]
-        json_path = common.OUT_DIR / file_name  # these write to bench/out/ themselves
-        cmd = [sys.executable, "-m", module, *_external_args(name, mode)]
+    json_path = out_dir / f"{name}.json"
+    cmd = [sys.executable, "-m", BENCHMARKS[name], "--mode", mode, "--out", str(json_path)]
     json_path.unlink(missing_ok=True)
     out = common.run_timed(cmd, env=common.subprocess_env(), log_path=log, timeout=TIMEOUT_S[mode])
     try:
@@ -99,34 +88,9 @@ def _run_one(name: str, mode: str, out_dir: Path) -> dict:
     if data is None:
         return {"name": name, "mode": mode, "error": f"exited {out['returncode']} without a JSON record",
                 "command": cmd, "log": str(log), "log_tail": out.get("log_tail", common.tail(log))[-3000:]}
-    if name in EXTERNAL:  # wrap: same top-level keys as ours
-        data = {"name": name, "mode": mode, "machine": data.get("machine"), "parameters": {"command": cmd},
-                "results": data, "notes": [f"recorded by {EXTERNAL[name][0]} (its own format under results)"],
-                "seconds": out["seconds"]}
-        if name == "report" and out["returncode"] != 0:
-            data["notes"].append("bench_report exits 1 when its goal is missed; the numbers are still valid")
-    elif out["returncode"] != 0:
+    if out["returncode"] != 0:
         data["error"] = f"exited {out['returncode']}"
-    if json_path.parent.resolve() != out_dir.resolve():
-        common.write_json(out_dir / json_path.name, data)
     return data
-
-
-def _external_args(name: str, mode: str) -> list[str]:
-    if name == "store":
-        backends = "sqlite,postgresql" if mode == "full" and _port_open(5432) else "sqlite"
-        runs = {"tiny": 50, "quick": 1000, "full": 10_000}[mode]
-        return ["--runs", str(runs), "--repeat", "3" if mode == "tiny" else "15", "--backends", backends]
-    runs = {"tiny": 10, "quick": 100, "full": 1000}[mode]
-    return ["--runs", str(runs), "--repeat", "1" if mode != "full" else "3"]
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------------------------- summary
@@ -158,12 +122,12 @@ def summarize(records: dict[str, dict]) -> dict:
 
 
 def _input_pipeline(r: dict) -> dict:
-    out = {"pipeline_only_seeds_img_per_s": r["pipeline_only"]["seeds"]["img_per_s"],
+    out = {"pipeline_only_reference_img_per_s": r["pipeline_only"]["reference"]["img_per_s"],
            "pipeline_only_ours_img_per_s": r["pipeline_only"]["ours"]["img_per_s"]}
     for key, t in r["training"].items():
-        out[key] = {"seeds_img_per_s": t["seeds"]["img_per_s"], "ours_img_per_s": t["ours"]["img_per_s"],
-                    "ratio_ours_over_seeds": t["ratio_ours_over_seeds"],
-                    "ratio_ours_over_seeds_cpu": t.get("ratio_ours_over_seeds_cpu")}
+        out[key] = {"reference_img_per_s": t["reference"]["img_per_s"], "ours_img_per_s": t["ours"]["img_per_s"],
+                    "ratio_ours_over_reference": t["ratio_ours_over_reference"],
+                    "ratio_ours_over_reference_cpu": t.get("ratio_ours_over_reference_cpu")}
     return out
 
 
@@ -202,13 +166,9 @@ def _store(r: dict) -> dict:
                 "meets_goal": v["meets_goal"]} for b, v in r.get("backends", {}).items()}
 
 
-def _report(r: dict) -> dict:
-    return {k: r.get(k) for k in ("earlier_runs", "build_seconds_first", "build_seconds_warm_best", "meets_goal")}
-
-
 _HEADLINES = {"input_pipeline": _input_pipeline, "throughput": _throughput, "feature_cache": _feature_cache,
               "orchestration": _orchestration, "history_scaling": _history, "make_run": _make_run,
-              "store": _store, "report": _report}
+              "store": _store}
 
 
 def format_summary(summary: dict) -> str:

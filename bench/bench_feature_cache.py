@@ -1,9 +1,9 @@
-"""Item 3: resnet50_v1 (frozen base) trained on cached base features against naive frozen training.
+"""Feature cache: resnet50_v1 (frozen base) trained on cached base features against naive frozen training.
 
 Cached: `tl_tasks.training.loop.train_variant("resnet50_v1", ...)`, which computes the base's pooled features once
 (`feature_seconds`) and then trains only the head (per-epoch `history[i].seconds`). Naive: the same model from
 `tl_tasks.training.builders.build_model` fitted end to end (`model.fit` on uint8 images, validation each epoch) with the same
-data, batch size and epochs, as the seeds did. `train_variant` has no switch to turn the cache off, so the naive
+data, batch size and epochs, as the reference notebooks did. `train_variant` has no switch to turn the cache off, so the naive
 side is this plain `fit`; it saves no checkpoints, which only flatters the naive side.
 
 Reported per cell: the ratio measured directly at a small epoch count, and the ratio at the full profile's
@@ -116,7 +116,7 @@ def _cell(home: Path, size: int, per_class: int, epochs: int, batch: int, full_s
     head_epochs = [h["seconds"] for h in result.history]
     features = float(result.feature_seconds or 0.0)
 
-    # Naive: the same model fitted end to end, as the seeds did.
+    # Naive: the same model fitted end to end, as the reference notebooks did.
     keras.backend.clear_session()
     data = load_prepared(data_dir)
     x_train, y_train = data.x_train[:], data.y_train[:]

@@ -1,4 +1,4 @@
-"""Item 5: how report building and the trend queries scale with history: 10 / 100 / 1,000 / 10,000 / 100,000
+"""How report building and the trend queries scale with history: 10 / 100 / 1,000 / 10,000 / 100,000
 stored runs.
 
 For each size a fresh SQLite metrics database (in a throwaway TL_HOME) is bulk-loaded with the store

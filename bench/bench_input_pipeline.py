@@ -1,12 +1,12 @@
-"""Item 1: the seeds' input pipeline (resize 32 -> 224 on the CPU, float32 batches) against this project's (uint8
+"""The reference notebooks' input pipeline (resize 32 -> 224 on the CPU, float32 batches) against this project's (uint8
 32x32 batches; resize and preprocessing inside the model) for ResNet50 training steps, same machine, same run.
 
-Seeds' side, KERAS_BACKEND=tensorflow: `tf.data` from the uint8 arrays, shuffle, per-image `map` (cast to float32,
+The reference notebooks' side, KERAS_BACKEND=tensorflow: `tf.data` from the uint8 arrays, shuffle, per-image `map` (cast to float32,
 `tf.image.resize` bilinear to 224, `resnet50.preprocess_input`, parallel AUTOTUNE), batch, prefetch AUTOTUNE; the
 model takes float32 224x224x3. Other backends (jax, torch: no TensorFlow): a `keras.utils.PyDataset` that resizes
 each image with PIL (bilinear) and preprocesses with NumPy, in worker threads. This project's side:
 `tl_tasks.training.builders.build_model` fed uint8 32x32 NumPy batches through `model.fit`, as `tl_tasks.training.loop` does.
-The two are timed in alternating rounds (seeds, ours, ours, seeds, ...) so drifting machine load hits both.
+The two are timed in alternating rounds (reference, ours, ours, reference, ...) so drifting machine load hits both.
 """
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ def run(mode: str = "full") -> dict:
 
     results: dict = {
         "bytes_per_image": {
-            "seeds_float32": size * size * 3 * 4, "ours_uint8": DATA_SIZE * DATA_SIZE * 3,
-            "ratio_seeds_over_ours": common.ratio(size * size * 3 * 4, DATA_SIZE * DATA_SIZE * 3, 1),
+            "reference_float32": size * size * 3 * 4, "ours_uint8": DATA_SIZE * DATA_SIZE * 3,
+            "ratio_reference_over_ours": common.ratio(size * size * 3 * 4, DATA_SIZE * DATA_SIZE * 3, 1),
         },
         "pipeline_only": _pipeline_only(x, y, size, batch, cfg["pipeline_seconds"], backend),
         "training": {},
@@ -63,15 +63,15 @@ def run(mode: str = "full") -> dict:
         results["training"][key] = _training(x, y, cfg, trainable, backend)
     notes = [
         "img_per_s = images in the timed steps / their wall time (after warm-up steps that include tracing); "
-        "ratio_ours_over_seeds > 1 means this project's pipeline trains faster. img_per_cpu_s and *_cpu use this "
+        "ratio_ours_over_reference > 1 means this project's pipeline trains faster. img_per_cpu_s and *_cpu use this "
         "process's CPU time (all threads, tf.data's included) instead: less sensitive to other programs on the "
-        "cores, and it counts the work the seeds' pipeline threads do beside the training step.",
-        "seeds' pipeline: " + _seeds_pipeline_description(backend),
+        "cores, and it counts the work the reference notebooks' pipeline threads do beside the training step.",
+        "reference notebooks' pipeline: " + _reference_pipeline_description(backend),
         "ours: tl_tasks.training.builders.build_model(uint8 32x32 input; Resizing + preprocess_input inside the model), "
         "fed NumPy uint8 batches through model.fit, as tl_tasks.training.loop does." if cfg["base"] == "resnet50" else
         "tiny mode: a one-convolution stand-in replaces ResNet50 on both sides (checks the code path only).",
         "pipeline_only: batches/s of each input pipeline alone, no model: the ceiling it puts on training speed "
-        "(on a GPU that trains faster than the seeds' CPU resize can feed it, the seeds' pipeline is the bottleneck).",
+        "(on a GPU that trains faster than the reference notebooks' CPU resize can feed it, the reference notebooks' pipeline is the bottleneck).",
         "Both models use float32 (no mixed precision) and random initial weights (no ImageNet weights offline; "
         "speed does not depend on the weight values).",
     ]
@@ -85,7 +85,7 @@ def run(mode: str = "full") -> dict:
 
 # ----------------------------------------------------------------------------------------------- pipelines
 
-def _seeds_pipeline_description(backend: str) -> str:
+def _reference_pipeline_description(backend: str) -> str:
     if backend == "tensorflow":
         return ("tf.data: shuffle, per-image map(cast float32, tf.image.resize bilinear, resnet50.preprocess_input; "
                 "num_parallel_calls=AUTOTUNE), batch, prefetch(AUTOTUNE); float32 batches into the model.")
@@ -93,8 +93,8 @@ def _seeds_pipeline_description(backend: str) -> str:
             "(BGR, ImageNet means); float32 batches into the model (no TensorFlow on this backend).")
 
 
-def _seeds_dataset(x: np.ndarray, y: np.ndarray, size: int, batch: int, backend: str):
-    """The seeds' pipeline: an endless source of (float32 size x size preprocessed images, labels) batches."""
+def _reference_dataset(x: np.ndarray, y: np.ndarray, size: int, batch: int, backend: str):
+    """The reference notebooks' pipeline: an endless source of (float32 size x size preprocessed images, labels) batches."""
     if backend == "tensorflow":
         import tensorflow as tf
         from keras.applications.resnet50 import preprocess_input
@@ -112,7 +112,7 @@ def _PilResizeDataset(x: np.ndarray, y: np.ndarray, size: int, batch: int):
     import keras
 
     class PilResizeDataset(keras.utils.PyDataset):
-        """Seeds' pipeline without TensorFlow: PIL resize per image, NumPy preprocessing, threads."""
+        """The reference notebooks' pipeline without TensorFlow: PIL resize per image, NumPy preprocessing, threads."""
 
         def __init__(self):
             import os
@@ -136,27 +136,27 @@ def _PilResizeDataset(x: np.ndarray, y: np.ndarray, size: int, batch: int):
 
 def _pipeline_only(x, y, size: int, batch: int, budget_s: float, backend: str) -> dict:
     """Each pipeline alone, no model: batches drawn one after another for about `budget_s` seconds."""
-    seeds = _seeds_dataset(x, y, size, batch, backend)
+    reference = _reference_dataset(x, y, size, batch, backend)
     if backend == "tensorflow":
         import tensorflow as tf
 
-        seeds_next = iter(seeds).__next__
+        reference_next = iter(reference).__next__
         ours_next = iter(tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch)
                          .prefetch(tf.data.AUTOTUNE)).__next__
     else:
         counter = iter(range(10**12))
-        seeds_next = lambda: seeds[next(counter) % len(seeds)]  # noqa: E731
+        reference_next = lambda: reference[next(counter) % len(reference)]  # noqa: E731
 
         def ours_next():
             j = (next(counter) * batch) % (len(x) - batch + 1)
             return np.ascontiguousarray(x[j:j + batch]), y[j:j + batch]
     out = {}
-    for side, step in (("seeds", seeds_next), ("ours", ours_next)):
+    for side, step in (("reference", reference_next), ("ours", ours_next)):
         t = common.time_steps(step, warmup=2, min_steps=3, max_steps=100_000, budget_s=budget_s)
         out[side] = {"batches": t["steps"], "images": t["steps"] * batch, "seconds": t["seconds"],
                      "cpu_seconds": t["cpu_seconds"], "img_per_s": common.rate(t["steps"] * batch, t["seconds"]),
                      "img_per_cpu_s": common.rate(t["steps"] * batch, t["cpu_seconds"])}
-    out["ratio_ours_over_seeds"] = common.ratio(out["ours"]["img_per_s"], out["seeds"]["img_per_s"], 1)
+    out["ratio_ours_over_reference"] = common.ratio(out["ours"]["img_per_s"], out["reference"]["img_per_s"], 1)
     return out
 
 
@@ -164,8 +164,8 @@ def _pipeline_only(x, y, size: int, batch: int, budget_s: float, backend: str) -
 
 def _training(x, y, cfg: dict, trainable: bool, backend: str) -> dict:
     size, batch = cfg["image_size"], cfg["batch_size"]
-    sides = {"seeds": _build_seeds(cfg["base"], size, trainable), "ours": _build_ours(cfg["base"], size, trainable)}
-    feeds = {"seeds": lambda: (_seeds_dataset(x, y, size, batch, backend), {"shuffle": False}),  # shuffled in tf.data
+    sides = {"reference": _build_reference(cfg["base"], size, trainable), "ours": _build_ours(cfg["base"], size, trainable)}
+    feeds = {"reference": lambda: (_reference_dataset(x, y, size, batch, backend), {"shuffle": False}),  # shuffled in tf.data
              "ours": lambda: (x, {"y": y, "batch_size": batch, "shuffle": True})}
     out: dict = {side: {"rounds_img_per_s": [], "steps": 0, "images": 0, "seconds": 0.0, "cpu_seconds": 0.0}
                  for side in sides}
@@ -175,7 +175,7 @@ def _training(x, y, cfg: dict, trainable: bool, backend: str) -> dict:
             model.fit(data, steps_per_epoch=cfg["warmup_steps"], epochs=1, verbose=0, **kw)
         out[side]["warmup_seconds"] = round(sw.seconds, 2)
     for r in range(cfg["rounds"]):
-        for side in (("seeds", "ours") if r % 2 == 0 else ("ours", "seeds")):
+        for side in (("reference", "ours") if r % 2 == 0 else ("ours", "reference")):
             data, kw = feeds[side]()
             timer = common.epoch_timer()
             sides[side].fit(data, steps_per_epoch=cfg["steps"], epochs=1, verbose=0, callbacks=[timer], **kw)
@@ -190,8 +190,8 @@ def _training(x, y, cfg: dict, trainable: bool, backend: str) -> dict:
     for side in sides:
         out[side]["img_per_s"] = common.rate(out[side]["images"], out[side]["seconds"])
         out[side]["img_per_cpu_s"] = common.rate(out[side]["images"], out[side]["cpu_seconds"])
-    out["ratio_ours_over_seeds"] = common.ratio(out["ours"]["img_per_s"], out["seeds"]["img_per_s"])
-    out["ratio_ours_over_seeds_cpu"] = common.ratio(out["ours"]["img_per_cpu_s"], out["seeds"]["img_per_cpu_s"])
+    out["ratio_ours_over_reference"] = common.ratio(out["ours"]["img_per_s"], out["reference"]["img_per_s"])
+    out["ratio_ours_over_reference_cpu"] = common.ratio(out["ours"]["img_per_cpu_s"], out["reference"]["img_per_cpu_s"])
     out["params_trainable"] = {side: _count(m.trainable_weights) for side, m in sides.items()}
     return out
 
@@ -218,8 +218,8 @@ def _build_ours(base: str, size: int, trainable: bool):
     return _head(_tiny_base(size, trainable)(x), inputs)
 
 
-def _build_seeds(base: str, size: int, trainable: bool):
-    """The seeds' model: float32 size x size preprocessed input -> base -> GAP -> Dense 128 -> softmax."""
+def _build_reference(base: str, size: int, trainable: bool):
+    """The reference notebooks' model: float32 size x size preprocessed input -> base -> GAP -> Dense 128 -> softmax."""
     import keras
 
     keras.utils.set_random_seed(0)

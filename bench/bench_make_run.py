@@ -1,4 +1,4 @@
-"""Item 6: the main job: wall time of `make run` (the quick profile, the DAG run headless by Airflow, report
+"""The main job: wall time of `make run` (the quick profile, the DAG run headless by Airflow, report
 included) on this machine, from a cold start: a fresh TL_HOME (no data cache, empty metrics database) and a fresh
 AIRFLOW_HOME (Airflow's database migrated by the run itself). Goal: <= 10 minutes on a 2-core CPU.
 

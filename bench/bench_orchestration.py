@@ -1,5 +1,5 @@
-"""Item 4: orchestration overhead: the DAG run headless by Airflow (`dag.test()` via tl_tasks.airflow_local.run_dag) against
-the same stages called directly (`python -m tl_tasks run --engine local`, i.e. `tl_tasks.pipeline.run_all`).
+"""Orchestration overhead: the DAG run headless by Airflow (`dag.test()` via tl_tasks.airflow_local.run_dag) against
+the same stages called directly (`python -m tl_tasks run --engine local`, i.e. `tl_tasks.pipeline.run_local`).
 
 Both sides run in a fresh subprocess with a fresh TL_HOME and the same settings, so imports and start-up count
 equally; sides alternate (direct, airflow, airflow, direct, ...) so drifting machine load hits both. Airflow's

@@ -1,20 +1,18 @@
-"""Benchmark: the metrics store's read queries with 10,000 runs x 5 variants x 25 epochs stored (goal: < 50 ms).
+"""The metrics store's read queries with 10,000 runs x 5 variants x 25 epochs stored (goal: < 50 ms each).
 
-    python -m bench.bench_store [--runs 10000] [--repeat 15] [--backends sqlite,postgresql]
+    python -m bench.bench_store [--mode tiny|quick|full]   (50 / 1,000 / 10,000 runs)
 
-Bulk-loads a throwaway SQLite file and a throwaway PostgreSQL database (core executemany inserts, not the ORM),
-then times through the public `MetricsStore` API, each a median of `--repeat` calls: `trend(variant, 50)`,
-`get_run(run_id)` (a run with all its results: history, per-class, confusion, gate), plus `previous_run`,
-`champion`, `recent_runs(20)` and one write (`record_training` + `record_evaluation`).
-Prints JSON and writes bench/out/store.json. PostgreSQL: TL_TEST_PG_ADMIN_URL or postgres@127.0.0.1:5432.
+Bulk-loads a throwaway SQLite file and, in full mode when PostgreSQL answers, a throwaway PostgreSQL database
+(core executemany inserts, not the ORM), then times through the public `MetricsStore` API, each a median of
+several calls: `trend(variant, 50)`, `get_run(run_id)` (a run with all its results: history, per-class,
+confusion, gate), plus `previous_run`, `champion`, `recent_runs(20)` and one write (`record_training` +
+`record_evaluation`). PostgreSQL: TL_TEST_PG_ADMIN_URL or postgres@127.0.0.1:5432.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import random
+import socket
 import statistics
 import tempfile
 import time
@@ -22,40 +20,42 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench import common
+from tl_tasks.config import DAG_ID
+from tl_tasks.data import CIFAR10_CLASSES as CLASSES
+from tl_tasks.demo import LINEAGE  # one test set throughout: the history every query compares
+from tl_tasks.variants import VARIANT_NAMES as VARIANTS
+
 GOAL_MS = 50.0
-OUT = Path(__file__).resolve().parent / "out" / "store.json"
 PG_ADMIN_URL = os.environ.get("TL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-VARIANTS = ("cnn", "resnet50_v1", "resnet50_v2", "resnet50_v3", "resnet50_v4")
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
-LINEAGE = "ab" * 32  # tl_tasks.demo's default lineage: the benchmarks' current run shares it
 CHUNK = 20_000
+SIZES = {"tiny": (50, 3), "quick": (1000, 15), "full": (10_000, 15)}  # runs, calls timed per query
+EPOCHS = 25
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10_000)
-    parser.add_argument("--epochs", type=int, default=25)
-    parser.add_argument("--repeat", type=int, default=15)
-    parser.add_argument("--backends", default="sqlite,postgresql")
-    args = parser.parse_args(argv)
-    result = {
-        "benchmark": "store",
-        "runs": args.runs, "variants": len(VARIANTS), "epochs": args.epochs, "classes": len(CLASSES),
-        "goal_ms": GOAL_MS, "repeat": args.repeat, "statistic": "median ms per call (p90 alongside)",
-        "backends": {},
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
-    }
-    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+def run(mode: str) -> dict:
+    begun = common.begin()
+    n_runs, repeat = SIZES[common.check_mode(mode)]
+    backends = ["sqlite"] + (["postgresql"] if mode == "full" and _postgres_answers() else [])
+    results: dict = {"goal_ms": GOAL_MS, "statistic": "median ms per call (p90 alongside)", "backends": {}}
+    for backend in backends:
         with _database(backend) as url:
-            result["backends"][backend] = _bench(url, args.runs, args.epochs, args.repeat)
-    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    result["meets_goal"] = all(b["meets_goal"] for b in result["backends"].values())
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return result
+            results["backends"][backend] = _bench(url, n_runs, EPOCHS, repeat)
+    results["meets_goal"] = all(b["meets_goal"] for b in results["backends"].values())
+    parameters = {"runs": n_runs, "variants": len(VARIANTS), "epochs": EPOCHS, "classes": len(CLASSES),
+                  "repeat": repeat, "backends": backends}
+    return common.record("store", mode, begun, parameters, results,
+                         [f"goal: every read query under {GOAL_MS:g} ms (median) with {n_runs:,} runs stored"],
+                         common.machine(probe_backend=False))
+
+
+def _postgres_answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 class _database:
@@ -182,7 +182,7 @@ def _seed(store, n_runs: int, n_epochs: int, children: bool = True) -> dict:
             when = T0 + timedelta(hours=6 * r)
             run_pk = r + 1
             buffers["runs"].append({
-                "id": run_pk, "run_id": f"run_{r:06d}", "dag_id": "cifar10_retraining", "logical_date": when,
+                "id": run_pk, "run_id": f"run_{r:06d}", "dag_id": DAG_ID, "logical_date": when,
                 "started_at": when, "ended_at": when + timedelta(hours=1), "state": "success", "profile": "full",
                 "params": {"epochs": n_epochs, "batch_size": 64}, "data_source": "cifar10",
                 "data_fingerprint": f"{r:064x}", "data_summary": None, "class_names": list(CLASSES), "seed": 42,
@@ -251,4 +251,4 @@ def _evaluation(acc: float) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(common.cli("store", run))

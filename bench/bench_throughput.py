@@ -1,4 +1,4 @@
-"""Item 2: training throughput (img/s) of every variant at image sizes 32, 64, 128, 224 and a few batch sizes;
+"""Training throughput (img/s) of every variant at image sizes 32, 64, 128, 224 and a few batch sizes;
 mixed precision off and on where a GPU is present.
 
 Each cell builds the variant with `tl_tasks.training.builders.build_model` (uint8 32x32 input, resized inside the model to

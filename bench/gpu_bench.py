@@ -12,7 +12,7 @@ Measures, at `--size full` (a GPU; under 8 minutes on one H100/H200):
 `--size tiny` runs the same code in seconds on a CPU (32 px, batch 8, 2 timed steps, synthetic data) to check
 that it runs end to end; its numbers mean nothing.
 
-Goal (issue 13): >= 4,000 img/s fine-tuning on one H100/H200 (NVIDIA's TF ResNet-50 v1.5, A100, AMP + XLA:
+Goal: >= 4,000 img/s fine-tuning on one H100/H200 (NVIDIA's TF ResNet-50 v1.5, A100, AMP + XLA:
 ~2,375 img/s).
 """
 from __future__ import annotations
@@ -101,8 +101,8 @@ def throughput(size: dict, mixed: bool) -> dict:
 
 
 def full_profile_epoch(size: dict, dataset: str, work: Path, mixed: bool) -> dict:
-    from tl_tasks.config import resolve_settings
     from tl_tasks.data import prepare_data
+    from tl_tasks.schema import resolve_settings
     from tl_tasks.training.evaluate import evaluate_variant
     from tl_tasks.training.loop import train_variant
 

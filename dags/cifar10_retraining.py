@@ -1,14 +1,13 @@
 """Retrain the CIFAR-10 classifiers, evaluate them, gate them against their champions and write a report.
 
-Wiring only: every task body is one call into `tl_tasks.pipeline` (the gate task also emits its asset events
-through `tl_tasks.gating.assets`), which imports Keras lazily, so parsing this file stays cheap (no TensorFlow, Keras
-or matplotlib; a test checks).
+Wiring only: one task per stage of `tl_tasks.pipeline.STAGES` (its ids, mapping and trigger rules), each body one
+call into `tl_tasks.pipeline` (the gate task also emits its asset events through `tl_tasks.gating.assets`). Keras
+loads only inside a task, so parsing this file stays cheap (no TensorFlow, Keras or matplotlib; a test checks).
 """
 from __future__ import annotations
 
 import os
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 from airflow.sdk import (
@@ -23,16 +22,16 @@ from airflow.sdk import (
     task,
 )
 
-from tl_tasks import schema  # light modules: no heavy imports
-from tl_tasks.config import GPU_POOL, schedule_from_env  # the pool has TL_GPU_POOL_SLOTS slots
-from tl_tasks.data.watch import DATASET_ASSET
-from tl_tasks.gating.assets import champion_alias, champion_asset
+from tl_tasks import pipeline, schema  # no heavy imports: Keras loads inside the train and evaluate tasks
+from tl_tasks.config import DAG_ID, GPU_POOL, schedule_from_env  # the pool has TL_GPU_POOL_SLOTS slots
+from tl_tasks.data.watch import DATASET_ASSET, dataset_for_run
+from tl_tasks.gating.assets import champion_alias, champion_asset, emit_promotions
 from tl_tasks.notify.notifier import RetrainingNotifier
-from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS
+from tl_tasks.pipeline import NO_RETRY_EXCEPTIONS, STAGES
+from tl_tasks.stages.gate import GateOptions
 from tl_tasks.stages.timeouts import DAGRUN_TIMEOUT, HARD
 from tl_tasks.variants import VARIANT_NAMES
 
-DAG_ID = Path(__file__).stem
 GPU_QUEUE = "gpu"    # Celery queue served by the GPU worker(s)
 
 
@@ -41,6 +40,12 @@ SCHEDULE = schedule_from_env("TL_SCHEDULE", "@weekly")  # `none` = triggered run
 TIMETABLE = (AssetOrTimeSchedule(timetable=CronTriggerTimetable(SCHEDULE, timezone="UTC"), assets=[Asset(DATASET_ASSET)])
              if SCHEDULE else [Asset(DATASET_ASSET)])
 RETRY_DELAY_S = int(os.environ.get("TL_RETRY_DELAY_S", "60"))   # wait before a retry (tests shorten it)
+STAGE = {s.task_id: s for s in STAGES}
+
+
+def _rule(task_id: str) -> TriggerRule:
+    return TriggerRule.ALL_DONE if STAGE[task_id].after_failures else TriggerRule.ALL_SUCCESS
+
 
 # The trigger form: one field per run parameter of tl_tasks/schema.py (defaults quote each profile's values).
 PARAMS = schema.dag_params()
@@ -48,7 +53,7 @@ PARAMS = schema.dag_params()
 DOC_MD = f"""
 ### CIFAR-10 transfer-learning retraining
 
-`prepare_data` → `train` (mapped: one task per variant) → `evaluate` (mapped) → `gate` → `build_report` → `finalize`
+{" → ".join(f"`{s.task_id}`" + (" (mapped: one task per variant)" if s.per_variant else "") for s in STAGES)}
 
 * **prepare_data** resolves the run's settings (trigger form ▸ profile; the environment sets none) and writes
   validated uint8 arrays under `$TL_HOME/runs/<run>/data/` (`cifar10` is read from a local copy when there is
@@ -102,60 +107,44 @@ RETRY_POLICY = ExceptionRetryPolicy(rules=[RetryRule(exception=list(NO_RETRY_EXC
     },
 )
 def cifar10_retraining():
-    @task(execution_timeout=HARD["prepare_data"])
+    @task(trigger_rule=_rule("prepare_data"), execution_timeout=HARD["prepare_data"])
     def prepare_data(params=None, run_id=None, dag_run=None, triggering_asset_events=None) -> list[dict]:
         """Prepare the data; returns one {variant, settings} job per chosen variant."""
-        from tl_tasks.data.watch import dataset_for_run
-        from tl_tasks.pipeline import prepare_jobs
-
         params = dict(params)  # no dataset given: a watcher or clock run trains on the watched data (TL_WATCH_SOURCE)
         manual = str(getattr(dag_run.run_type, "value", dag_run.run_type)) == "manual"
         params["dataset"] = dataset_for_run(params.get("dataset"), triggering_asset_events, manual=manual)
-        return prepare_jobs(run_id, params, dag_id=DAG_ID, logical_date=dag_run.logical_date or dag_run.run_after)
+        return pipeline.prepare_jobs(run_id, params, dag_id=DAG_ID, logical_date=dag_run.logical_date or dag_run.run_after)
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE, execution_timeout=HARD["train"], multiple_outputs=False,
-          map_index_template="{{ task.op_kwargs['variant'] }}")
+    @task(pool=GPU_POOL, queue=GPU_QUEUE, trigger_rule=_rule("train"), execution_timeout=HARD["train"],
+          multiple_outputs=False, map_index_template="{{ task.op_kwargs['variant'] }}")
     def train(variant: str, settings: dict, run_id=None) -> dict:
-        from tl_tasks.pipeline import train_stage
+        return pipeline.train_stage(run_id, variant, settings, verbose=2)  # one log line per epoch
 
-        return train_stage(run_id, variant, settings, verbose=2)  # one log line per epoch
-
-    @task(pool=GPU_POOL, queue=GPU_QUEUE, trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["evaluate"],
-          multiple_outputs=False,
-          map_index_template="{{ task.op_kwargs['trained']['variant'] }}")
+    @task(pool=GPU_POOL, queue=GPU_QUEUE, trigger_rule=_rule("evaluate"), execution_timeout=HARD["evaluate"],
+          multiple_outputs=False, map_index_template="{{ task.op_kwargs['trained']['variant'] }}")
     def evaluate(trained: dict, run_id=None) -> dict:
         # Mapped over train's results: only variants whose training succeeded are evaluated.
-        from tl_tasks.pipeline import evaluate_stage
+        return pipeline.evaluate_stage(run_id, trained["variant"])
 
-        return evaluate_stage(run_id, trained["variant"])
-
-    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["gate"], multiple_outputs=False,
+    @task(trigger_rule=_rule("gate"), execution_timeout=HARD["gate"], multiple_outputs=False,
           inlets=[champion_asset(v) for v in VARIANT_NAMES], outlets=[champion_alias()])
     def gate(params=None, run_id=None, outlet_events=None) -> dict:
         # The champion assets are declared (inlets register them); events go out only for promoted variants.
-        from tl_tasks.gating.assets import emit_promotions
-        from tl_tasks.pipeline import gate_stage
-
         # A regression with fail_on_regression fails the run in `finalize`, not here: a failed task would
         # emit no asset events, and the promotions of the other variants must still reach deployment.
-        result = gate_stage(run_id, None, params["tolerance"], params["fail_on_regression"],
-                            params["force_promote"], params["alpha"], raise_on_regression=False)
+        result = pipeline.gate_stage(run_id, options=GateOptions.from_params(params), raise_on_regression=False)
         emit_promotions(outlet_events, result)
         return result
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["build_report"])
+    @task(trigger_rule=_rule("build_report"), execution_timeout=HARD["build_report"])
     def build_report(run_id=None) -> str:
-        from tl_tasks.pipeline import report_stage
+        return pipeline.report_stage(run_id)
 
-        return report_stage(run_id)
-
-    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=HARD["finalize"], multiple_outputs=False)
+    @task(trigger_rule=_rule("finalize"), execution_timeout=HARD["finalize"], multiple_outputs=False)
     def finalize(run_id=None) -> dict:
         # The run's only leaf: Airflow derives the run's state from it, so a failed variant fails the run
         # (its RunFailed is in NO_RETRY_EXCEPTIONS: no pointless retries).
-        from tl_tasks.pipeline import finish_stage
-
-        return finish_stage(run_id)
+        return pipeline.finish_stage(run_id)
 
     trained = train.expand_kwargs(prepare_data())
     evaluate.expand(trained=trained) >> gate() >> build_report() >> finalize()

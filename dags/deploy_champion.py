@@ -12,6 +12,7 @@ import pendulum
 from airflow.sdk import AssetAny, dag, task
 
 from tl_tasks.gating.assets import champion_asset
+from tl_tasks.gating.champions import deploy_events
 from tl_tasks.variants import VARIANT_NAMES
 
 CHAMPION_ASSETS = [champion_asset(v) for v in VARIANT_NAMES]
@@ -29,8 +30,6 @@ def deploy_champion():
     @task
     def deploy(triggering_asset_events=None) -> list[dict]:
         import os
-
-        from tl_tasks.gating.champions import deploy_events
 
         return deploy_events(triggering_asset_events, lineage=os.environ.get("TL_DEPLOY_LINEAGE") or None)
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, dag, task
 
-from tl_tasks.data.watch import DATASET_ASSET, WATCHER_DAG_ID
+from tl_tasks.data.watch import DATASET_ASSET, WATCHER_DAG_ID, check
 
 DAG_ID = WATCHER_DAG_ID
 INTERVAL = timedelta(seconds=float(os.environ.get("TL_WATCH_INTERVAL_S", "300")))  # how often to look
@@ -30,8 +30,6 @@ def tl_data_watcher():
     def look(outlet_events=None) -> dict:
         """Succeeds (emitting the asset event) only on a confirmed change; otherwise skipped: no event."""
         from airflow.sdk.exceptions import AirflowSkipException
-
-        from tl_tasks.data.watch import check
 
         result = check()
         if not result["changed"]:

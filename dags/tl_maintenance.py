@@ -11,6 +11,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
+from tl_tasks import gc
 from tl_tasks.config import schedule_from_env
 
 KEEP = int(os.environ.get("TL_GC_KEEP", "10"))
@@ -33,10 +34,7 @@ SCHEDULE = schedule_from_env("TL_GC_SCHEDULE", "@daily")  # `none` = off
 def tl_maintenance():
     @task(multiple_outputs=False)
     def collect_garbage() -> dict:
-        from tl_tasks.gc import collect_garbage as gc
-        from tl_tasks.gc import default_airflow_logs
-
-        plan = gc(KEEP, airflow_logs=default_airflow_logs())
+        plan = gc.collect_garbage(KEEP, airflow_logs=gc.default_airflow_logs())
         print(plan.text())
         return {"freed_bytes": plan.freed_bytes, "removed": len(plan.removals), "thinned_runs": plan.thinned_runs}
 

@@ -14,13 +14,19 @@ from airflow.sdk import BaseOperatorLink
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
-from tl_tasks.config import tl_home
-from tl_tasks.layout import REPORT_DIR, REPORTS_DIR, REPORTS_INDEX_URL_PATH, RUNS_DIR  # light: paths only
+from tl_tasks.config import DAG_ID, tl_home  # reports show DAG_ID's runs: reading them needs read access to it
+from tl_tasks.layout import (  # light: paths only
+    REPORT_DIR,
+    REPORTS_DIR,
+    REPORTS_INDEX_URL_PATH,
+    REPORTS_URL_PREFIX,
+    RUNS_DIR,
+    report_url,
+)
 
 INDEX = REPORTS_INDEX_URL_PATH
 
-URL_PREFIX = "/retraining-reports"
-DAG_ID = "cifar10_retraining"   # reports show this DAG's runs: reading them needs read access to it
+URL_PREFIX = REPORTS_URL_PREFIX
 # Reports are self-contained pages: no scripts, inline styles, images as data: URIs. The policy makes a
 # page inert even if a string slipped past escaping; framing is allowed for the Airflow UI (same origin).
 SECURITY_HEADERS = {
@@ -108,8 +114,6 @@ class RunReportLink(BaseOperatorLink):
         if ti_key.dag_id not in REPORTED_DAG_IDS:
             return ""  # the UI shows no link for other DAGs' tasks
         from airflow.configuration import conf
-
-        from tl_tasks.notify.channels import report_url
 
         return report_url(conf.get("api", "base_url", fallback="") or "", ti_key.run_id)
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reports.context import report_context
 from reports.index import build_index
 from reports.render import render, write_page
 from tl_tasks import layout
 from tl_tasks.layout import RunLayout
+from tl_tasks.store import connect
 
 __all__ = ["build_index", "build_report"]
 
@@ -27,8 +29,6 @@ def build_report(run_id: str, store=None) -> Path:
         The path of the written report page.
     """
     if store is None:
-        from tl_tasks.store import connect
-
         store = connect()
     run = store.get_run(run_id)
     if run is None:
@@ -36,8 +36,6 @@ def build_report(run_id: str, store=None) -> Path:
             f"run_id={run_id!r} is not in the metrics database; run the pipeline for it first "
             f"or pick a recorded run id (see {layout.reports_root() / layout.REPORT_INDEX})"
         )
-    from reports.context import report_context
-
     html = render("report.html", report_context(run, store))
     path = RunLayout(run_id).report_index
     write_page(path, html)

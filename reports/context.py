@@ -14,9 +14,11 @@ from datetime import UTC, datetime
 
 from reports import formatting as fmt
 from tl_tasks import layout
+from tl_tasks.data import load_array
+from tl_tasks.errors import MissingInput
 from tl_tasks.gating.decision import Decision
 from tl_tasks.layout import RunLayout
-from tl_tasks.variants import variant_sort_key
+from tl_tasks.variants import VARIANTS, variant_sort_key
 
 TREND_LIMIT = 200              # trend points per variant of this run's lineage
 OTHER_LINEAGES_LIMIT = 50      # the last runs of other lineages, drawn apart as faint lines
@@ -26,13 +28,13 @@ THUMB_MAX = 64                 # thumbnails larger than this (px) are downscaled
 
 def report_context(run: dict, store) -> dict:
     run_id = run["run_id"]
+    here = RunLayout(run_id)
     results = _results(run)
     class_names = list(run.get("class_names") or [])
     lineage = _lineage(run, store)
     previous = store.previous_run(run_id, same_lineage=True)
     prev_results = {r["variant"]: r for r in _results(previous)} if previous else {}
-    y_test = _test_labels(run_id)
-    rows = [_summary_row(r, prev_results.get(r["variant"]), y_test, _test_images(r, run)) for r in results]
+    rows = [_summary_row(r, prev_results.get(r["variant"])) for r in results]
     scored = [r for r in rows if r["accuracy"] is not None and not r["failed"]]
     best = max(scored, key=lambda r: r["accuracy"]) if scored else None
     if best is not None:
@@ -45,29 +47,29 @@ def report_context(run: dict, store) -> dict:
     return {
         "run": {**run, "when": current_date},
         "lineage": lineage,
-        "previous": _previous_link(previous, run_id),
-        "index_href": layout.href(RunLayout(run_id).report_url_path, layout.REPORTS_INDEX_URL_PATH),
+        "previous": _previous_link(previous, here),
+        "index_href": layout.href(here.report_url_path, layout.REPORTS_INDEX_URL_PATH),
         "headline": _headline(rows, best, failed, previous, run.get("error")),
-        "skipped": _skipped(run),
+        "skipped": _skipped(run, here),
         "rows": rows,
         "trend": _trend(store, run_id, [r["variant"] for r in results], current_date, run.get("lineage")),
-        "variants": [v for v in (_variant_section(r, class_names, run_id) for r in results) if v],
+        "variants": [v for v in (_variant_section(r, class_names, here) for r in results) if v],
         "failed": failed,
         "metadata": _metadata(run, results),
         "generated_at": datetime.now(UTC),
     }
 
 
-def _skipped(run: dict) -> dict | None:
+def _skipped(run: dict, here: RunLayout) -> dict | None:
     """A run skipped because nothing changed: the reason and a link to the run it equals."""
     note = (run.get("params") or {}).get("skipped")
     if not note:
         return None
     same = note.get("same_as")
-    exists = bool(same) and RunLayout(same).report_index.is_file()
+    there = RunLayout(same) if same else None
     return {"reason": note.get("reason") or "unchanged", "run_id": same,
-            "href": layout.href(RunLayout(run["run_id"]).report_url_path, RunLayout(same).report_url_path)
-            if exists else None}
+            "href": layout.href(here.report_url_path, there.report_url_path)
+            if there and there.report_index.is_file() else None}
 
 
 def _lineage(run: dict, store) -> dict | None:
@@ -75,26 +77,11 @@ def _lineage(run: dict, store) -> dict | None:
     key = run.get("lineage")
     if not key:
         return None
-    size = store.lineage_size(key, until_run_id=run["run_id"]) if hasattr(store, "lineage_size") else None
+    size = store.lineage_size(key, until_run_id=run["run_id"])
     tests = ((run.get("data_summary") or {}).get("counts") or {}).get("test")
     legacy = key.startswith("legacy-")
     return {"key": key, "short": key[:12], "runs": size, "earlier": (size - 1) if size else None,
             "test_images": tests, "legacy": legacy}
-
-
-def _test_labels(run_id: str):
-    """The run's test labels (for paired comparisons in the report), None when its data is gone."""
-    from tl_tasks.data import load_array
-    from tl_tasks.errors import MissingInput
-
-    try:
-        return load_array(RunLayout(run_id), "y_test")
-    except MissingInput:
-        return None
-
-
-def _test_images(r: dict, run: dict) -> int | None:
-    return (r.get("eval_info") or {}).get("test_images") or ((run.get("data_summary") or {}).get("counts") or {}).get("test")
 
 
 def _results(run: dict | None) -> list[dict]:
@@ -111,19 +98,21 @@ def _is_failed(result: dict) -> bool:
     return (result.get("state") or "").lower() == "failed"
 
 
-def _summary_row(r: dict, prev: dict | None, y_test, test_images: int | None) -> dict:
+def _summary_row(r: dict, prev: dict | None) -> dict:
+    """One variant's row: its numbers, and the gate's intervals and comparisons (the report computes none)."""
     acc = r.get("accuracy")
     gate = r.get("gate") or None
     prev = prev or {}
     champ_acc = (gate or {}).get("champion_accuracy")
-    paired_prev = _paired_with(r, prev, y_test)
+    paired_prev = (gate or {}).get("previous")
     return {
         "variant": r["variant"],
         "failed": _is_failed(r),
         "stage": r.get("stage"),
         "is_best": False,
         "accuracy": acc,
-        "accuracy_ci": _wilson(acc, test_images),
+        "accuracy_ci": (gate or {}).get("accuracy_ci"),
+        "alpha": (gate or {}).get("alpha"),
         "loss": r.get("loss"),
         "top3": r.get("top3_accuracy"),
         "macro_f1": r.get("macro_f1"),
@@ -141,36 +130,13 @@ def _summary_row(r: dict, prev: dict | None, y_test, test_images: int | None) ->
             "macro_f1": fmt.delta(r.get("macro_f1"), prev.get("macro_f1"), scale=1, digits=3, unit=""),
         },
         "prev_words": fmt.uncertainty(paired_prev) if paired_prev else "",
-        "prev_significant": bool(paired_prev and paired_prev["p_value"] < 0.05),
+        "prev_significant": bool(paired_prev and paired_prev.get("significant")),
         "d_champ": fmt.delta(acc, champ_acc) if gate and gate.get("delta") is not None else None,
         "champ_words": fmt.uncertainty(gate) if gate and gate.get("delta") is not None else "",
         "champion_text": (f"champion {fmt.pct(champ_acc)} ({gate.get('champion_run_id')})"
                           if gate and champ_acc is not None else ""),
         "gate": _gate(gate),
     }
-
-
-def _paired_with(r: dict, other: dict, y_test) -> dict | None:
-    """Paired comparison of two results of one lineage from their stored per-image predictions, if both exist."""
-    if y_test is None or not other or r.get("accuracy") is None or other.get("accuracy") is None:
-        return None
-    from tl_tasks.gating.decision import compare_paired
-    from tl_tasks.training.predictions import PredictionsUnavailable, load_predictions
-
-    try:
-        new = load_predictions(r.get("predictions_path"), r.get("predictions_sha256"), expected_len=len(y_test))
-        old = load_predictions(other.get("predictions_path"), other.get("predictions_sha256"), expected_len=len(y_test))
-    except PredictionsUnavailable:
-        return None
-    return compare_paired(y_test, new, old)
-
-
-def _wilson(acc, n) -> tuple[float, float] | None:
-    if acc is None or not n:
-        return None
-    from tl_tasks.gating.decision import wilson_interval
-
-    return wilson_interval(round(float(acc) * n), int(n))
 
 
 def _gate(gate: dict | None) -> dict | None:
@@ -228,20 +194,20 @@ def _with_uncertainty(variant: str, delta, words: str) -> str:
     return f"{variant} ({delta.text}" + (f", {words}" if words else "") + ")"
 
 
-def _previous_link(previous: dict | None, run_id: str) -> dict | None:
+def _previous_link(previous: dict | None, here: RunLayout) -> dict | None:
     if not previous:
         return None
-    here, there = RunLayout(run_id).report_url_path, RunLayout(previous["run_id"])
+    there = RunLayout(previous["run_id"])
     return {
         "run_id": previous["run_id"],
-        "href": layout.href(here, there.report_url_path if there.report_index.is_file() else layout.REPORTS_INDEX_URL_PATH),
+        "href": layout.href(here.report_url_path, there.report_url_path if there.report_index.is_file() else layout.REPORTS_INDEX_URL_PATH),
         "when": previous.get("logical_date") or previous.get("started_at"),
     }
 
 
 def _trend(store, run_id: str, variants: list[str], current: datetime | None, lineage: str | None) -> dict:
-    """The trend chart: per variant, this lineage's runs as one line with 95% Wilson bands; runs on other test
-    sets (other lineages) as separate faint lines, never joined with this one."""
+    """The trend chart: per variant, this lineage's runs as one line with the gate's accuracy intervals as bands;
+    runs on other test sets (other lineages) as separate faint lines, never joined with this one."""
     from reports import plots
 
     series, others, runs, dates, older = {}, {}, set(), [], []
@@ -255,7 +221,7 @@ def _trend(store, run_id: str, variants: list[str], current: datetime | None, li
             if when is None:
                 continue
             point = {"logical_date": when, "accuracy": p.get("accuracy"),
-                     "ci": _wilson(p.get("accuracy"), p.get("test_images"))}
+                     "ci": p.get("accuracy_ci")}
             if lineage is not None and p.get("lineage") == lineage:
                 mine.append(point)
                 if p.get("accuracy") is not None:
@@ -265,7 +231,7 @@ def _trend(store, run_id: str, variants: list[str], current: datetime | None, li
                 theirs.setdefault(p["lineage"], []).append(point)
         series[variant] = mine
         others[variant] = list(theirs.values())
-        if lineage is not None and len(mine) >= TREND_LIMIT and hasattr(store, "trend_summary"):
+        if lineage is not None and len(mine) >= TREND_LIMIT:
             summary = store.trend_summary(variant, lineage, run_id, skip=TREND_LIMIT)
             if summary:
                 older.append(f"{variant}: {summary['runs']:,} earlier run{'s' if summary['runs'] != 1 else ''} "
@@ -278,7 +244,7 @@ def _trend(store, run_id: str, variants: list[str], current: datetime | None, li
     fig = plots.accuracy_trend(series, current, others=others)
     img, width, height = _figure_img(fig)
     caption = (f"{len(runs)} run{'s' if len(runs) != 1 else ''} on this test set from {fmt.date_text(min(dates))} to "
-               f"{fmt.date_text(max(dates))}; shaded bands are 95% intervals (Wilson); the dotted line marks this run.")
+               f"{fmt.date_text(max(dates))}; shaded bands are the gate's intervals (Wilson, 1 − α); the dotted line marks this run.")
     if len(runs) == 1:
         caption = "Only this run on this test set so far; the chart grows with every scheduled rerun."
     if n_other:
@@ -289,7 +255,7 @@ def _trend(store, run_id: str, variants: list[str], current: datetime | None, li
     return {"img": img, "width": width, "height": height, "runs": len(runs), "caption": caption}
 
 
-def _variant_section(r: dict, run_class_names: list[str], run_id: str) -> dict | None:
+def _variant_section(r: dict, run_class_names: list[str], here: RunLayout) -> dict | None:
     from reports import plots
 
     history = r.get("history") or []
@@ -313,7 +279,7 @@ def _variant_section(r: dict, run_class_names: list[str], run_id: str) -> dict |
     out["per_class"] = _per_class_rows(per_class, class_names)
     if not matrix and not per_class and not _is_failed(r):
         out["notes"].append("No evaluation is recorded for this variant.")
-    out["misclassified"] = _misclassified(r, class_names, run_id)
+    out["misclassified"] = _misclassified(r, class_names, here)
     return out
 
 
@@ -396,8 +362,6 @@ def _confusion(r: dict) -> tuple[list, list]:
 
 
 def _description(name: str) -> str:
-    from tl_tasks.variants import VARIANTS
-
     v = VARIANTS.get(name)
     return v.description if v else ""
 
@@ -414,15 +378,15 @@ def _figure_img(fig) -> tuple[str, int, int]:
     return plots.figure_to_data_uri(fig), width, height
 
 
-def _misclassified(r: dict, class_names: list[str], run_id: str) -> dict:
+def _misclassified(r: dict, class_names: list[str], here: RunLayout) -> dict:
     items = list(r.get("misclassified") or [])
     out = {"images": [], "note": "", "total": len(items)}
     if not items:
         if r.get("accuracy") is not None:
             out["note"] = "No misclassified test images are recorded for this variant."
         return out
-    x_path = RunLayout(run_id).data_file("x_test")
-    images = _load_test_images(run_id)
+    x_path = here.data_file("x_test")
+    images = _load_test_images(here)
     if images is None:
         out["note"] = (f"The test images are no longer on disk ({x_path} is missing), "
                        "so the misclassified examples cannot be shown.")
@@ -441,12 +405,9 @@ def _misclassified(r: dict, class_names: list[str], run_id: str) -> dict:
     return out
 
 
-def _load_test_images(run_id: str):
-    from tl_tasks.data import load_array
-    from tl_tasks.errors import MissingInput
-
+def _load_test_images(here: RunLayout):
     try:
-        return load_array(RunLayout(run_id), "x_test")
+        return load_array(here, "x_test")
     except (MissingInput, OSError, ValueError):
         return None
 

@@ -12,6 +12,7 @@ from reports import formatting as fmt
 from reports.render import render, write_page
 from tl_tasks import layout
 from tl_tasks.layout import RunLayout
+from tl_tasks.store import connect
 from tl_tasks.variants import variant_sort_key
 
 INDEX_PAGE_SIZE = 100          # runs per index page; the front page shows the newest ones
@@ -29,8 +30,6 @@ def build_index(store=None, *, run_id: str | None = None, full: bool = False) ->
         The path of the front page.
     """
     if store is None:
-        from tl_tasks.store import connect
-
         store = connect()
     folder = layout.reports_root()
     total = store.count_runs()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from reports.formatting import FILTERS
 from tl_tasks.files import write_text_atomic
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
@@ -14,8 +15,6 @@ TEMPLATES_DIR = Path(__file__).with_name("templates")
 def environment():
     """The Jinja2 environment of the report templates: autoescaped, with `reports.formatting.FILTERS` as filters."""
     import jinja2
-
-    from reports.formatting import FILTERS
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),

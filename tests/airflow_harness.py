@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from tl_tasks import config
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 DAGS_FOLDER = PROJECT_ROOT / "dags"
-DAG_ID = "cifar10_retraining"
+DAG_ID = config.DAG_ID
 HOSTNAME_ENV = "TL_TEST_AIRFLOW_HOSTNAME"
 PG_ADMIN_URL = os.environ.get("TL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 # A Redis database of its own for Celery tests: flushed before and after each run.

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tl_tasks.data import CIFAR10_CLASSES
+
 
 def class_colour(index: int) -> tuple[int, int, int]:
     """A distinct flat colour per class, so a test can tell from the pixels which label an image got."""
@@ -46,7 +48,7 @@ def make_zip(src: Path, dest: Path, arcname: str | None = None) -> Path:
     return dest
 
 
-CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR_NAMES = list(CIFAR10_CLASSES)
 
 
 def write_cifar_batches(folder: Path, per_batch: int = 20, *, seed: int = 0, label_names=None,

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from tl_tasks.config import PROFILES, Settings
+from tl_tasks.data import CIFAR10_CLASSES
 
-CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CLASS_NAMES = list(CIFAR10_CLASSES)
 
 
 def synthetic_images(n: int, num_classes: int = 10, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,8 @@ import pytest
 
 from tests.backend_helpers import PROJECT_ROOT, backend_env, module_command, run_backend
 from tests.ml_helpers import small_settings, write_prepared
-from tl_tasks.config import resolve_settings, run_key
+from tl_tasks.config import run_key
+from tl_tasks.schema import resolve_settings
 from tl_tasks.training.builders import build_model
 from tl_tasks.training.loop import train_variant
 from tl_tasks.variants import VARIANT_NAMES

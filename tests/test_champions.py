@@ -32,9 +32,9 @@ print(json.dumps({"probs": probs.tolist(), "tl_tasks": any(m.startswith("tl_task
 @pytest.fixture
 def promoted_cnn(capsys):
     """Two smoke runs of the CNN on the same synthetic data: the first bootstraps, the second is forced."""
-    settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn"]})
-    first = pipeline.run_all("champ-1", settings)
-    second = pipeline.run_all("champ-2", settings, force_promote=True)
+    params = {"profile": "smoke", "variants": ["cnn"]}
+    first = pipeline.run_local("champ-1", params)
+    second = pipeline.run_local("champ-2", {**params, "force": True, "force_promote": True})  # same data: forced
     return first, second
 
 
@@ -127,8 +127,7 @@ def test_example_deployment_points_at_a_verified_champion_of_one_lineage(promote
     out = champions.deploy(published, "cnn", lineage=lineage[:12])
     assert out["deployed"] == str(target) and target.resolve() == Path(published).resolve()
     # a champion of another test set does not replace the deployed model
-    settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn"], "seed": 9})
-    other = pipeline.run_all("champ-other", settings)["decisions"]["cnn"]
+    other = pipeline.run_local("champ-other", {"profile": "smoke", "variants": ["cnn"], "seed": 9})["decisions"]["cnn"]
     assert other["decision"] == "bootstrap" and other["lineage"] != lineage
     skipped = champions.deploy(other["published"], "cnn")
     assert skipped["deployed"] is None and "another test set" in skipped["skipped"]

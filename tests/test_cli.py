@@ -167,11 +167,17 @@ def test_run_local_prints_report_and_exit_status(capsys, monkeypatch):
     report = out.strip().splitlines()[-1]
     assert report.startswith("report: ") and os.path.isfile(report.removeprefix("report: "))
 
+    # the same data, settings and code again: skipped, as the DAG skips it (nothing trained, exit 0)
+    assert main(["-q", "run", "--engine", "local", "--profile", "smoke", "--variants", "cnn", "--run-id", "L2"]) == 0
+    assert "run L2: skipped" in capsys.readouterr().out
+    with connect() as store:
+        assert store.get_run("L2")["params"]["skipped"]["same_as"] == "L1" and store.get_run("L2")["results"] == {}
+
     blocker = RunLayout("cli__broken").model_dir("cnn")  # a real fault: a file where the model's folder must go
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a folder")
-    assert main(["-q", "run", "--engine", "local", "--profile", "smoke", "--variants", "cnn",
-                 "--run-id", "cli__broken"]) == 1
+    assert main(["-q", "run", "--engine", "local", "--profile", "smoke", "--variants", "cnn", "--force",
+                 "--run-id", "cli__broken"]) == 1  # --force: it trains (and fails) although nothing changed
     out = capsys.readouterr().out
     assert "failed" in out and out.strip().splitlines()[-1].startswith("report: ")
     with connect() as store:

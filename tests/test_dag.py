@@ -110,6 +110,19 @@ def test_task_ids_and_edges(dag):
     assert [t.task_id for t in dag.tasks if not t.downstream_task_ids] == ["finalize"]  # the run's only leaf
 
 
+def test_the_dag_runs_the_pipelines_stages_in_their_order(dag):
+    # one definition of the stage sequence: the DAG's tasks are pipeline.STAGES (the local engine runs them too)
+    from tl_tasks.pipeline import STAGES
+
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order == [s.task_id for s in STAGES]
+    for stage in STAGES:
+        task = dag.get_task(stage.task_id)
+        rule = str(getattr(task.trigger_rule, "value", task.trigger_rule))
+        assert rule == ("all_done" if stage.after_failures else "all_success"), stage.task_id
+        assert type(task).__name__.endswith("MappedOperator") == stage.per_variant, stage.task_id
+
+
 def test_retries_trigger_rules_pools_and_map_labels(dag):
     from airflow.sdk import RetryAction
 

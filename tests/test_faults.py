@@ -12,6 +12,7 @@ from tests.ml_helpers import small_settings, write_prepared
 from tl_tasks import config, pipeline, schema
 from tl_tasks.errors import BadInput, MissingInput
 from tl_tasks.stages import timeouts
+from tl_tasks.store import connect
 
 # --- retry classification ------------------------------------------------------------------------
 
@@ -107,7 +108,7 @@ def test_a_finished_model_is_rerecorded_not_retrained_when_recording_failed(tmp_
     summary = pipeline.train_stage("r1", "cnn", settings.to_dict(), verbose=0)   # the retry
     assert calls == [1], "the retry retrained instead of recording the finished model"
     assert summary["state"] == "success"
-    with pipeline._store() as store:
+    with connect() as store:
         assert store.get_run("r1")["results"]["cnn"]["state"] == "success"
     # a deliberate rerun (the result is recorded) still trains from scratch, as before
     pipeline.train_stage("r1", "cnn", settings.to_dict(), verbose=0)

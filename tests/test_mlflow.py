@@ -12,8 +12,8 @@ import pytest
 
 from tests.airflow_harness import free_port
 from tl_tasks import pipeline
-from tl_tasks.config import resolve_settings
 from tl_tasks.integrations import mlflow as tl_mlflow
+from tl_tasks.layout import RunLayout
 from tl_tasks.store import connect
 
 pytestmark = pytest.mark.slow  # starts an MLflow server process (make mlflow-venv)
@@ -21,8 +21,9 @@ pytestmark = pytest.mark.slow  # starts an MLflow server process (make mlflow-ve
 MODEL = "cifar10-cnn"
 
 
-def _smoke(run_id: str, **options) -> dict:
-    return pipeline.run_all(run_id, resolve_settings("smoke", variants=["cnn"]), **options)
+def _smoke(run_id: str, **params) -> dict:
+    # force: the same recipe on the same data trains again instead of being skipped as unchanged
+    return pipeline.run_local(run_id, {"profile": "smoke", "variants": ["cnn"], "force": True, **params})
 
 
 def _client(url):
@@ -136,7 +137,8 @@ def test_an_unreachable_server_only_warns(monkeypatch, caplog):
 
 def test_off_without_a_tracking_uri(monkeypatch):
     monkeypatch.setattr(tl_mlflow, "connect_client", lambda: pytest.fail("MLflow contacted while switched off"))
-    assert tl_mlflow.log_run_safely("any-run") == []
+    with connect() as store:
+        assert tl_mlflow.log_run_safely(store, RunLayout("any-run")) == []
 
 
 def test_register_mode_names_the_bad_value(monkeypatch):

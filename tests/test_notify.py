@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tl_tasks.layout import report_url
 from tl_tasks.notify import channels as notify
 from tl_tasks.store import connect
 
@@ -77,7 +78,7 @@ def _notify(run_id: str, run_failed: bool = False, reason: str | None = None) ->
 
 
 def test_message_names_regressions_with_their_statistics_and_failures(store, regressed_run):
-    url = notify.report_url("http://airflow.example:8080/", RUN)
+    url = report_url("http://airflow.example:8080/", RUN)
     from tl_tasks import config
 
     assert url == f"http://airflow.example:8080/retraining-reports/runs/{config.run_key(RUN)}/report/index.html"

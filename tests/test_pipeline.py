@@ -348,12 +348,11 @@ def test_fatal_regression_fails_the_run_and_missing_report_too():
 
 # ---------------------------------------------------------------------------------------- whole run
 
-def test_run_all_without_airflow_keeps_going_when_a_variant_fails():
+def test_run_local_without_airflow_keeps_going_when_a_variant_fails():
     # a real fault that only the ResNet50 variants meet: their weights file does not exist
     missing = config.tl_home() / "missing-weights.h5"
-    settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn", "resnet50_v2"],
-                                            "weights": str(missing)})
-    result = pipeline.run_all("cli-1", settings)
+    result = pipeline.run_local("cli-1", {"profile": "smoke", "variants": ["cnn", "resnet50_v2"],
+                                          "weights": str(missing)})
     assert result["state"] == "failed" and result["failed"] == ["resnet50_v2"]
     assert result["decisions"]["cnn"]["decision"] == "bootstrap"
     assert result["decisions"]["resnet50_v2"]["decision"] == "failed"

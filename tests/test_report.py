@@ -110,7 +110,7 @@ def test_two_runs_show_deltas_trend_and_index(store, tl_home):
     # Trend over both runs, per-variant sections with curves, confusion matrix, per-class table, thumbnails.
     trend = [i for i in page.all("img") if i["alt"].startswith("Line chart: test accuracy")]
     assert len(trend) == 1 and "across 2 runs" in trend[0]["alt"]
-    assert "shaded bands are 95% intervals" in plain
+    assert "shaded bands are the gate's intervals" in plain
     assert len([i for i in page.all("img") if i["alt"].startswith("Accuracy and loss per epoch")]) == 5
     assert text.count('<table class="confusion') == 5 and text.count('<table class="perclass">') == 5
     thumbs = [i for i in page.all("img") if i["alt"].startswith("test image")]

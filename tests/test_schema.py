@@ -127,9 +127,9 @@ def test_a_removed_environment_variable_stops_a_run_naming_the_replacement(monke
         assert name in {p.name for p in schema.PARAMS}
         monkeypatch.setenv(env, "x")
         with pytest.raises(BadInput, match=f"{env} set .*{schema.get(name).flag}"):
-            config.resolve_settings("smoke")
+            schema.resolve_settings("smoke")
         monkeypatch.delenv(env)
-    assert config.resolve_settings("smoke").profile == "smoke"
+    assert schema.resolve_settings("smoke").profile == "smoke"
 
 
 def test_the_schema_does_not_import_airflow_or_heavy_libraries():

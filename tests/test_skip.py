@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tl_tasks import config, pipeline
-from tl_tasks.stages import skip
+from tl_tasks.stages import prepare, skip
 from tl_tasks.store import connect
 
 PARAMS = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 8}
@@ -23,7 +23,7 @@ def test_code_version_is_package_version_plus_commit():
 
     version = skip.code_version()
     assert version.startswith(__version__ + "+") and len(version.split("+")[1].split(".")[0]) == 12
-    assert pipeline.versions()["code"] == version
+    assert prepare.versions()["code"] == version
 
 
 def test_unchanged_run_is_skipped_with_a_link_and_force_retrains(tl_home, monkeypatch):

@@ -13,8 +13,15 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tl_tasks import schema
-from tl_tasks.gating.decision import DECISIONS
+from tl_tasks import pipeline, schema
+from tl_tasks.airflow_local import run_dag
+from tl_tasks.cli import champion_command, db_upgrade_command, runs_command
+from tl_tasks.gating.decision import DECISIONS, RegressionError
+from tl_tasks.gc import collect_garbage, default_airflow_logs
+from tl_tasks.integrations import mlflow
+from tl_tasks.layout import RunLayout
+from tl_tasks.pipeline import RunFailed
+from tl_tasks.stages.gate import GateOptions
 from tl_tasks.variants import VARIANT_NAMES
 
 log = logging.getLogger("tl_tasks")
@@ -153,9 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _stage_settings(args):
     """Settings for a stage after prepare: the run's saved ones (unless --profile), with options on top."""
-    from tl_tasks import pipeline
-    from tl_tasks.layout import RunLayout
-
     saved_path = RunLayout(args.run_id).settings_file
     base = pipeline.load_settings(args.run_id) if args.profile is None and saved_path.is_file() else None
     return schema.settings_from_params(_settings_values(args), base=base)
@@ -181,68 +185,50 @@ def _print_json(data) -> None:
 
 
 def cmd_prepare(args) -> int:
-    from tl_tasks import pipeline
-
     settings = schema.settings_from_params(_settings_values(args))
     _print_json(pipeline.prepare_stage(args.run_id, settings.to_dict(), dag_id=None))
     return 0
 
 
 def cmd_train(args) -> int:
-    from tl_tasks import pipeline
-
     _print_json(pipeline.train_stage(args.run_id, args.variant, _stage_settings(args).to_dict()))
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from tl_tasks import pipeline
-
     _print_json(pipeline.evaluate_stage(args.run_id, args.variant, _stage_settings(args).to_dict()))
     return 0
 
 
 def cmd_gate(args) -> int:
-    from tl_tasks import pipeline
-
-    result = pipeline.gate_stage(args.run_id, _stage_settings(args).to_dict(), args.tolerance,
-                                 args.fail_on_regression, args.force_promote, args.alpha)
+    result = pipeline.gate_stage(args.run_id, _stage_settings(args).to_dict(),
+                                 options=GateOptions.from_params(schema.values_from_args(args)))
     _print_json(result)
     return 0
 
 
 def cmd_report(args) -> int:
-    from tl_tasks import pipeline
-
     _out(pipeline.report_stage(args.run_id))
     return 0
 
 
 def cmd_runs(args) -> int:
-    from tl_tasks.cli import runs_command
-
     _out(runs_command(limit=args.limit, as_json=args.json, variant=args.variant, since=args.since, as_csv=args.csv))
     return 0
 
 
 def cmd_champion(args) -> int:
-    from tl_tasks.cli import champion_command
-
     text, ok = champion_command(args.action, variant=args.variant, as_json=args.json)
     _out(text)
     return 0 if ok else EXIT_FAILED
 
 
 def cmd_db(args) -> int:
-    from tl_tasks.cli import db_upgrade_command
-
     _out(db_upgrade_command())
     return 0
 
 
 def cmd_gc(args) -> int:
-
-    from tl_tasks.gc import collect_garbage, default_airflow_logs
 
     logs = Path(args.airflow_logs) if args.airflow_logs else default_airflow_logs()
     _out(collect_garbage(args.keep, dry_run=args.dry_run, cache_days=args.cache_days, airflow_logs=logs).text())
@@ -250,9 +236,7 @@ def cmd_gc(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from tl_tasks.integrations.mlflow import export
-
-    _print_json(export(since=args.since))
+    _print_json(mlflow.export(since=args.since))
     return 0
 
 
@@ -261,25 +245,21 @@ def cmd_run(args) -> int:
         if args.run_id:
             raise CLIError("--run-id works with --engine local only; Airflow names its runs (manual__<date>)")
         return _run_dag(args)
-    from tl_tasks import pipeline
-
     run_id = args.run_id or "cli__" + datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
-    settings = schema.settings_from_params(_settings_values(args))
+    params = schema.values_from_args(args)
+    settings = schema.settings_from_params(params)  # refused here, before anything runs or is recorded
     log.info("run %s: profile %s, variants %s", run_id, settings.profile, ", ".join(settings.variants))
-    result = pipeline.run_all(run_id, settings, tolerance=args.tolerance, alpha=args.alpha,
-                              fail_on_regression=args.fail_on_regression, force_promote=args.force_promote)
+    result = pipeline.run_local(run_id, params)
     for variant, d in result["decisions"].items():
         acc = "-" if d["accuracy"] is None else f"{d['accuracy']:.4f}"
         _out(f"{variant:<12} {d['decision']:<10} test accuracy {acc}")
     _out(f"run {run_id}: {result['state']}" + (f" ({result['error']})" if result["error"] else ""))
     _out(f"report: {result['report_path']}")
-    return 0 if result["state"] == "success" else EXIT_FAILED
+    return 0 if result["state"] in ("success", "skipped") else EXIT_FAILED
 
 
 def _run_dag(args) -> int:
     """Hand over to tl_tasks.airflow_local.run_dag, which sets Airflow's environment before importing Airflow."""
-    from tl_tasks.airflow_local import run_dag
-
     if not run_dag.DAG_FILE.is_file():
         raise CLIError(f"{run_dag.DAG_FILE} is missing: --engine airflow needs the project checkout; "
                        "use --engine local")
@@ -297,9 +277,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl." on every connect
-    from tl_tasks.gating.decision import RegressionError
-    from tl_tasks.pipeline import RunFailed
-
     _OUTPUT.clear()
     try:
         with contextlib.redirect_stdout(sys.stderr):

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 
+from tl_tasks.gating.champions import verify
 from tl_tasks.store import connect
 from tl_tasks.store.db import create_store_engine, mask_url, upgrade
+from tl_tasks.variants import in_registry_order, variant_sort_key
 
 
 def runs_command(limit: int = 20, as_json: bool = False, *, variant: str | None = None, since=None,
@@ -64,8 +66,6 @@ def db_upgrade_command() -> str:
 def champion_command(action: str, variant: str | None = None, as_json: bool = False) -> tuple[str, bool]:
     """`champion show` (the current champion of each variant and lineage) or `champion history` (every
     promotion, newest first), each checked against its published files. Returns (text, all intact)."""
-    from tl_tasks.gating.champions import verify
-
     if action not in ("show", "history"):
         raise ValueError(f"action={action!r}; use show or history")
     with connect() as store:
@@ -86,8 +86,6 @@ def champion_command(action: str, variant: str | None = None, as_json: bool = Fa
         return json.dumps({"database": where, "champions": rows}, indent=2), ok
     if not rows:
         return f"no champions yet in {where}" + (f" for {variant}" if variant else ""), True
-    from tl_tasks.variants import variant_sort_key
-
     if action == "show":
         rows.sort(key=lambda r: (variant_sort_key(r["variant"]), r["lineage"] or ""))
     table = [["variant", "lineage", "run", "accuracy", "decision", "model sha256", "published", "check"]]
@@ -112,8 +110,6 @@ def _format(rows: list[list[str]], footer: str) -> str:
 
 
 def _table(runs: list[dict]) -> str:
-    from tl_tasks.variants import in_registry_order
-
     variants = in_registry_order({v for run in runs for v in run["results"]})
     newest_lineage = next((run["lineage"] for run in runs if run.get("lineage")), None)
     rows = [["run", "date", "profile", "state", "lineage", *variants]]

@@ -10,11 +10,16 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from tl_tasks.config import DAG_ID
+from tl_tasks.data import CIFAR10_CLASSES
 from tl_tasks.files import save_npy_atomic
+from tl_tasks.gating.decision import DEFAULT_ALPHA, compare_paired, decide, versus_previous
 from tl_tasks.layout import RunLayout
+from tl_tasks.training.predictions import write_predictions
 from tl_tasks.variants import VARIANT_NAMES
 
-CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CLASS_NAMES = CIFAR10_CLASSES
+LINEAGE = "ab" * 32  # every demo run's test set, unless given: one history to compare
 BASE_ACCURACY = {"cnn": 0.62, "resnet50_v1": 0.80, "resnet50_v2": 0.88, "resnet50_v3": 0.90, "resnet50_v4": 0.91}
 START = datetime(2026, 1, 5, 2, 0, tzinfo=UTC)
 TEST_IMAGES = 200
@@ -65,8 +70,6 @@ def fake_evaluation(variant: str, accuracy: float, class_names=CLASS_NAMES, *, n
                      for i in np.flatnonzero(y_true != y_pred)[:50]]
     stored = {}
     if predictions_path is not None:
-        from tl_tasks.training.predictions import write_predictions
-
         predictions_path.parent.mkdir(parents=True, exist_ok=True)
         stored = {"predictions_path": str(predictions_path),
                   "predictions_sha256": write_predictions(predictions_path, y_pred)}
@@ -104,7 +107,7 @@ def write_test_images(run_id: str, class_names=CLASS_NAMES, n_test: int = TEST_I
 def seed_run(store, run_id: str, when: datetime, *, variants=VARIANT_NAMES, shift: float = 0.0,
              accuracies: dict | None = None, failed: dict | None = None, class_names=CLASS_NAMES,
              epochs: int = 5, write_data: bool = True, detail: bool = True, seed: int = 0,
-             params: dict | None = None, lineage: str = "ab" * 32) -> dict:
+             params: dict | None = None, lineage: str = LINEAGE) -> dict:
     """Record one complete fake run through the store API and return `store.get_run(run_id)` (if detail).
 
     Args:
@@ -116,7 +119,7 @@ def seed_run(store, run_id: str, when: datetime, *, variants=VARIANT_NAMES, shif
     rng = np.random.default_rng(seed)
     failed = failed or {}
     store.upsert_run(
-        run_id, dag_id="cifar10_retraining", logical_date=when, started_at=when + timedelta(minutes=1),
+        run_id, dag_id=DAG_ID, logical_date=when, started_at=when + timedelta(minutes=1),
         ended_at=when + timedelta(minutes=47), state="failed" if failed else "success", profile="quick",
         params=params if params is not None else {"profile": "quick", "epochs": epochs, "batch_size": 64,
                                                   "tolerance": TOLERANCE, "variants": list(variants)},
@@ -162,16 +165,23 @@ def _train_summary(variant: str, run_id: str, epochs: int, accuracy: float, rng)
 
 def _gate(store, run_id: str, variant: str, evaluation: dict, k: int) -> dict:
     """The gate's decision as the pipeline makes it: paired when both runs stored per-image predictions."""
-    from tl_tasks.gating.decision import compare_paired, decide
-
     champ = store.champion(variant, before_run_id=run_id)
-    paired = None
-    if champ is not None and champ.get("predictions_path") and evaluation.get("predictions_path"):
-        new, old = np.load(evaluation["predictions_path"]), np.load(champ["predictions_path"])
+    previous = store.previous_run(run_id, same_lineage=True)
+    before = ((previous or {}).get("results") or {}).get(variant)
+    mine = evaluation.get("predictions_path")
+    paired = versus = None
+    if champ is not None and champ.get("predictions_path") and mine:
+        new, old = np.load(mine), np.load(champ["predictions_path"])
         if len(new) == len(old):
-            paired = compare_paired(np.arange(len(new)) % k, new, old)
-    return decide(evaluation["accuracy"], champ, paired=paired, tolerance=TOLERANCE,
-                  test_images=evaluation.get("test_images"), unpaired_reason="a light fixture run")
+            paired = compare_paired(np.arange(len(new)) % k, new, old, alpha=DEFAULT_ALPHA)
+    if before is not None and before.get("predictions_path") and mine:
+        new, old = np.load(mine), np.load(before["predictions_path"])
+        if len(new) == len(old):
+            versus = versus_previous(np.arange(len(new)) % k, new, old, previous_run_id=previous["run_id"],
+                                     alpha=DEFAULT_ALPHA)
+    decision = decide(evaluation["accuracy"], champ, paired=paired, tolerance=TOLERANCE,
+                      test_images=evaluation.get("test_images"), unpaired_reason="a light fixture run")
+    return {**decision, "previous": versus}
 
 
 def seed_history(store, n_runs: int, *, detail: bool = False, prefix: str = "scheduled__") -> list[str]:

@@ -22,7 +22,9 @@ from pathlib import Path
 
 from tl_tasks import layout
 from tl_tasks.errors import BadInput
+from tl_tasks.gating.decision import PROMOTING
 from tl_tasks.layout import DataFiles, ModelFiles, RunLayout
+from tl_tasks.store import connect
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +104,6 @@ def collect_garbage(keep: int, *, dry_run: bool = False, cache_days: float = DEF
 
 
 def _runs(store) -> list[dict]:
-    from tl_tasks.store import connect
-
     own = store is None
     store = store or connect()
     try:
@@ -116,8 +116,6 @@ def _runs(store) -> list[dict]:
 
 def _champion_runs(runs: list[dict], champions_dir: Path) -> set[str]:
     """Runs whose model is or was a champion: a promoting gate decision, or named in a champions/ file."""
-    from tl_tasks.gating.decision import PROMOTING
-
     ids = {run["run_id"] for run in runs
            if any((r or {}).get("decision") in PROMOTING for r in (run.get("results") or {}).values())}
     if champions_dir.is_dir():

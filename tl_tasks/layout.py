@@ -17,10 +17,13 @@
 """
 from __future__ import annotations
 
+import os
 import posixpath
 from pathlib import Path, PurePosixPath
+from urllib.parse import quote
 
 from tl_tasks import config
+from tl_tasks.variants import get_variant
 
 RUNS_DIR = "runs"
 REPORTS_DIR = "reports"
@@ -91,6 +94,11 @@ def metrics_db_file() -> Path:
     return config.tl_home() / METRICS_DB_FILE
 
 
+def metrics_db_url() -> str:
+    """SQLAlchemy URL of the metrics database: `$TL_METRICS_DB_URL`, default the SQLite file `metrics_db_file()`."""
+    return os.environ.get("TL_METRICS_DB_URL") or f"sqlite:///{metrics_db_file()}"
+
+
 # inside reports/: the front page (REPORT_INDEX), archive pages and the state of the last index build
 REPORTS_INDEX_STATE_FILE = "index-state.json"
 
@@ -104,6 +112,7 @@ REPORTS_PAGE_GLOB = "page-*.html"
 
 # URL-style paths relative to $TL_HOME (what the reports plugin serves), and links between pages
 REPORTS_INDEX_URL_PATH = f"{REPORTS_DIR}/{REPORT_INDEX}"
+REPORTS_URL_PREFIX = "/retraining-reports"  # where the Airflow plugin serves $TL_HOME's reports
 
 
 def href(from_page: str, to_page: str) -> str:
@@ -217,8 +226,6 @@ class RunLayout:
         return self.folder / MODELS_DIR
 
     def model_dir(self, variant: str) -> Path:
-        from tl_tasks.variants import get_variant
-
         return self.models_dir / get_variant(variant).name
 
     def model(self, variant: str) -> ModelFiles:
@@ -250,9 +257,12 @@ class RunLayout:
         return f"RunLayout({self.run_id!r})"
 
 
+def report_url(base_url: str, run_id: str) -> str:
+    """The run's report inside the Airflow UI at `base_url` (served by the retraining-reports plugin)."""
+    return f"{base_url.rstrip('/')}{REPORTS_URL_PREFIX}/{quote(RunLayout(run_id).report_url_path)}"
+
+
 def run_folder_candidates(run_id: str) -> list[Path]:
     """Where a run's folder may be: today's collision-free key, then the slug-only key of older versions."""
-    import re
-
-    legacy = re.sub(r"[^A-Za-z0-9._-]+", "_", str(run_id).strip()).strip("._")[:200]
+    legacy = config.file_name_slug(run_id, 200)
     return [RunLayout(run_id).folder] + ([runs_root() / legacy] if legacy else [])

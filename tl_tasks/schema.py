@@ -20,15 +20,14 @@ setting), and its use. Light: no heavy imports; importing this module does not i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from tl_tasks import config
-from tl_tasks.config import DEFAULT_PROFILE, PROFILE_NAMES, PROFILES, Settings
+from tl_tasks.config import DEFAULT_ALPHA, DEFAULT_PROFILE, DEFAULT_TOLERANCE, PROFILE_NAMES, PROFILES, Settings
 from tl_tasks.errors import BadInput
-from tl_tasks.gating.decision import DEFAULT_ALPHA, DEFAULT_TOLERANCE
-from tl_tasks.variants import VARIANT_NAMES, VARIANTS
+from tl_tasks.variants import VARIANT_NAMES, VARIANTS, get_variant
 
 DATA, GATE, RUN = "Data and training", "Gate", "Run"
 SECTIONS = (DATA, GATE, RUN)
@@ -271,7 +270,37 @@ def settings_from_params(params: dict | None = None, base: Settings | None = Non
         if value is None or p.field is None or p.field == "profile":
             continue
         overrides[p.field] = None if (p.all_value is not None and value == p.all_value) else value
-    return config.apply_overrides(start, overrides)
+    return apply_overrides(start, overrides)
+
+
+def resolve_settings(profile: str | None = None, **overrides) -> Settings:
+    """The Settings of a run: `profile`'s defaults (default "quick") with `overrides` (Settings field names)
+    on top; overrides whose value is None are ignored. `epochs` may be an int (all families) or a dict per
+    family; `variants` a list of names. Trigger params and CLI values go through
+    `settings_from_params` instead (which also knows that limit_per_class 0 means all images).
+    """
+    refuse_removed_env()
+    name = profile or DEFAULT_PROFILE
+    if name not in PROFILES:
+        raise BadInput(f"profile={name!r} is not a known profile; choose one of {', '.join(PROFILE_NAMES)}")
+    return apply_overrides(PROFILES[name], {k: v for k, v in overrides.items() if v is not None})
+
+
+def apply_overrides(base: Settings, values: dict) -> Settings:
+    """`base` with `values` (Settings field names; None is a value here) applied, validated (`validate`)."""
+    values = dict(values)
+    unknown = set(values) - {f.name for f in dataclasses.fields(Settings)}
+    if unknown:
+        raise BadInput(f"unknown setting(s) {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(Settings)]}")
+    if "epochs" in values and isinstance(values["epochs"], int) and not isinstance(values["epochs"], bool):
+        values["epochs"] = dict.fromkeys(base.epochs, values["epochs"])
+    if "variants" in values:
+        values["variants"] = tuple(get_variant(v).name for v in values["variants"])
+        if not values["variants"]:
+            raise BadInput("variants is empty; choose at least one of " + ", ".join(VARIANT_NAMES))
+    settings = dataclasses.replace(base, **values)
+    validate(settings)
+    return settings
 
 
 def validate(s: Settings) -> None:

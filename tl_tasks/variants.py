@@ -73,10 +73,10 @@ HYPERPARAMETER_REASONS: dict[str, str] = {
     "learning_rate": "1e-3 for a freshly initialised network or head; 1e-4 for a pretrained base, whose "
                      "ImageNet features large steps would destroy",
     "optimizer": "AdamW for fine-tuning (decoupled weight decay regularises the 23M base weights); plain Adam "
-                 "for the seeds' CNN and the small frozen-feature head",
+                 "for the original CNN recipe and the small frozen-feature head",
     "weight_decay": "0.05 is AdamW's usual fine-tuning value (decoupled, so independent of the LR); 0 with Adam",
     "label_smoothing": "0.1 curbs the overconfidence that makes val_loss rise while accuracy still improves; "
-                       "0 for the seeds' CNN, kept as the seeds trained it",
+                       "0 for the CNN, kept as its original recipe trained it",
     "lr_schedule": "cosine decay to 0 over the phase anneals into a flat minimum: +1-2 points over a constant "
                    "LR, whose CNN run plateaued at 69.4% test accuracy (21 epochs, full profile)",
     "lr_warmup_fraction": "a linear warm-up over the first 10% of fine-tuning steps lets Adam's moment estimates "
@@ -88,7 +88,7 @@ HYPERPARAMETER_REASONS: dict[str, str] = {
     "early_stopping": "stops once the monitored metric stops improving and restores the best epoch's weights",
     "monitor": "val_accuracy (mode max): under fine-tuning val_loss bottoms out early from overconfidence while "
                "accuracy still rises, so watching val_loss restores a too-early epoch",
-    "patience": "5 epochs, as in the seeds: long enough to ride out the noise of one validation epoch",
+    "patience": "5 epochs, as in the original recipe: long enough to ride out the noise of one validation epoch",
     "head_dropout": "0.3 before the classifier regularises the head of v4",
 }
 

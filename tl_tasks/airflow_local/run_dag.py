@@ -20,10 +20,12 @@ from pathlib import Path
 from types import ModuleType
 
 from tl_tasks.airflow_local import env as airflow_env
-from tl_tasks.config import PROFILE_NAMES, PROJECT_ROOT
+from tl_tasks.config import DAG_ID, PROFILE_NAMES, PROJECT_ROOT
+from tl_tasks.layout import RunLayout
+from tl_tasks.store import connect
 
 DAGS_FOLDER = PROJECT_ROOT / "dags"
-DAG_FILE = DAGS_FOLDER / "cifar10_retraining.py"
+DAG_FILE = DAGS_FOLDER / f"{DAG_ID}.py"
 
 
 def load_dag_module(name: str = DAG_FILE.stem) -> ModuleType:
@@ -104,9 +106,6 @@ def _task_states(dr, task_order: list[str]) -> str:
 
 
 def _report_path(run_id: str) -> str | None:
-    from tl_tasks.layout import RunLayout
-    from tl_tasks.store import connect
-
     try:
         with connect() as store:
             run = store.get_run(run_id) or {}

@@ -18,6 +18,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from tl_tasks.config import keras_home
+from tl_tasks.data.roots import data_roots
+
 log = logging.getLogger(__name__)
 
 KERAS_DIRNAME = "cifar-10-batches-py-target"      # keras.datasets.cifar10.load_data()'s cache folder
@@ -27,8 +30,6 @@ FOLDER_COPIES = ("cifar-10-images-jpg.tar.gz", "cifar-10-images-jpg")
 
 def keras_cifar10_cache() -> Path:
     """The folder keras.datasets.cifar10 extracts its download into (same rule as Keras: $KERAS_HOME, ~/.keras)."""
-    from tl_tasks.config import keras_home
-
     return keras_home() / "datasets" / KERAS_DIRNAME
 
 
@@ -50,8 +51,6 @@ def resolve_dataset(dataset: str) -> str:
 
 def local_copy() -> str | None:
     """`cifar10:<path>` or `folder:<path>` of the first CIFAR-10 copy in the data roots, or None."""
-    from tl_tasks.data.roots import data_roots
-
     for root in data_roots():
         for kind, names in (("cifar10", PYTHON_COPIES), ("folder", FOLDER_COPIES)):
             for name in names:

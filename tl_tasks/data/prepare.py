@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tl_tasks import schema
 from tl_tasks.data.sources import decode_source, parse_source
 from tl_tasks.data.splitting import check_bad_fraction, check_raw, split
 from tl_tasks.data.storage import SPLITS, PreparedData, fingerprint_arrays, fingerprint_test_set, write_prepared
@@ -71,8 +72,6 @@ def prepare_data(source: str, out_dir: Path, *, limit_per_class: int | None = No
 def _check_options(limit_per_class, val_fraction, seed, image_size, max_bad_fraction) -> int | None:
     """The settings through their one schema (tl_tasks.schema); the stored data size and the bad-image share are
     data-only options, checked here. Returns limit_per_class with the schema's "all images" value as None."""
-    from tl_tasks import schema
-
     limit_per_class, seed, val_fraction = (_plain(v) for v in (limit_per_class, seed, val_fraction))
     limit_per_class = schema.check("limit_per_class", limit_per_class)
     if limit_per_class == schema.get("limit_per_class").all_value:

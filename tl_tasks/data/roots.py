@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tl_tasks import config
 from tl_tasks.errors import BadInput
 
 ENV = "TL_DATA_ROOTS"
@@ -16,8 +17,6 @@ ENV = "TL_DATA_ROOTS"
 
 def data_roots() -> tuple[Path, ...]:
     """The allowed roots, resolved (symlinks followed), in order, without duplicates."""
-    from tl_tasks import config
-
     raw = os.environ.get(ENV)
     if raw is not None and raw.strip():
         entries = [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]

@@ -21,6 +21,10 @@ from pathlib import Path
 
 from tl_tasks import config, layout
 from tl_tasks.files import publish_dir, replace_symlink, sha256_file, write_json_atomic
+from tl_tasks.gating.decision import PROMOTING
+from tl_tasks.store import connect
+from tl_tasks.training.runtime import import_keras_quietly
+from tl_tasks.variants import get_variant
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +94,7 @@ def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | N
             "decision": decision.get("decision"), "forced": bool(decision.get("forced")),
             "reason": decision.get("reason"), "model_file": MODEL_FILE, "model_sha256": model_sha,
             "predictions_sha256": result.get("predictions_sha256"), "serving": serving,
-            "versions": _versions(), "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": run.get("versions"), "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
         })
 
     # a different model for the same run (it was retrained) is replaced whole, in one rename
@@ -167,8 +171,6 @@ def _export_serving(model_path: Path, out: Path, enabled: bool | None) -> dict:
         enabled = os.environ.get(SERVING_EXPORT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
     if not enabled:
         return {"format": None, "reason": f"{SERVING_EXPORT_ENV}=0: no serving export"}
-    from tl_tasks.training.runtime import import_keras_quietly
-
     import_keras_quietly()
     import keras
 
@@ -191,12 +193,6 @@ def _export_serving(model_path: Path, out: Path, enabled: bool | None) -> dict:
             "output": "class probabilities (softmax), in champion.json's order of the lineage's class names"}
 
 
-def _versions() -> dict:
-    from tl_tasks.pipeline import versions
-
-    return versions()
-
-
 def deploy(published: str | Path, variant: str, *, target_root: Path | None = None,
            lineage: str | None = None) -> dict:
     """The example deployment: verify a published champion and point `$TL_HOME/deployed/<variant>` at it.
@@ -212,8 +208,6 @@ def deploy(published: str | Path, variant: str, *, target_root: Path | None = No
     Raises:
         ChampionError: the folder is not a published champion of `variant`, or does not match the database.
     """
-    from tl_tasks.variants import get_variant
-
     variant = get_variant(variant).name
     folder = Path(published).resolve()
     root_of_variant = (champions_root() / variant).resolve()
@@ -268,9 +262,6 @@ def deploy_events(triggering_asset_events, *, lineage: str | None = None) -> lis
 
 
 def _recorded_promotion(variant: str, run_id: str | None) -> dict | None:
-    from tl_tasks.gating.decision import PROMOTING
-    from tl_tasks.store import connect
-
     with connect() as store:
         result = store.get_result(run_id, variant) if run_id else None
     gate = (result or {}).get("gate") or {}

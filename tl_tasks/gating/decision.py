@@ -16,26 +16,11 @@ from __future__ import annotations
 
 import math
 
-# A drop smaller than half a point is not worth blocking a model for: it is about the seed-to-seed spread of
-# retraining the same recipe, and on CIFAR-10's 10,000 test images the paired test can resolve it (README).
-DEFAULT_TOLERANCE = 0.005
-DEFAULT_ALPHA = 0.05
+from tl_tasks.config import DEFAULT_ALPHA, DEFAULT_TOLERANCE
+from tl_tasks.store.models import DECISIONS, PROMOTING, Decision
 
+__all__ = ["DECISIONS", "DEFAULT_ALPHA", "DEFAULT_TOLERANCE", "PROMOTING", "Decision", "RegressionError"]
 
-
-class Decision:
-    """The gate's verdicts, as `decide` returns them in "decision" and the metrics database stores them."""
-
-    PROMOTED = "promoted"    # significantly better than the champion, or forced: the new champion
-    BOOTSTRAP = "bootstrap"  # no champion yet in this lineage: the first champion
-    KEPT = "kept"            # no confident change (or not published): the champion stays
-    REGRESSED = "regressed"  # confidently worse beyond the tolerance
-    FAILED = "failed"        # the variant has no test accuracy in this run
-
-
-DECISIONS = (Decision.PROMOTED, Decision.BOOTSTRAP, Decision.KEPT, Decision.REGRESSED, Decision.FAILED)
-# The decisions that make the model the variant's champion (the latest such result in a lineage is the champion).
-PROMOTING = (Decision.PROMOTED, Decision.BOOTSTRAP)
 
 
 class RegressionError(RuntimeError):
@@ -108,6 +93,13 @@ def compare_paired(y_true, new_pred, champion_pred, *, alpha: float = DEFAULT_AL
         "delta_ci": [max(-1.0, d - z * se), min(1.0, d + z * se)],
         "p_value": float(p_value),
     }
+
+
+def versus_previous(y_true, new_pred, previous_pred, *, previous_run_id: str, alpha: float) -> dict:
+    """The paired comparison with the same variant in the lineage's previous run (the report shows it beside the
+    champion's): `compare_paired` plus `run_id`, `alpha` and `significant` (p < alpha)."""
+    paired = compare_paired(y_true, new_pred, previous_pred, alpha=alpha)
+    return {**paired, "run_id": previous_run_id, "alpha": alpha, "significant": paired["p_value"] < alpha}
 
 
 def decide(accuracy: float | None, champion: dict | None, *, paired: dict | None = None,

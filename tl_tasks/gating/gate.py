@@ -1,14 +1,14 @@
-"""The gate stage's work: for each variant of a run, compare with its champion, decide, publish promotions and
-record the decisions (the decision rules themselves are in `tl_tasks.gating.decision`).
-
-The store, NumPy and the champions module are imported inside the functions: importing this module is cheap.
-"""
+"""The gate over a run: for each variant, compare with its champion, decide, publish promotions and record the
+decisions (the decision rules and their statistics are in `tl_tasks.gating.decision`)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from tl_tasks.errors import RunFailed, first_line
+from tl_tasks.config import Settings
+from tl_tasks.data import load_array
+from tl_tasks.errors import first_line
+from tl_tasks.gating import champions
 from tl_tasks.gating.decision import (
     Decision,
     RegressionError,
@@ -17,14 +17,19 @@ from tl_tasks.gating.decision import (
     summarize,
     validate_alpha,
     validate_tolerance,
+    versus_previous,
 )
-from tl_tasks.stages.skip import skip_note
+from tl_tasks.layout import RunLayout
+from tl_tasks.store import MetricsStore
+from tl_tasks.training.predictions import PredictionsUnavailable, load_predictions
+from tl_tasks.variants import Variant
 
 log = logging.getLogger(__name__)
 
 
-def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fail_on_regression: bool = False,
-             force_promote: bool = False, raise_on_regression: bool = True) -> dict:
+def gate_run(store: MetricsStore, run: dict, layout: RunLayout, variants: tuple[Variant, ...], settings: Settings, *,
+             tolerance: float, alpha: float, fail_on_regression: bool = False, force_promote: bool = False,
+             raise_on_regression: bool = True) -> dict:
     """Compare each variant of the run with its champion, image by image, record the decision, and publish
     promoted models under `$TL_HOME/champions/` (see `tl_tasks.gating.decision` and `tl_tasks.gating.champions`).
 
@@ -37,13 +42,12 @@ def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fa
     that cannot be published is recorded as "kept" with the reason; the others are still gated.
 
     Args:
-        store: an open `MetricsStore`.
-        settings: the run's `config.Settings` (its variants are gated; stored as the run's params if it has none).
+        store: an open `MetricsStore`; run: the stored run (prepared: it has a lineage); layout: its files.
+        variants: the variants to gate; settings: the run's (stored as its params if it has none).
 
     Returns:
         `{"run_id", "decisions": {variant: decision}, "summary": {decision: [variants]}, "tolerance": t,
-        "alpha": a, "lineage": fingerprint, "promoted": {variant: published folder now current}}`; a run skipped
-        as unchanged returns no decisions and `"skipped": {reason, same_as}`.
+        "alpha": a, "lineage": fingerprint, "promoted": {variant: published folder now current}}`.
 
     Raises:
         RegressionError: a variant regressed, `fail_on_regression` and `raise_on_regression` are set (after
@@ -51,31 +55,19 @@ def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fa
             and emits its asset events; its `finalize` task fails the run instead.
         ChampionError: a promoted model could not be published (after recording every decision); a retry
             publishes it.
-        RunFailed: the run's data was never prepared, so there is nothing to gate.
-        ValueError: the run is not in the metrics database.
     """
-    from tl_tasks.gating import champions
-
     tolerance, alpha = validate_tolerance(tolerance), validate_alpha(alpha)
     options = {"tolerance": tolerance, "alpha": alpha, "fail_on_regression": bool(fail_on_regression),
                "force_promote": bool(force_promote)}
     decisions: dict[str, dict] = {}
     published: dict[str, str] = {}
     publish_errors: list[str] = []
-    run = store.get_run(run_id)
-    if run is None:
-        raise ValueError(f"run id {run_id!r} is not in the metrics database {store.url}; prepare it first "
-                         f"(python -m tl_tasks prepare --run-id {run_id})")
-    if not run.get("data_fingerprint") or not run.get("lineage"):
-        why = run.get("error") or "prepare_data did not complete"
-        raise RunFailed(f"run {run_id!r} has no prepared data ({why}); there is nothing to gate")
-    if skip_note(run):
-        log.info("gate: run %s was skipped (unchanged since %s); nothing to gate", run_id, skip_note(run)["same_as"])
-        return {"run_id": run_id, "decisions": {}, "summary": {}, "tolerance": tolerance, "alpha": alpha,
-                "lineage": run["lineage"], "promoted": {}, "skipped": skip_note(run)}
+    run_id = run["run_id"]
     store.upsert_run(run_id, params={**(run.get("params") or settings.to_dict()), "gate": options})
     y_test = None
-    for variant in settings.variants:
+    previous = store.previous_run(run_id, same_lineage=True)  # the report's "vs previous run", compared here
+    for v in variants:
+        variant = v.name
         result = run["results"].get(variant)
         if result is None:
             result = store.record_failure(run_id, variant, "train",
@@ -86,16 +78,21 @@ def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fa
         failed = result["state"] == "failed"
         error = f"{result.get('stage') or 'a stage'} failed: {first_line(result.get('error'))}" if failed else None
         champion = store.champion(variant, before_run_id=run_id, lineage=run["lineage"])
-        paired, unpaired = None, None
-        if champion is not None and not failed:
+        paired, unpaired, versus_previous = None, None, None
+        before = ((previous or {}).get("results") or {}).get(variant)
+        if (champion is not None or before is not None) and not failed:
             if y_test is None:
-                y_test = _test_labels(run_id)
-            paired, unpaired = _paired(result, champion, y_test, alpha)
+                y_test = load_array(layout, "y_test")
+            if champion is not None:
+                paired, unpaired = _paired(result, champion, y_test, alpha)
+            if before is not None and before.get("accuracy") is not None:
+                versus_previous = _versus(result, before, previous["run_id"], y_test, alpha)
         decision = decide(result.get("accuracy"), champion, paired=paired, tolerance=tolerance, alpha=alpha,
                           force_promote=force_promote, failed=failed, error=error,
                           test_images=(result.get("eval_info") or {}).get("test_images"),
                           unpaired_reason=unpaired)
         decision["lineage"] = run["lineage"]
+        decision["previous"] = versus_previous
         folder = None
         if decision["promoted"]:
             try:
@@ -128,17 +125,8 @@ def gate_run(store, run_id: str, settings, *, tolerance: float, alpha: float, fa
     return out
 
 
-def _test_labels(run_id: str):
-    from tl_tasks.data import load_array
-    from tl_tasks.layout import RunLayout
-
-    return load_array(RunLayout(run_id), "y_test")
-
-
 def _paired(result: dict, champion: dict, y_test, alpha: float) -> tuple[dict | None, str | None]:
     """The paired comparison of a result with its champion, or (None, why not)."""
-    from tl_tasks.training.predictions import PredictionsUnavailable, load_predictions
-
     try:
         new = load_predictions(result.get("predictions_path"), result.get("predictions_sha256"),
                                expected_len=len(y_test))
@@ -149,10 +137,20 @@ def _paired(result: dict, champion: dict, y_test, alpha: float) -> tuple[dict | 
     return compare_paired(y_test, new, old, alpha=alpha), None
 
 
+def _versus(result: dict, before: dict, before_run_id: str, y_test, alpha: float) -> dict | None:
+    """`versus_previous` from both runs' stored per-image predictions; None without them."""
+    try:
+        new = load_predictions(result.get("predictions_path"), result.get("predictions_sha256"),
+                               expected_len=len(y_test))
+        old = load_predictions(before.get("predictions_path"), before.get("predictions_sha256"),
+                               expected_len=len(y_test))
+    except PredictionsUnavailable:
+        return None
+    return versus_previous(y_test, new, old, previous_run_id=before_run_id, alpha=alpha)
+
+
 def _champion_predictions(champion: dict, n: int):
     """The champion's per-image predictions: from its run folder, else from its published copy."""
-    from tl_tasks.training.predictions import PredictionsUnavailable, load_predictions
-
     try:
         return load_predictions(champion.get("predictions_path"), champion.get("predictions_sha256"), expected_len=n)
     except PredictionsUnavailable as first:

@@ -2,8 +2,8 @@
 versions, and the alias `champion` follows the metrics database's champion.
 
 On when `TL_MLFLOW_TRACKING_URI` is set (see ENV below). Every fact comes from the metrics database after the
-report is built, so the same code logs a finished run (`log_run_safely`, the report stage's hook) and exports
-older ones (`export`, `tl-tasks export mlflow`). Idempotent: MLflow runs are found again by the tags
+report is built, so the same code logs a finished run (`log_run_safely`, the report stage's hook, handed the
+stage's open store, layout and settings) and exports older ones (`export`, `tl-tasks export mlflow`). Idempotent: MLflow runs are found again by the tags
 `tl.run_id` + `tl.variant`, model versions by their MLflow run. A server that fails never fails a run.
 """
 from __future__ import annotations
@@ -11,10 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 
-from tl_tasks.gating.decision import PROMOTING  # light: no NumPy or SciPy at import
+import requests
+
+from tl_tasks.config import Settings
+from tl_tasks.gating.decision import PROMOTING
+from tl_tasks.layout import RunLayout
+from tl_tasks.store import MetricsStore, connect
+from tl_tasks.store.models import CODE_KEY, SKIP_KEY
 
 log = logging.getLogger(__name__)
 
@@ -57,45 +64,43 @@ def model_name(variant: str) -> str:
 
 # ------------------------------------------------------------------------------------------ entry points
 
-def log_run_safely(run_id: str) -> list[dict]:
-    """The pipeline's hook: `log_run` when MLflow is switched on; any failure is a warning, never an error."""
+def log_run_safely(store: MetricsStore, layout: RunLayout, settings: Settings | None = None) -> list[dict]:
+    """The report stage's hook: `log_run` when MLflow is switched on; any failure is a warning, never an error."""
     if not tracking_uri():
         return []
     try:
-        return log_run(run_id)
+        return log_run(store, layout, settings)
     except Exception as exc:  # the run's own results are already stored: MLflow is a copy
         log.warning("MLflow: could not log run %s to %s (the run goes on; `tl-tasks export mlflow` retries): %s",
-                    run_id, tracking_uri(), " ".join(str(exc).split())[:500])
+                    layout.run_id, tracking_uri(), " ".join(str(exc).split())[:500])
         return []
 
 
-def log_run(run_id: str, *, client=None) -> list[dict]:
-    """Log every variant of a stored run to MLflow and register its models; returns one summary per variant
-    ({variant, mlflow_run_id, created, model_version, champion})."""
-    from tl_tasks.store import connect
-
-    with connect() as store:
-        run = store.get_run(run_id)
-        if run is None:
-            raise ValueError(f"run {run_id!r} is not in the metrics database {store.url}")
-        current = {v: (store.champion(v, lineage=run["lineage"]) or {}).get("run_id") if run.get("lineage") else None
-                   for v in run.get("results") or {}}
+def log_run(store: MetricsStore, layout: RunLayout, settings: Settings | None = None, *,
+            client=None) -> list[dict]:
+    """Log every variant of the stored run `layout.run_id` to MLflow and register its models; returns one summary
+    per variant ({variant, mlflow_run_id, created, model_version, champion}). `settings` default: settings.json."""
+    run_id = layout.run_id
+    run = store.get_run(run_id)
+    if run is None:
+        raise ValueError(f"run {run_id!r} is not in the metrics database {store.url}")
+    current = {v: (store.champion(v, lineage=run["lineage"]) or {}).get("run_id") if run.get("lineage") else None
+               for v in run.get("results") or {}}
     client = client or connect_client()
     experiment = _experiment_id(client)
-    return [_log_variant(client, experiment, run, result, current.get(variant) == run_id)
+    params = _params(run, layout, settings)
+    return [_log_variant(client, experiment, run, layout, params, result, current.get(variant) == run_id)
             for variant, result in (run.get("results") or {}).items()]
 
 
 def export(since: datetime | None = None, *, limit: int = 10_000) -> list[dict]:
     """Log every stored run (at or after `since`) that MLflow lacks; already logged ones are left as they are."""
-    from tl_tasks.store import connect
-
     with connect() as store:
         run_ids = [r["run_id"] for r in store.recent_runs(limit, since=since)]
-    client = connect_client()
-    out = []
-    for run_id in reversed(run_ids):  # oldest first: the newest promotion moves the alias last
-        out += [{"run_id": run_id, **row} for row in log_run(run_id, client=client)]
+        client = connect_client()
+        out = []
+        for run_id in reversed(run_ids):  # oldest first: the newest promotion moves the alias last
+            out += [{"run_id": run_id, **row} for row in log_run(store, RunLayout(run_id), client=client)]
     return out
 
 
@@ -108,8 +113,6 @@ def connect_client():
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if uri.startswith(("http://", "https://")):
-        import requests
-
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).raise_for_status()
         except requests.RequestException as exc:
@@ -132,11 +135,12 @@ def _experiment_id(client) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def _log_variant(client, experiment: str, run: dict, result: dict, is_current: bool) -> dict:
+def _log_variant(client, experiment: str, run: dict, layout: RunLayout, params: dict[str, str], result: dict,
+                 is_current: bool) -> dict:
     variant = result["variant"]
     mlrun, created = _find_or_create_run(client, experiment, run, variant)
     if mlrun.data.tags.get(TAG_LOGGED) != "1":
-        _log_contents(client, mlrun.info.run_id, run, result)
+        _log_contents(client, mlrun.info.run_id, run, layout, params, result)
         client.set_tag(mlrun.info.run_id, TAG_LOGGED, "1")
         client.set_terminated(mlrun.info.run_id, "FINISHED" if result.get("state") == "success" else "FAILED")
     version, champion = _register(client, mlrun, run, result, is_current)
@@ -154,8 +158,6 @@ def _find_or_create_run(client, experiment: str, run: dict, variant: str):
 
 
 def _tags(run: dict, variant: str) -> dict:
-    from tl_tasks.stages.skip import CODE_KEY
-
     tags = {TAG_RUN: run["run_id"], TAG_VARIANT: variant, "tl.lineage": run.get("lineage"),
             "tl.data_fingerprint": run.get("data_fingerprint"), "tl.data_source": run.get("data_source"),
             "tl.profile": run.get("profile"), "tl.code_version": (run.get("versions") or {}).get(CODE_KEY)}
@@ -164,14 +166,12 @@ def _tags(run: dict, variant: str) -> dict:
     return {k: str(v) for k, v in tags.items() if v is not None}
 
 
-def _log_contents(client, mlrun_id: str, run: dict, result: dict) -> None:
-    from mlflow.entities import Metric, Param, RunTag
+def _log_contents(client, mlrun_id: str, run: dict, layout: RunLayout, params: dict[str, str],
+                  result: dict) -> None:
+    from mlflow.entities import Metric, Param, RunTag  # MLflow loads only when switched on
 
-    from tl_tasks.layout import RunLayout
-
-    now = _millis()
+    now = int(time.time() * 1000)
     gate = result.get("gate") or {}
-    params = {**_flatten(_settings(run)), **_flatten({"gate": (run.get("params") or {}).get("gate") or {}})}
     metrics = []
     for row in result.get("history") or []:
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
@@ -194,7 +194,7 @@ def _log_contents(client, mlrun_id: str, run: dict, result: dict) -> None:
     report = Path(run.get("report_path") or "")
     if report.is_file():
         client.log_artifacts(mlrun_id, str(report.parent), "report")
-    evaluation = RunLayout(run["run_id"]).evaluation_file(result["variant"])
+    evaluation = layout.evaluation_file(result["variant"])
     if evaluation.is_file():
         client.log_artifact(mlrun_id, str(evaluation), "evaluation")
     if _wants_model(result) and result.get("model_path") and Path(result["model_path"]).is_file():
@@ -249,15 +249,17 @@ def _wants_model(result: dict) -> bool:
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-def _settings(run: dict) -> dict:
-    """The run's settings as prepared (settings.json), else its stored params."""
-    from tl_tasks.layout import RunLayout
-
-    path = RunLayout(run["run_id"]).settings_file
+def _params(run: dict, layout: RunLayout, settings: Settings | None) -> dict[str, str]:
+    """MLflow params: the run's settings (the stage's, else settings.json, else the stored params) and its gate
+    options."""
+    gate = {"gate": (run.get("params") or {}).get("gate") or {}}
+    if settings is not None:
+        return {**_flatten(settings.to_dict()), **_flatten(gate)}
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {k: v for k, v in (run.get("params") or {}).items() if k not in ("gate", "skipped")}
+        prepared = json.loads(layout.settings_file.read_text())
+    except (OSError, ValueError):  # never prepared: what the metrics database kept
+        prepared = {k: v for k, v in (run.get("params") or {}).items() if k not in ("gate", SKIP_KEY)}
+    return {**_flatten(prepared), **_flatten(gate)}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -274,8 +276,3 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
 def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
-
-def _millis() -> int:
-    import time
-
-    return int(time.time() * 1000)

@@ -18,6 +18,10 @@ from airflow.providers.openlineage.extractors.base import BaseExtractor, Operato
 from openlineage.client.event_v2 import InputDataset, OutputDataset
 from openlineage.client.facet_v2 import DatasetFacet, RunFacet, dataset_version_dataset
 
+from tl_tasks.layout import RunLayout
+from tl_tasks.store import connect
+from tl_tasks.store.models import CODE_KEY, SKIP_KEY
+
 log = logging.getLogger(__name__)
 
 SCHEMA_BASE = "https://github.com/tl-tasks/schemas/openlineage"  # where the facets below are described
@@ -181,12 +185,10 @@ def run_facets(run: dict, settings: dict | None) -> dict:
     if settings or params:
         facets["tl_settings"] = SettingsRunFacet(
             profile=(settings or params).get("profile"),
-            settings={k: v for k, v in (settings or params).items() if k not in ("gate", "skipped")},
+            settings={k: v for k, v in (settings or params).items() if k not in ("gate", SKIP_KEY)},
             gate=dict(params.get("gate") or {}))
     versions = dict(run.get("versions") or {})
     if versions:
-        from tl_tasks.stages.skip import CODE_KEY
-
         facets["tl_codeVersion"] = CodeVersionRunFacet(codeVersion=versions.get(CODE_KEY), versions=versions)
     return facets
 
@@ -223,8 +225,6 @@ def retraining_run_facets(task_instance, ti_state) -> dict:
 
 def _recorded_run(task_instance) -> dict | None:
     """The metrics database's run of this task instance, when the same DAG recorded it; None otherwise."""
-    from tl_tasks.store import connect
-
     try:
         with connect() as store:
             run = store.get_run(task_instance.run_id)
@@ -235,8 +235,6 @@ def _recorded_run(task_instance) -> dict | None:
 
 
 def _saved_settings(run_id: str) -> dict | None:
-    from tl_tasks.layout import RunLayout
-
     path = RunLayout(run_id).settings_file
     try:
         return json.loads(path.read_text()) if path.is_file() else None

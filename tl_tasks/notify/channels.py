@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import urllib.request
-from urllib.parse import quote
 
 from tl_tasks.gating.decision import Decision
 
@@ -23,7 +22,6 @@ log = logging.getLogger(__name__)
 
 SMTP_CONN_ID = "tl_smtp"
 WEBHOOK_CONN_ID = "tl_webhook"
-REPORTS_URL_PREFIX = "/retraining-reports"  # the plugin's (plugins/retraining_reports.py URL_PREFIX)
 WEBHOOK_TIMEOUT_S = 10
 
 
@@ -77,13 +75,6 @@ def build_message(run: dict, *, run_failed: bool = False, run_error: str | None 
                "error": _tail(error, 2000) if run_failed and error else None,
                "regressed": regressed, "failed": failed, "report_url": report_url, "summary": subject}
     return {"subject": subject, "text": text, "html": f"<html><body>{body}</body></html>", "payload": payload}
-
-
-def report_url(base_url: str, run_id: str) -> str:
-    """The run's report inside the Airflow UI (served by the retraining-reports plugin)."""
-    from tl_tasks.layout import RunLayout
-
-    return f"{base_url.rstrip('/')}{REPORTS_URL_PREFIX}/{quote(RunLayout(run_id).report_url_path)}"
 
 
 def send(message: dict, *, get_connection=None) -> dict:

@@ -6,7 +6,9 @@ import logging
 
 from airflow.sdk import BaseNotifier
 
+from tl_tasks.layout import report_url
 from tl_tasks.notify import channels as notify
+from tl_tasks.store import connect
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +38,11 @@ class RetrainingNotifier(BaseNotifier):
         if not run_id:
             log.warning("retraining notification: no run id in the callback's context; nothing sent")
             return
-        from tl_tasks.store import connect
-
         with connect() as store:
             run = store.get_run(run_id) or {"run_id": run_id, "results": {}}
         run.setdefault("dag_id", getattr(dag_run, "dag_id", None))
         message = notify.build_message(run, run_failed=self.run_failed, run_error=context.get("reason"),
-                                       report_url=notify.report_url(self.base_url or _base_url(), run_id))
+                                       report_url=report_url(self.base_url or _base_url(), run_id))
         if message is None:
             return
         log.info("retraining notification for %s: %s", run_id, notify.send(message))

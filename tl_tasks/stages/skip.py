@@ -6,18 +6,16 @@ import hashlib
 import subprocess
 from functools import lru_cache
 
-from tl_tasks import config
+from tl_tasks import __version__, config
+from tl_tasks.store.models import CODE_KEY, SKIP_KEY
 
-SKIP_KEY = "skipped"   # runs.params[SKIP_KEY] = {"reason": "unchanged", "same_as": <run id>}
-CODE_KEY = "code"      # runs.versions[CODE_KEY] = "<package version>+<git commit>[.dirty-<diff hash>]"
+__all__ = ["CODE_KEY", "SKIP_KEY", "code_version", "skip_note", "training_settings", "unchanged_reason"]
 
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """The package version plus the git commit of the checkout when there is one (and a hash of uncommitted
     changes to tracked files, so an edited tree never looks like its commit)."""
-    from tl_tasks import __version__
-
     try:
         git = ["git", "-C", str(config.PROJECT_ROOT)]
         commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)

@@ -18,6 +18,7 @@ from tl_tasks.store.db import (
     SchemaVersionError,
     StoreError,
     create_store_engine,
+    current_revision,
     ensure_schema,
     head_revision,
     mask_url,
@@ -42,7 +43,7 @@ __all__ = [
 
 
 def connect(url: str | None = None, *, migrate: bool = True) -> MetricsStore:
-    """Open the metrics database at `url` (default `config.metrics_db_url()`), migrating it to the current schema.
+    """Open the metrics database at `url` (default `layout.metrics_db_url()`), migrating it to the current schema.
 
     Raises DatabaseURLError (malformed/unsupported URL), DatabaseUnavailableError (cannot connect),
     SchemaVersionError (database written by newer code); messages name the URL with its password masked.
@@ -157,8 +158,6 @@ class MetricsStore:
             return queries.run_position(conn, run_id)
 
     def schema_revision(self) -> str | None:
-        from tl_tasks.store.db import current_revision
-
         with read_connection(self.engine) as conn:
             return current_revision(conn)
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
+from tl_tasks.layout import metrics_db_url
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
@@ -47,10 +49,8 @@ class SchemaVersionError(StoreError):
 
 
 def resolve_url(url: str | URL | None = None) -> str:
-    """The URL to use: `url`, else `config.metrics_db_url()`; postgres:// and postgresql:// -> postgresql+psycopg://."""
+    """The URL to use: `url`, else `layout.metrics_db_url()`; postgres:// and postgresql:// -> postgresql+psycopg://."""
     if url is None:
-        from tl_tasks.config import metrics_db_url
-
         url = metrics_db_url()
     if isinstance(url, URL):
         url = url.render_as_string(hide_password=False)

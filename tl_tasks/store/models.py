@@ -19,6 +19,26 @@ NAMING_CONVENTION = {
 }
 
 
+
+# The gate's vocabulary, as the gate_decisions table stores it (tl_tasks.gating.decision decides which).
+class Decision:
+    """The gate's verdicts, as `decide` returns them in "decision" and the metrics database stores them."""
+
+    PROMOTED = "promoted"    # significantly better than the champion, or forced: the new champion
+    BOOTSTRAP = "bootstrap"  # no champion yet in this lineage: the first champion
+    KEPT = "kept"            # no confident change (or not published): the champion stays
+    REGRESSED = "regressed"  # confidently worse beyond the tolerance
+    FAILED = "failed"        # the variant has no test accuracy in this run
+
+
+DECISIONS = (Decision.PROMOTED, Decision.BOOTSTRAP, Decision.KEPT, Decision.REGRESSED, Decision.FAILED)
+# The decisions that make the model the variant's champion (the latest such result in a lineage is the champion).
+PROMOTING = (Decision.PROMOTED, Decision.BOOTSTRAP)
+
+# Keys of the runs table's JSON columns that the stages write and the integrations read.
+CODE_KEY = "code"      # runs.versions[CODE_KEY] = "<package version>+<git commit>[.dirty-<diff hash>]"
+SKIP_KEY = "skipped"   # runs.params[SKIP_KEY] = {"reason": "unchanged", "same_as": <run id>}
+
 class UTCDateTime(sa.types.TypeDecorator):
     """Timezone-aware UTC datetimes on every database (SQLite has no time zones: store UTC, read back as UTC).
 
@@ -194,7 +214,7 @@ class ConfusionMatrix(Base):
 
 
 class GateDecision(Base):
-    """The gate's verdict on a result (one of `tl_tasks.gating.decision.DECISIONS`), and why."""
+    """The gate's verdict on a result (one of `DECISIONS`), and why."""
 
     __tablename__ = "gate_decisions"
 

@@ -12,8 +12,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
 
-from tl_tasks.gating.decision import PROMOTING
-from tl_tasks.store.models import to_utc
+from tl_tasks.store.models import PROMOTING, to_utc
 from tl_tasks.store.rows import gates_t, load_results, pick, plain, results_t, run_dict, runs_t
 from tl_tasks.variants import in_registry_order
 
@@ -177,12 +176,13 @@ def trend(conn: Connection, variant: str, limit: int = 50, until_run_id: str | N
           lineage: str | None = None) -> list[dict]:
     """The variant's last `limit` results (up to and including `until_run_id` when given; only runs of `lineage`
     when given), oldest first: {run_id, logical_date, started_at, lineage, state, accuracy, test_images, loss,
-    top3_accuracy, macro_f1, train_seconds, inference_img_per_s, epochs_run, decision}."""
+    top3_accuracy, macro_f1, train_seconds, inference_img_per_s, epochs_run, decision, accuracy_ci} (the
+    accuracy's interval as the gate stored it; None before a gate decision)."""
     query = (
         sa.select(runs_t.c.run_id, runs_t.c.logical_date, runs_t.c.started_at, runs_t.c.lineage, results_t.c.state,
                   results_t.c.accuracy, results_t.c.loss, results_t.c.top3_accuracy, results_t.c.macro_f1,
                   results_t.c.train_seconds, results_t.c.inference_img_per_s, results_t.c.epochs_run,
-                  results_t.c.eval_info, gates_t.c.decision)
+                  results_t.c.eval_info, gates_t.c.decision, gates_t.c.details)
         .select_from(runs_t)
         .join(results_t, sa.and_(results_t.c.run_pk == runs_t.c.id, _newest_of_variant(conn, variant)))
         .outerjoin(gates_t, gates_t.c.result_id == results_t.c.id)
@@ -199,6 +199,7 @@ def trend(conn: Connection, variant: str, limit: int = 50, until_run_id: str | N
     for r in reversed(conn.execute(query).all()):
         d = pick(r, TREND_FIELDS)
         d["test_images"] = (r.eval_info or {}).get("test_images")
+        d["accuracy_ci"] = (r.details or {}).get("accuracy_ci")
         out.append(d)
     return out
 

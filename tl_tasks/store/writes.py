@@ -14,9 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tl_tasks.gating.decision import DECISIONS, Decision
 from tl_tasks.store import queries
-from tl_tasks.store.models import to_utc, utcnow
+from tl_tasks.store.models import DECISIONS, Decision, to_utc, utcnow
 from tl_tasks.store.rows import (
     classes_t,
     confusion_t,

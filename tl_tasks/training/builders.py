@@ -7,6 +7,7 @@ the model (on the accelerator). Saved models use built-in Keras layers only, so
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from pathlib import Path
@@ -357,3 +358,8 @@ _verified: dict[str, tuple] = {}
 def _file_key(path: Path) -> tuple:
     stat = path.stat()
     return stat.st_size, stat.st_mtime_ns, IMAGENET_NOTOP_URL, IMAGENET_NOTOP_MD5
+
+
+def count_weights(variables) -> int:
+    """How many numbers `variables` (e.g. `model.trainable_weights`) hold."""
+    return int(sum(math.prod(int(d) for d in w.shape) for w in variables))

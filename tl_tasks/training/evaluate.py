@@ -16,7 +16,7 @@ from tl_tasks.data import load_prepared
 from tl_tasks.files import sha256_file, write_json_atomic
 from tl_tasks.layout import ModelFiles
 from tl_tasks.training import devices, runtime
-from tl_tasks.training.loop import _count
+from tl_tasks.training.builders import count_weights
 from tl_tasks.training.predictions import write_predictions
 from tl_tasks.variants import Variant, get_variant
 
@@ -90,7 +90,7 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
         variant=v.name, **metrics,
         inference_img_per_s=round(len(y_test) / seconds, 1) if seconds > 0 else float("nan"),
         inference_timing=devices.inference_timing(),
-        params_total=int(model.count_params()), params_trainable=_count(model.trainable_weights),
+        params_total=int(model.count_params()), params_trainable=count_weights(model.trainable_weights),
         model_size_bytes=model_path.stat().st_size, class_names=list(class_names), test_images=len(y_test),
         predictions_path=str(predictions_path), predictions_sha256=predictions_sha256,
         model_sha256=sha256_file(model_path),

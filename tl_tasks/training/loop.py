@@ -18,11 +18,13 @@ from tl_tasks.config import Settings
 from tl_tasks.data import load_prepared
 from tl_tasks.files import sha256_file, write_json_atomic
 from tl_tasks.layout import ModelFiles
+from tl_tasks.progress import keras_verbose
 from tl_tasks.training import devices, runtime
 from tl_tasks.training.builders import (
     build_head,
     build_model,
     compile_recipe,
+    count_weights,
     one_hot,
     resolve_weights,
     set_base_frozen,
@@ -100,8 +102,6 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     runtime.configure()
     if verbose is None:
-        from tl_tasks.progress import keras_verbose
-
         verbose = keras_verbose()
 
     data = load_prepared(data_dir)
@@ -157,7 +157,7 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
         best_epoch=_best_epoch(history, v, run.warmup_epochs),
         stopped_early=len(history) < epochs, train_seconds=round(time.perf_counter() - started, 3),
         history=history, resumed_from_epoch=run.start_epoch,
-        params_total=int(model.count_params()), params_trainable=_count(model.trainable_weights),
+        params_total=int(model.count_params()), params_trainable=count_weights(model.trainable_weights),
         feature_cache=feature_cache, feature_seconds=run.feature_seconds,
         train_img_per_s=round(len(y_train) * attempt_epochs / attempt_seconds, 1) if attempt_seconds > 0 else None,
         train_images=len(y_train), val_images=len(y_val), input_size=input_size, image_size=image_size,
@@ -395,9 +395,5 @@ def _copy_weights(source: keras.Model, target: keras.Model) -> None:
     for layer in target.layers:
         if layer.weights and layer.name in names:
             layer.set_weights(source.get_layer(layer.name).get_weights())
-
-
-def _count(variables) -> int:
-    return int(sum(int(np.prod(w.shape)) for w in variables))
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from tl_tasks.data import caching, limits
 from tl_tasks.data.raw import Raw
+from tl_tasks.data.roots import check_allowed
 from tl_tasks.data.sources.cifar import download_cifar10, read_cifar10
 from tl_tasks.data.sources.folders import read_folder
 from tl_tasks.data.sources.synthetic import SYNTHETIC_DEFAULT_PER_CLASS, generate
@@ -33,8 +34,6 @@ def parse_source(source: str) -> tuple[str, Path | None]:
     if not rest.strip():
         raise BadInput(f"source={source!r} names no path; give one, e.g. {kind}:/data/"
                          + ("cifar-10-python.tar.gz" if kind == "cifar10" else "my-images"))
-    from tl_tasks.data.roots import check_allowed
-
     path = Path(rest.strip()).expanduser()
     resolved = check_allowed(path, f"source={source!r}")   # after resolving symlinks
     if not path.exists():

@@ -18,6 +18,7 @@ import numpy as np
 from tl_tasks.data import limits
 from tl_tasks.data.raw import Raw
 from tl_tasks.errors import BadInput
+from tl_tasks.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ def read_folder(path: Path, image_size: int) -> Raw:
     dirs: set[str] = set()
     decoded: dict[str, np.ndarray | None] = {}   # name relative to the source -> image, None if unreadable
     errors: dict[str, str] = {}
-    from tl_tasks.progress import Progress
-
     with Progress(f"decoding {path.name}") as progress:
         _decode_folder(path, image_size, dirs, decoded, errors, progress)
     root = _find_root(path, dirs)
