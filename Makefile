@@ -12,7 +12,7 @@ SHARED_CIFAR := $(abspath ../shared/data/cifar-10-images-jpg.tar.gz)
 # copy such as $(SHARED_CIFAR) before Keras's download; weights auto = ImageNet when obtainable, else random).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test test-fast lint run airflow bench system-deps services clean
+.PHONY: venv mlflow-venv test test-fast lint run airflow bench system-deps services clean
 
 # The pinned freeze, then this project as an editable package (pyproject.toml: tl_tasks, reports, `tl-tasks`).
 venv: $(STAMP)
@@ -37,12 +37,22 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
+# The tests' MLflow tracking server in a venv of its own (requirements-mlflow.txt: the full mlflow package's pins
+# conflict with Airflow's); rebuilt when that freeze changes.
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed-$(shell cat requirements-mlflow.txt | cksum | cut -d' ' -f1)
+mlflow-venv: $(MLFLOW_STAMP)
+$(MLFLOW_STAMP): requirements-mlflow.txt
+	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install -q --no-deps -r requirements-mlflow.txt
+	rm -f $(MLFLOW_VENV)/.installed-*; touch $@
+
 # Everything CI needs: lint, then every test (tiers: the markers in pyproject.toml); the 25 slowest are listed.
 # `make test WORKERS=2` spreads the test files over pytest-xdist workers (a module's tests stay together, so its
 # shared fixtures are built once); the default runs them in this process.
 WORKERS ?= 0
 XDIST = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile)
-test: venv system-deps lint
+test: venv mlflow-venv system-deps lint
 	$(PY) -m pytest -q --durations=25 $(XDIST) tests
 
 # The edit loop (under 90 s on two cores): no real Airflow components, no migrated Airflow database, no Chromium,

@@ -246,3 +246,50 @@ def pg_url(pg_server):
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+MLFLOW_BIN = PROJECT_ROOT / ".venv-mlflow" / "bin" / "mlflow"
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (`make mlflow-venv`) on loopback with a SQLite backend and its own artifact
+    folder; yields its URL and stops it afterwards. Skips where the tools venv is missing."""
+    import signal
+    import time
+
+    import requests
+
+    from tests.airflow_harness import free_port
+
+    if not MLFLOW_BIN.is_file():
+        pytest.skip(f"{MLFLOW_BIN} is missing: run `make mlflow-venv` (make test does)")
+    home = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # No background job runner: it imports the GenAI scorers, whose dependencies the tools venv leaves out.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(home / "server.log", "w") as log:
+        proc = subprocess.Popen([str(MLFLOW_BIN), "server", "--host", "127.0.0.1", "--port", str(port),
+                                 "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+                                 "--artifacts-destination", str(home / "artifacts")],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                f"mlflow server did not start:\n{(home / 'server.log').read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

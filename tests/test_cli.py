@@ -15,7 +15,7 @@ from tl_tasks.layout import RunLayout
 from tl_tasks.store import connect
 
 PROJECT_ROOT = config.PROJECT_ROOT
-COMMANDS = ("prepare", "train", "evaluate", "gate", "report", "runs", "db", "run")
+COMMANDS = ("prepare", "train", "evaluate", "gate", "report", "runs", "db", "export", "run")
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

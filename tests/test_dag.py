@@ -342,3 +342,58 @@ def test_dag_test_skips_an_unchanged_run_and_force_retrains(airflow_home, tl_hom
     assert "Skipped: unchanged" in _report_line(second).read_text()
     forced, _ = _dag_test(airflow_home, {**conf, "force": True})
     assert forced.returncode == 0 and "train[cnn]: success" in forced.stdout, forced.stdout[-8000:]
+
+
+@pytest.mark.airflow
+def test_dag_test_emits_openlineage_events_and_logs_to_mlflow(airflow_home, tl_home, webhook_server, mlflow_server):
+    # One run feeds both integrations, through the provider's HTTP transport and the report task's MLflow hook:
+    # cnn trains and bootstraps (a published champion), resnet50_v2 fails in train (a FAIL event).
+    url, received = webhook_server
+    conf = {"profile": "smoke", "variants": ["cnn", "resnet50_v2"], "weights": str(tl_home / "missing-weights.h5"),
+            "force": True}
+    proc, run_id = _dag_test(airflow_home, conf, OPENLINEAGE_URL=url.split("/hooks/")[0],
+                             OPENLINEAGE_NAMESPACE="tl-test", TL_MLFLOW_TRACKING_URI=mlflow_server)
+    assert "train[resnet50_v2]: failed" in proc.stdout and "gate: success" in proc.stdout, proc.stdout[-8000:]
+    with connect() as store:
+        run = store.get_run(run_id)
+    cnn = run["results"]["cnn"]
+    events = [payload for path, _, payload in received if path == "/api/v1/lineage"]
+    tasks = [e for e in events if e["job"]["namespace"] == "tl-test" and "." in e["job"]["name"]]  # <dag>.<task>
+    by_job = {}
+    for e in tasks:
+        by_job.setdefault((e["job"]["name"].split(".", 1)[1], e["eventType"]), []).append(e)
+    for task_id in ("prepare_data", "train", "evaluate", "gate", "build_report", "finalize"):
+        assert (task_id, "START") in by_job, sorted(by_job)
+    assert ("train", "FAIL") in by_job and ("gate", "COMPLETE") in by_job and ("finalize", "FAIL") in by_job
+
+    # inputs: the data source, with the lineage (test-set fingerprint) and the data fingerprint
+    source = by_job[("prepare_data", "COMPLETE")][0]["inputs"][0]
+    assert source["name"] == run["data_source"]
+    assert source["facets"]["tl_lineage"]["testSetFingerprint"] == run["lineage"]
+    assert source["facets"]["tl_dataFingerprint"]["fingerprint"] == run["data_fingerprint"]
+    assert by_job[("train", "FAIL")][0]["inputs"][0]["facets"]["tl_lineage"]["testSetFingerprint"] == run["lineage"]
+    # outputs: the gate's published champion, with the model's sha256, the accuracy and interval, the decision
+    [champion] = by_job[("gate", "COMPLETE")][0]["outputs"]
+    assert champion["name"] == cnn["gate"]["published"] and Path(champion["name"]).is_dir()
+    facets = champion["facets"]
+    assert facets["tl_model"]["sha256"] == cnn["model_sha256"] == facets["version"]["datasetVersion"]
+    assert facets["tl_evaluation"]["testAccuracy"] == cnn["accuracy"]
+    assert facets["tl_evaluation"]["accuracyInterval"] == cnn["gate"]["accuracy_ci"]
+    assert facets["tl_gate"]["decision"] == "bootstrap"
+    # run facets: the settings (recipe) and the code version, on the events after prepare_data wrote them
+    settings = by_job[("gate", "START")][0]["run"]["facets"]["tl_settings"]
+    assert settings["profile"] == "smoke" and settings["settings"]["variants"] == ["cnn", "resnet50_v2"]
+    code = by_job[("evaluate", "COMPLETE")][0]["run"]["facets"]["tl_codeVersion"]["codeVersion"]
+    assert code == run["versions"]["code"]
+
+    # MLflow: one run per variant, tagged with the Airflow run; the promoted cnn registered under `champion`
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("cifar10_retraining")
+    logged = {r.data.tags["tl.variant"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(logged) == ["cnn", "resnet50_v2"]
+    assert logged["cnn"].data.tags["airflow.run_id"] == run_id and logged["resnet50_v2"].info.status == "FAILED"
+    assert logged["cnn"].data.metrics["test_accuracy"] == pytest.approx(cnn["accuracy"])
+    version = client.get_model_version_by_alias("cifar10-cnn", "champion")
+    assert version.run_id == logged["cnn"].info.run_id and version.tags["tl.lineage"] == run["lineage"]

@@ -1,4 +1,4 @@
-"""Command line: `python -m tl_tasks {prepare,train,evaluate,gate,report,runs,champion,db,run} ...` (see --help).
+"""Command line: `python -m tl_tasks {prepare,train,evaluate,gate,report,runs,champion,db,gc,export,run} ...` (see --help).
 
 Stage commands print their result as JSON on stdout and log to stderr. Exit status: 0 ok, 1 the run (or the
 gate) failed, 2 bad input or an error (one line on stderr; --traceback shows the whole story).
@@ -18,6 +18,7 @@ from tl_tasks.airflow_local import run_dag
 from tl_tasks.cli import champion_command, db_upgrade_command, runs_command
 from tl_tasks.gating.decision import DECISIONS, RegressionError
 from tl_tasks.gc import collect_garbage, default_airflow_logs
+from tl_tasks.integrations import mlflow
 from tl_tasks.layout import RunLayout
 from tl_tasks.pipeline import RunFailed
 from tl_tasks.stages.gate import GateOptions
@@ -138,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--airflow-logs", metavar="DIR", help="Airflow's task-log folder (default "
                    "$AIRFLOW__LOGGING__BASE_LOG_FOLDER or $AIRFLOW_HOME/logs when it exists)")
 
+    p = command("export", "copy stored runs to a team's platform: `export mlflow` logs runs MLflow lacks "
+                "($TL_MLFLOW_TRACKING_URI), registers promotions and moves the `champion` alias; rerunning adds nothing")
+    p.add_argument("target", choices=("mlflow",), help="where to: mlflow")
+    p.add_argument("--since", type=_iso_date, metavar="DATE", help="only runs at or after this ISO date or date-time")
+
     p = command("run", "one whole retraining: every stage for every variant; prints the report's path",
                 "One whole retraining: prepare, train and evaluate every variant, gate, report. "
                 "--engine airflow (default) runs the Airflow DAG once, headless, in this process (dag.test, "
@@ -229,6 +235,11 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    _print_json(mlflow.export(since=args.since))
+    return 0
+
+
 def cmd_run(args) -> int:
     if args.engine == "airflow":
         if args.run_id:
@@ -257,7 +268,7 @@ def _run_dag(args) -> int:
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "gate": cmd_gate,
             "report": cmd_report, "runs": cmd_runs, "champion": cmd_champion, "db": cmd_db, "gc": cmd_gc,
-            "run": cmd_run}
+            "export": cmd_export, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

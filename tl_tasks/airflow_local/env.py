@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from tl_tasks.config import GPU_POOL, PROJECT_ROOT
+from tl_tasks.integrations import OPENLINEAGE_AIRFLOW_ENV
 
 GPU_POOL_DESCRIPTION = "training/evaluation slots: how many variants run at once (TL_GPU_POOL_SLOTS)"
 
@@ -34,6 +35,8 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW__API__PORT": port,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        # OpenLineage hooks (inert until a transport such as OPENLINEAGE_URL is set); the user's values win
+        **{key: os.environ.get(key, value) for key, value in OPENLINEAGE_AIRFLOW_ENV.items()},
     }
 
 

@@ -7,9 +7,9 @@ import subprocess
 from functools import lru_cache
 
 from tl_tasks import __version__, config
+from tl_tasks.store.models import CODE_KEY, SKIP_KEY
 
-SKIP_KEY = "skipped"   # runs.params[SKIP_KEY] = {"reason": "unchanged", "same_as": <run id>}
-CODE_KEY = "code"      # runs.versions[CODE_KEY] = "<package version>+<git commit>[.dirty-<diff hash>]"
+__all__ = ["CODE_KEY", "SKIP_KEY", "code_version", "skip_note", "training_settings", "unchanged_reason"]
 
 
 @lru_cache(maxsize=1)

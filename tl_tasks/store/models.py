@@ -35,6 +35,10 @@ DECISIONS = (Decision.PROMOTED, Decision.BOOTSTRAP, Decision.KEPT, Decision.REGR
 # The decisions that make the model the variant's champion (the latest such result in a lineage is the champion).
 PROMOTING = (Decision.PROMOTED, Decision.BOOTSTRAP)
 
+# Keys of the runs table's JSON columns that the stages write and the integrations read.
+CODE_KEY = "code"      # runs.versions[CODE_KEY] = "<package version>+<git commit>[.dirty-<diff hash>]"
+SKIP_KEY = "skipped"   # runs.params[SKIP_KEY] = {"reason": "unchanged", "same_as": <run id>}
+
 class UTCDateTime(sa.types.TypeDecorator):
     """Timezone-aware UTC datetimes on every database (SQLite has no time zones: store UTC, read back as UTC).
 
