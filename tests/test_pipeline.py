@@ -245,7 +245,7 @@ def test_gate_fail_on_regression_records_then_raises_and_force_promote_overrides
 
 
 def test_gate_compares_only_within_a_lineage():
-    """The issue's scenario: a 15% model on other data must not become the champion of the good lineage."""
+    """The motivating scenario: a 15% model on other data must not become the champion of the good lineage."""
     _fake_run("k1", {"cnn": 0.67}, when=T0, source="folder:shared/cifar.tar.gz", lineage="A" * 64)
     assert pipeline.gate_stage("k1")["decisions"]["cnn"]["decision"] == "bootstrap"
     # the same archive spelled with another path: the same test images, so the same lineage
