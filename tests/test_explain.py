@@ -130,6 +130,10 @@ def test_a_challenger_that_wins_overall_but_breaks_one_class_is_not_promoted():
     assert d["decision"] == "promoted" and d["class_gate"]["worse"] == ["cat"]
     text = Path(d["model_card"]).read_text()
     assert "Per-class gate**: off" in text and "cat" in text and "Temperature" in text and "jpeg" in text
+    low, high = d["accuracy_ci"]  # the card quotes the gate's stored interval
+    assert f"95% CI {low:.2%} to {high:.2%}, Wilson" in text
+    with connect() as store:  # stored with the decision: what `champion show --json` reads
+        assert store.champion_history("cnn")[0]["model_card"] == d["model_card"]
 
 
 def test_report_shows_the_class_table_galleries_calibration_robustness_and_model_card():

@@ -40,7 +40,7 @@ def between(result: dict, other: dict, y_true, *, cap: int = DEFAULT_CAP) -> tup
     n = len(y_true)
     try:
         new = load_predictions(result.get("predictions_path"), result.get("predictions_sha256"), expected_len=n)
-        old = _predictions_of(other, n)
+        old = stored_predictions(other, n)
     except PredictionsUnavailable as exc:
         return None, str(exc)
     return changed(y_true, new, old, load_confidence(result, n), cap=cap), None
@@ -58,13 +58,16 @@ def load_confidence(result: dict, n: int):
     return conf if len(conf) == n else None
 
 
-def _predictions_of(other: dict, n: int):
+def stored_predictions(other: dict, n: int):
+    """A stored result's per-image predictions: from its run folder, else from its published champion copy.
+
+    Raises PredictionsUnavailable naming the run when neither is readable."""
     try:
         return load_predictions(other.get("predictions_path"), other.get("predictions_sha256"), expected_len=n)
-    except PredictionsUnavailable:
+    except PredictionsUnavailable as first:
         published = (other.get("gate") or {}).get("published")
         if published and other.get("predictions_path"):
             copy = Path(published) / Path(other["predictions_path"]).name
             if copy.is_file():
                 return load_predictions(copy, other.get("predictions_sha256"), expected_len=n)
-        raise
+        raise PredictionsUnavailable(f"run {other.get('run_id')}: {first}") from None

@@ -22,7 +22,6 @@ from tl_tasks.store.models import DECISIONS, PROMOTING, Decision
 __all__ = ["DECISIONS", "DEFAULT_ALPHA", "DEFAULT_TOLERANCE", "PROMOTING", "Decision", "RegressionError"]
 
 
-
 class RegressionError(RuntimeError):
     """The gate found a regression and `fail_on_regression` was set (the decisions are stored first)."""
 

@@ -9,6 +9,7 @@ from tl_tasks.config import DEFAULT_CLASS_GATE, DEFAULT_CLASS_TOLERANCE, Setting
 from tl_tasks.data import load_array
 from tl_tasks.errors import first_line
 from tl_tasks.gating import champions
+from tl_tasks.gating.changed_images import stored_predictions
 from tl_tasks.gating.decision import (
     Decision,
     RegressionError,
@@ -19,7 +20,7 @@ from tl_tasks.gating.decision import (
     validate_tolerance,
     versus_previous,
 )
-from tl_tasks.gating.model_card import write_champion_card
+from tl_tasks.gating.model_card import MODEL_CARD_FILE, write_champion_card
 from tl_tasks.gating.per_class import apply_class_gate, compare_classes
 from tl_tasks.layout import RunLayout
 from tl_tasks.store import MetricsStore
@@ -111,9 +112,11 @@ def gate_run(store: MetricsStore, run: dict, layout: RunLayout, variants: tuple[
                 publish_errors.append(f"{variant}: {exc}")
                 decision.update(decision=Decision.KEPT, promoted=False,
                                 reason=f"promotion not published ({exc}); was: {decision['reason']}")
+        if folder is not None:  # stored with the decision, so that `champion show` finds the card
+            decision["model_card"] = str(Path(folder) / MODEL_CARD_FILE)
         store.record_gate(run_id, variant, decision)
         if folder is not None:
-            decision["model_card"] = str(write_champion_card(store, run_id, variant, folder))
+            write_champion_card(store, run_id, variant, folder)  # reads the decision just stored
         newest = store.champion(variant, lineage=run["lineage"]) if folder else None
         if newest is not None and newest["run_id"] == run_id:
             champions.make_current(folder)
@@ -142,7 +145,10 @@ def _paired(result: dict, champion: dict, y_test, alpha: float,
     try:
         new = load_predictions(result.get("predictions_path"), result.get("predictions_sha256"),
                                expected_len=len(y_test))
-        old = _champion_predictions(champion, len(y_test))
+        try:
+            old = stored_predictions(champion, len(y_test))
+        except PredictionsUnavailable as exc:
+            raise PredictionsUnavailable(f"the champion ({exc})") from None
     except PredictionsUnavailable as exc:
         log.warning("no paired comparison for %s: %s", result["variant"], exc)
         return None, str(exc), None
@@ -160,16 +166,3 @@ def _versus(result: dict, before: dict, before_run_id: str, y_test, alpha: float
     except PredictionsUnavailable:
         return None
     return versus_previous(y_test, new, old, previous_run_id=before_run_id, alpha=alpha)
-
-
-def _champion_predictions(champion: dict, n: int):
-    """The champion's per-image predictions: from its run folder, else from its published copy."""
-    try:
-        return load_predictions(champion.get("predictions_path"), champion.get("predictions_sha256"), expected_len=n)
-    except PredictionsUnavailable as first:
-        published = (champion.get("gate") or {}).get("published")
-        if published and champion.get("predictions_path"):
-            copy = Path(published) / Path(champion["predictions_path"]).name
-            if copy.is_file():
-                return load_predictions(copy, champion.get("predictions_sha256"), expected_len=n)
-        raise PredictionsUnavailable(f"the champion (run {champion.get('run_id')}): {first}") from None

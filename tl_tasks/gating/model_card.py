@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from tl_tasks.files import write_text_atomic
-from tl_tasks.gating.decision import wilson_interval
 
 MODEL_CARD_FILE = "model_card.md"
 
@@ -95,9 +94,11 @@ def _recipe(result: dict) -> dict:
 def _accuracy(run: dict, result: dict) -> dict:
     acc = result.get("accuracy")
     n = (result.get("eval_info") or {}).get("test_images") or ((run.get("data_summary") or {}).get("counts") or {}).get("test")
-    ci = wilson_interval(round(acc * n), n) if acc is not None and n else None
+    gate = result.get("gate") or {}
+    ci, level = gate.get("accuracy_ci"), 1 - float(gate.get("alpha") or 0.05)  # the gate's own interval
+    where = f", {n:,} test images" if n else ""
     return {"title": "Test accuracy", "facts": [
-        ("Accuracy", _pct(acc) + (f" (95% CI {_pct(ci[0])} to {_pct(ci[1])}, Wilson, {n:,} test images)" if ci else "")),
+        ("Accuracy", _pct(acc) + (f" ({level:.0%} CI {_pct(ci[0])} to {_pct(ci[1])}, Wilson{where})" if ci else "")),
         ("Top-3 accuracy", _pct(result.get("top3_accuracy"))),
         ("Macro F1", "not measured" if result.get("macro_f1") is None else f"{result['macro_f1']:.3f}"),
     ]}

@@ -19,7 +19,6 @@ NAMING_CONVENTION = {
 }
 
 
-
 # The gate's vocabulary, as the gate_decisions table stores it (tl_tasks.gating.decision decides which).
 class Decision:
     """The gate's verdicts, as `decide` returns them in "decision" and the metrics database stores them."""
