@@ -80,6 +80,7 @@ def _subparser(command):
     ("epochs", 3, 0), ("image_size", 64, 4), ("batch_size", 8, 5000), ("limit_per_class", 2, 1),
     ("seed", 0, -1), ("tolerance", 0.0, 1.0), ("alpha", 0.05, 0.0), ("mixed_precision", "off", "fast"),
     ("profile", "smoke", "huge"), ("variants", ["cnn"], ["vgg"]), ("data_parallel", True, "yes"),
+    ("robustness_images", 0, -1), ("robustness_images", 10_000, 10_001), ("eval_batch_size", 250, 0),
 ])
 def test_form_validation_and_schema_checks_agree(name, good, bad):
     from airflow.sdk.exceptions import ParamValidationError
@@ -117,6 +118,22 @@ def test_cross_field_rules_and_base_settings():
     base = schema.settings_from_params({"profile": "smoke", "variants": ["cnn"], "seed": 5})
     again = schema.settings_from_params({"epochs": 2}, base=base)
     assert (again.profile, again.variants, again.seed, again.epochs["cnn"]) == ("smoke", ("cnn",), 5, 2)
+
+
+def test_robustness_images_is_validated_and_zero_turns_the_suite_off():
+    assert schema.settings_from_params({"profile": "quick", "robustness_images": 0}).robustness_images == 0
+    with pytest.raises(BadInput, match="robustness_images=-5 is out of range"):
+        schema.apply_overrides(PROFILES["quick"], {"robustness_images": -5})
+
+
+def test_settings_from_an_older_settings_json_take_missing_fields_from_its_profile():
+    old = PROFILES["smoke"].to_dict()
+    for name in ("robustness_images", "eval_batch_size", "val_limit"):  # written before these existed
+        del old[name]
+    settings = config.Settings.from_dict(old)
+    assert (settings.robustness_images, settings.eval_batch_size) == (30, 80)  # smoke's, not 1000 and 250
+    assert settings == PROFILES["smoke"]
+    assert config.Settings.from_dict({**old, "eval_batch_size": 40}).eval_batch_size == 40  # stored wins
 
 
 def test_a_new_schema_entry_shows_up_in_the_form_and_the_cli(monkeypatch):

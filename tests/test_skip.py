@@ -67,6 +67,13 @@ def test_unchanged_run_is_skipped_with_a_link_and_force_retrains(tl_home, monkey
 @pytest.mark.parametrize("run, previous, expected", [
     ({"data_fingerprint": "a", "params": {"e": 1, "gate": {"t": 1}}, "versions": {"code": "1+x"}},
      {"data_fingerprint": "a", "params": {"e": 1, "gate": {"t": 2}}, "versions": {"code": "1+x"}}, "unchanged"),
+    # evaluation-only settings: a changed evaluation batch or corruption subset does not retrain
+    ({"data_fingerprint": "a", "params": {"e": 1, "eval_batch_size": 250, "robustness_images": 120},
+      "versions": {"code": "1+x"}},
+     {"data_fingerprint": "a", "params": {"e": 1, "eval_batch_size": 64, "robustness_images": 0},
+      "versions": {"code": "1+x"}}, "unchanged"),
+    ({"data_fingerprint": "a", "params": {"e": 1}, "versions": {"code": "1+x"}},
+     {"data_fingerprint": "a", "params": {"e": 2}, "versions": {"code": "1+x"}}, None),  # a training setting
     ({"data_fingerprint": "a", "params": {}, "versions": {}}, {"data_fingerprint": "a", "params": {}, "versions": {}},
      None),  # no code version recorded: cannot tell, so train
     ({"data_fingerprint": None, "params": {}, "versions": {"code": "1"}}, None, None),

@@ -217,3 +217,17 @@ def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError,
                        match=r"not a prepared data folder \(missing x_train.npy.*meta.json\); run prepare_data"):
         train_variant("cnn", tmp_path / "nothing", tmp_path / "out", small_settings(), verbose=0)
+
+
+def test_evaluation_only_settings_keep_the_checkpoint_signature_training_settings_change_it():
+    from tl_tasks.config import PROFILES
+    from tl_tasks.training.checkpoints import signature
+
+    v, base = get_variant("cnn"), PROFILES["smoke"]
+    y = np.arange(20) % 10
+
+    def sig(settings):
+        return signature(v, settings, "f" * 64, y, y[:10])
+
+    assert sig(dataclasses.replace(base, eval_batch_size=7, robustness_images=0)) == sig(base)
+    assert sig(dataclasses.replace(base, batch_size=16)) != sig(base)

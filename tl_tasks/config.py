@@ -28,6 +28,8 @@ def schedule_from_env(name: str, default: str) -> str | None:
     `none`, `off`, `null` or empty = no clock (triggered runs only)."""
     value = os.environ.get(name, default).strip()
     return None if value.lower() in ("", "none", "null", "off") else value
+
+
 DEFAULT_PROFILE = "quick"
 
 # The gate's defaults (trigger form and command line): a drop smaller than half a point is not worth blocking a
@@ -113,11 +115,18 @@ class Settings:
 
     @classmethod
     def from_dict(cls, d: dict) -> Settings:
-        d = dict(d)
+        """Settings from `to_dict()`'s form; fields it lacks (settings.json written before they existed) take
+        its profile's values, not the dataclass defaults."""
+        profile = PROFILES.get(d.get("profile"))
+        d = {**(profile.to_dict() if profile else {}), **d}
         d["variants"] = tuple(d.get("variants") or VARIANT_NAMES)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})  # e.g. "patience", now per variant
 
+
+# Settings that change only how a trained model is evaluated: neither the checkpoint signature nor skip-unchanged
+# compares them, so changing them never retrains.
+EVALUATION_ONLY = ("eval_batch_size", "robustness_images")
 
 # The quick profile's corruption subset: 18 corrupted copies of it may add at most 30% to evaluating the 10,000
 # test images on a CPU (bench: bench_robustness.py).

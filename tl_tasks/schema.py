@@ -139,6 +139,10 @@ PARAMS: tuple[Param, ...] = (
     Param("eval_batch_size", "integer", "Evaluation batch size",
           "Images per inference step of the evaluation and of a frozen base's feature pass: speed and memory, "
           "not accuracy.", RUN, field="eval_batch_size", minimum=1, maximum=4096, metavar="N"),
+    Param("robustness_images", "integer", "Corruption-suite images",
+          "Test images (a stratified subset) scored under the 18 corruptions of the robustness check, at "
+          "evaluation only; 0 = off. At most 10,000 (CIFAR-10's test set): the 18 copies are held in memory.",
+          RUN, field="robustness_images", minimum=0, maximum=10_000, metavar="N"),
 )
 
 # Environment variables that used to override settings; a run refuses to start while one is set.

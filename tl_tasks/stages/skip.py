@@ -30,8 +30,9 @@ def code_version() -> str:
 
 
 def training_settings(params: dict | None) -> dict:
-    """The parts of a run's stored params that decide what gets trained (gate options and skip notes aside)."""
-    return {k: v for k, v in (params or {}).items() if k not in ("gate", SKIP_KEY)}
+    """The parts of a run's stored params that decide what gets trained (gate options, skip notes and
+    evaluation-only settings aside)."""
+    return {k: v for k, v in (params or {}).items() if k not in ("gate", SKIP_KEY, *config.EVALUATION_ONLY)}
 
 
 def unchanged_reason(run: dict, previous: dict | None) -> str | None:

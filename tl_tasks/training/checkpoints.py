@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from tl_tasks import layout
-from tl_tasks.config import Settings
+from tl_tasks.config import EVALUATION_ONLY, Settings
 from tl_tasks.files import copy_file_atomic, sha256_file, write_atomic, write_json_atomic
 from tl_tasks.layout import ModelFiles
 from tl_tasks.variants import Variant
@@ -177,7 +177,7 @@ def _finished(files: ModelFiles) -> bool:
 
 def signature(v: Variant, settings: Settings, fingerprint: str, y_train: np.ndarray, y_val: np.ndarray) -> dict:
     """What must match for a checkpoint to be resumable (epochs may change: a longer rerun continues)."""
-    ignored = {"epochs", "variants", "profile"}
+    ignored = {"epochs", "variants", "profile", *EVALUATION_ONLY}
     sig = {
         "variant": dataclasses.asdict(v),
         "settings": {k: val for k, val in settings.to_dict().items() if k not in ignored},
