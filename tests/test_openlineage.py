@@ -54,7 +54,7 @@ def test_datasets_and_facets_from_a_stored_run(tmp_path):
     published = tmp_path / "champions" / "cnn" / "v1"
     gate = {"decision": "bootstrap", "reason": "first", "accuracy_ci": [0.4, 0.6], "published": str(published),
             "p_value": None, "delta": None, "alpha": 0.05}
-    run = _run(data_source=str(tmp_path / "images.tar.gz"), results={
+    run = _run(data_source=f"folder:{tmp_path / 'images.tar.gz'}", results={  # as the prepare stage stores it
         "cnn": {"variant": "cnn", "accuracy": 0.5, "model_sha256": "c" * 64, "gate": gate},
         "resnet50_v2": {"variant": "resnet50_v2", "accuracy": 0.4, "gate": {"decision": "kept"}}})
     lineage = json.loads(Serde.to_json(ol.task_lineage(run, "gate").outputs[0]))
@@ -66,7 +66,10 @@ def test_datasets_and_facets_from_a_stored_run(tmp_path):
     source = json.loads(Serde.to_json(ol.data_source_dataset(run)))
     assert (source["namespace"], source["name"]) == ("file", str(tmp_path / "images.tar.gz"))
     assert source["facets"]["tl_dataFingerprint"]["counts"] == {"train": 300, "val": 20, "test": 80}
+    pickles = ol.data_source_dataset(_run(data_source=f"cifar10:{tmp_path / 'cifar-10-python.tar.gz'}"))
+    assert (pickles.namespace, pickles.name) == ("file", str(tmp_path / "cifar-10-python.tar.gz"))
     assert ol.data_source_dataset(_run()).namespace == "tl-tasks"  # a built-in source is not a file
+    assert ol.data_source_dataset(_run(data_source="cifar10")).namespace == "tl-tasks"  # Keras's download
     facets = {k: json.loads(Serde.to_json(v)) for k, v in ol.run_facets(run, {"profile": "smoke",
                                                                                "epochs": {"cnn": 1}}).items()}
     assert facets["tl_settings"]["settings"] == {"profile": "smoke", "epochs": {"cnn": 1}}

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SCHEMA_BASE = "https://github.com/tl-tasks/schemas/openlineage"  # where the facets below are described
 FILE_NAMESPACE = "file"             # OpenLineage's naming of local files: namespace `file`, name = absolute path
 SOURCE_NAMESPACE = "tl-tasks"       # built-in data sources (`synthetic`, Keras's `cifar10` download)
+FILE_KINDS = ("folder", "cifar10")  # data sources read from a path: `<kind>:<absolute path>`
 DECORATED_OPERATOR = "_PythonDecoratedOperator"  # what `@task` builds: every task of the retraining DAG
 
 
@@ -135,7 +136,9 @@ class CodeVersionRunFacet(RunFacet):
 def data_source_dataset(run: dict) -> InputDataset:
     """The run's data source as an input dataset, with its lineage and data fingerprint facets."""
     source = str(run.get("data_source") or "unknown")
-    namespace, name = (FILE_NAMESPACE, source) if Path(source).is_absolute() else (SOURCE_NAMESPACE, source)
+    kind, sep, rest = source.partition(":")  # stored as `folder:/abs/path` or `cifar10:/abs/path`
+    path = rest if sep and kind in FILE_KINDS else source
+    namespace, name = (FILE_NAMESPACE, path) if Path(path).is_absolute() else (SOURCE_NAMESPACE, source)
     facets: dict = {}
     if run.get("lineage"):
         facets["tl_lineage"] = LineageDatasetFacet(testSetFingerprint=run["lineage"])
