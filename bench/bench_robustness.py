@@ -3,7 +3,8 @@
     python -m bench.bench_robustness --mode quick [--out bench/out/robustness.json]
 
 Per variant, as `tl_tasks.training.evaluate` does it: the model (random weights: inference cost does not depend on them)
-predicts the quick profile's 10,000 test images at its batch size after a warm-up, then
+predicts the quick profile's 10,000 test images in equal batches of at most its `eval_batch_size` after a
+warm-up, then
 `tl_tasks.training.diagnostics.diagnose` fits the temperature on the validation subset and scores the corruption suite
 on the profile's `robustness_images`. Ratios are over the test pass (the evaluation's own inference).
 """
@@ -52,7 +53,7 @@ def run(mode: str = "full") -> dict:
         "2 shared CPU cores: other programs' load moves wall times; the load average is in `machine`.",
     ]
     params = {"profile": "quick", "test_images": n_test, "val_images": n_val,
-              "robustness_images": settings.robustness_images, "batch_size": settings.batch_size,
+              "robustness_images": settings.robustness_images, "eval_batch_size": settings.eval_batch_size,
               "image_size": settings.image_size, "weights": "none (random init)"}
     return common.record(NAME, mode, begun, params, results, notes)
 
@@ -79,14 +80,16 @@ def _cell(variant: str, data, settings) -> dict:
 
     from tl_tasks.training.builders import build_model
     from tl_tasks.training.diagnostics import diagnose
+    from tl_tasks.training.inference import even_batch, predict_equal_batches
+    from tl_tasks.variants import get_variant
 
     keras.utils.set_random_seed(0)
-    model = build_model(variant, 10, input_size=32, image_size=settings.input_size_for(variant), weights="none")
-    batch = settings.batch_size
-    for n in {batch, len(data.x_test) % batch} - {0}:
-        model.predict(data.x_test[:n], batch_size=batch, verbose=0)
+    image_size = 32 if get_variant(variant).family == "cnn" else settings.image_size  # as training builds it
+    model = build_model(variant, 10, input_size=32, image_size=image_size, weights="none")
+    batch = even_batch(len(data.x_test), settings.eval_batch_size)  # one batch shape, as evaluate uses
+    model.predict(data.x_test[:batch], batch_size=batch, verbose=0)
     t0, c0 = time.perf_counter(), time.process_time()
-    probs = model.predict(data.x_test, batch_size=batch, verbose=0)
+    probs = predict_equal_batches(model, data.x_test, batch)
     test_s, test_cpu = time.perf_counter() - t0, time.process_time() - c0
     extra = diagnose(model, data, probs, batch_size=batch, robustness_images=settings.robustness_images)
     cal_s, rob_s = extra["seconds"]["calibration"], extra["seconds"]["robustness"]
