@@ -5,7 +5,7 @@
 #   GPU_BENCH_PARTS=throughput,v2,v4,run (default, in this order)  GPU_BENCH_BUDGET_S=520 (seconds for the parts)
 # Keras runs on JAX. Our pure-Python dependencies that such a machine lacks come from bench/wheels/
 # (`make gpu-wheels` downloads them: bench/gpu-wheels.txt, well under 64 MiB) and are installed with --no-deps into
-# a scratch folder, only when `import keras` fails. The CIFAR-10 archive is taken from bench/data/ (copy it there
+# bench/deps/, only when `import keras` fails. The CIFAR-10 archive is taken from bench/data/ (copy it there
 # to carry it) or ../shared/data/. Writes bench/out/gpu.json (or OUT_JSON); see bench/gpu_bench.py. The project
 # need not be installed there: `python -m bench.gpu_bench` runs from the checkout's root, which puts it on sys.path.
 set -euo pipefail
@@ -16,7 +16,8 @@ export TF_CPP_MIN_LOG_LEVEL=2
 OUT=${1:-bench/out/gpu.json}
 
 # Install only the carried wheels whose module the machine lacks (its own numpy/JAX/Pillow/h5py stay in charge).
-DEPS=${GPU_BENCH_DEPS:-/tmp/tl_gpu_deps}
+# A folder of this checkout (git-ignored), not a fixed /tmp name another user could plant modules in first.
+DEPS=${GPU_BENCH_DEPS:-$PWD/bench/deps}
 export PYTHONPATH="$DEPS${PYTHONPATH:+:$PYTHONPATH}"
 missing=()
 for whl in bench/wheels/*.whl; do
