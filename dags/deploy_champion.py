@@ -2,7 +2,8 @@
 
 It verifies the published champion (sha256 against champion.json) and points `$TL_HOME/deployed/<variant>`
 at it, for one lineage (test set) only: `TL_DEPLOY_LINEAGE` (a fingerprint prefix), else the lineage already
-deployed; champions of other test sets are skipped. Replace the task body with your own rollout.
+deployed, else the first non-smoke one; champions of other test sets are skipped (MLflow's `champion` alias
+follows the same rule). Replace the task body with your own rollout.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pendulum
 from airflow.sdk import AssetAny, dag, task
 
 from tl_tasks.gating.assets import champion_asset
-from tl_tasks.gating.champions import deploy_events
+from tl_tasks.gating.champions import DEPLOY_LINEAGE_ENV, deploy_events
 from tl_tasks.variants import VARIANT_NAMES
 
 CHAMPION_ASSETS = [champion_asset(v) for v in VARIANT_NAMES]
@@ -31,7 +32,7 @@ def deploy_champion():
     def deploy(triggering_asset_events=None) -> list[dict]:
         import os
 
-        return deploy_events(triggering_asset_events, lineage=os.environ.get("TL_DEPLOY_LINEAGE") or None)
+        return deploy_events(triggering_asset_events, lineage=os.environ.get(DEPLOY_LINEAGE_ENV) or None)
 
     deploy()
 

@@ -1,6 +1,6 @@
 """The MLflow integration against a real tracking server (tests/conftest.py's mlflow_server): runs, metrics,
-artifacts, registered versions and the `champion` alias; idempotent re-logging and export; an unreachable
-server only warns. Runs go through the local engine (the same stages and report hook as the DAG's tasks).
+artifacts, registered versions, the per-lineage alias and `champion` (deployment's lineage only); idempotent
+re-logging and export; an unreachable server only warns, its password masked. Runs go through the local engine (the same stages and report hook as the DAG's tasks).
 """
 from __future__ import annotations
 
@@ -50,10 +50,22 @@ def mlflow_on(mlflow_server, monkeypatch):
     return _client(mlflow_server), f"cifar10-{suffix}-cnn"
 
 
-def test_a_promotion_is_logged_registered_and_gets_the_champion_alias_a_weaker_run_leaves_it(mlflow_on):
+def _alias_run(client, model: str, alias: str) -> str | None:
+    """The tl.run_id of the version `alias` points at, None when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model, alias).tags["tl.run_id"]
+    except MlflowException:
+        return None
+
+
+def test_a_promotion_is_logged_registered_and_gets_the_champion_alias_a_weaker_run_leaves_it(mlflow_on,
+                                                                                             monkeypatch):
     client, model = mlflow_on
     first = _smoke("first")
     assert first["decisions"]["cnn"]["decision"] == "bootstrap"
+    lineage = first["decisions"]["cnn"]["lineage"]
     with connect() as store:
         stored = store.get_run("first")["results"]["cnn"]
     [logged] = _runs(client, "first")
@@ -69,8 +81,17 @@ def test_a_promotion_is_logged_registered_and_gets_the_champion_alias_a_weaker_r
     assert artifacts == {"report", "evaluation", "model"}
     assert {a.path for a in client.list_artifacts(logged.info.run_id, "model")} == {"model/model.keras",
                                                                                   "model/champion.json"}
-    champion = client.get_model_version_by_alias(model, "champion")
+    # a smoke run's champion gets its lineage's alias, never `champion`: deployment does not follow it either
+    per_lineage = tl_mlflow.lineage_alias(lineage)
+    assert per_lineage == f"champion-{lineage[:12]}"
+    champion = client.get_model_version_by_alias(model, per_lineage)
     assert champion.run_id == logged.info.run_id and champion.tags["tl.run_id"] == "first"
+    assert _alias_run(client, model, "champion") is None
+
+    # once TL_DEPLOY_LINEAGE names the lineage, `champion` follows it (a retried report stage applies the rule)
+    monkeypatch.setenv("TL_DEPLOY_LINEAGE", lineage[:12])
+    pipeline.report_stage("first")
+    assert client.get_model_version_by_alias(model, "champion").version == champion.version
 
     # the same recipe again: identical predictions, so the gate keeps the champion; nothing is registered
     second = _smoke("second")
@@ -82,25 +103,32 @@ def test_a_promotion_is_logged_registered_and_gets_the_champion_alias_a_weaker_r
     assert client.get_model_version_by_alias(model, "champion").version == champion.version
     assert len(client.search_model_versions(f"name = '{model}'")) == 1
 
-    # a forced promotion moves the alias to a new version
+    # a forced promotion moves both aliases to a new version
     third = _smoke("third", force_promote=True)
     assert third["decisions"]["cnn"]["decision"] == "promoted"
     moved = client.get_model_version_by_alias(model, "champion")
     assert moved.version != champion.version and moved.tags["tl.run_id"] == "third"
+    assert _alias_run(client, model, per_lineage) == "third"
 
     # rerunning the report stage (what a task retry does) adds no run and no version
     pipeline.report_stage("third")
     assert len(_runs(client)) == 3 and len(client.search_model_versions(f"name = '{model}'")) == 2
 
+    # a champion of another test set gets its own lineage's alias; `champion` stays on the deployed lineage
+    other = _smoke("other-data", seed=9)["decisions"]["cnn"]
+    assert other["decision"] == "bootstrap" and other["lineage"] != lineage
+    assert _alias_run(client, model, tl_mlflow.lineage_alias(other["lineage"])) == "other-data"
+    assert _alias_run(client, model, "champion") == "third"
+
 
 def test_register_all_registers_kept_models_without_moving_the_alias(mlflow_on, monkeypatch):
     client, model = mlflow_on
-    _smoke("first")
+    lineage = _smoke("first")["decisions"]["cnn"]["lineage"]
     monkeypatch.setenv(tl_mlflow.REGISTER_ENV, "all")
     assert _smoke("second")["decisions"]["cnn"]["decision"] == "kept"
     versions = {v.tags["tl.run_id"]: v for v in client.search_model_versions(f"name = '{model}'")}
     assert sorted(versions) == ["first", "second"] and versions["second"].tags["tl.gate_decision"] == "kept"
-    assert client.get_model_version_by_alias(model, "champion").tags["tl.run_id"] == "first"
+    assert _alias_run(client, model, tl_mlflow.lineage_alias(lineage)) == "first"
 
 
 def test_export_logs_earlier_runs_once(mlflow_server, tmp_path, monkeypatch):
@@ -114,8 +142,14 @@ def test_export_logs_earlier_runs_once(mlflow_server, tmp_path, monkeypatch):
     experiment = client.get_experiment_by_name("exported")
     [logged] = client.search_runs([experiment.experiment_id])
     assert logged.data.tags["tl.run_id"] == "offline" and "test_accuracy" in logged.data.metrics
+    lineage = logged.data.tags["tl.lineage"]
+    assert _alias_run(client, MODEL, tl_mlflow.lineage_alias(lineage)) == "offline"
+    assert _alias_run(client, MODEL, "champion") is None  # a smoke run's lineage, none chosen: as deploy
     assert main(["export", "mlflow"]) == 0  # idempotent: found again by its tags
     assert len(client.search_runs([experiment.experiment_id])) == 1
+    monkeypatch.setenv("TL_DEPLOY_LINEAGE", lineage[:12])  # the same rule as the logging hook's
+    assert main(["export", "mlflow"]) == 0
+    assert _alias_run(client, MODEL, "champion") == "offline"
 
 
 def test_export_of_nothing_prints_an_empty_list(mlflow_server, monkeypatch, capsys):
@@ -127,12 +161,15 @@ def test_export_of_nothing_prints_an_empty_list(mlflow_server, monkeypatch, caps
 
 
 def test_an_unreachable_server_only_warns(monkeypatch, caplog):
-    monkeypatch.setenv(tl_mlflow.TRACKING_URI_ENV, f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv(tl_mlflow.TRACKING_URI_ENV, f"http://alice:s3cret@127.0.0.1:{free_port()}")
     with caplog.at_level(logging.WARNING, logger="tl_tasks.integrations.mlflow"):
         result = _smoke("offline-server")
     assert result["state"] == "success" and result["decisions"]["cnn"]["decision"] == "bootstrap"
-    assert any("MLflow: could not log run offline-server" in r.getMessage() and "/health" in r.getMessage()
-               for r in caplog.records)
+    [warning] = [r.getMessage() for r in caplog.records if "MLflow: could not log run offline-server" in r.getMessage()]
+    assert "/health" in warning and "alice:***@127.0.0.1" in warning and "s3cret" not in warning
+    with pytest.raises(tl_mlflow.MlflowUnavailable) as raised:
+        tl_mlflow.connect_client()
+    assert "alice:***@" in str(raised.value) and "s3cret" not in str(raised.value)
 
 
 def test_off_without_a_tracking_uri(monkeypatch):

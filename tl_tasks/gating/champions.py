@@ -39,6 +39,8 @@ VERSIONS = "versions"
 # Deployment fact, not a hyperparameter: `0` skips the TF SavedModel export (e.g. a Keras-on-JAX worker
 # without TensorFlow); champion.json then says why there is no serving export.
 SERVING_EXPORT_ENV = "TL_SERVING_EXPORT"
+# Deployment fact: the lineage (a test-set fingerprint prefix) that deployment and MLflow's `champion` follow.
+DEPLOY_LINEAGE_ENV = "TL_DEPLOY_LINEAGE"
 
 
 class ChampionError(RuntimeError):
@@ -235,14 +237,9 @@ def deploy(published: str | Path, variant: str, *, target_root: Path | None = No
         raise ChampionError(f"refusing to deploy {folder}: " + "; ".join(problems))
     root = Path(target_root) if target_root else layout.deployed_root()
     link = root / variant
-    wanted = lineage or (_deployed_lineage(link) if link.exists() else None)
-    out = {"variant": variant, "lineage": meta["lineage"], "deployed": None, "skipped": None}
-    if wanted is None and meta.get("profile") == "smoke":
-        out["skipped"] = (f"champion of run {meta['run_id']} comes from a smoke run; set TL_DEPLOY_LINEAGE="
-                          f"{meta['lineage'][:12]} to deploy its lineage")
-    elif wanted is not None and not meta["lineage"].startswith(wanted):
-        out["skipped"] = (f"champion of run {meta['run_id']} is on another test set (lineage {meta['lineage'][:12]}) "
-                          f"than the deployed one ({wanted[:12]}); set TL_DEPLOY_LINEAGE to switch lineages")
+    wanted = lineage or deployed_lineage(variant, target_root=root)
+    out = {"variant": variant, "lineage": meta["lineage"], "deployed": None,
+           "skipped": off_deployed_lineage(meta, wanted)}
     if out["skipped"]:
         log.warning("not deploying %s: %s", variant, out["skipped"])
         return out
@@ -286,11 +283,27 @@ def _recorded_promotion(variant: str, run_id: str | None) -> dict | None:
         else None
 
 
-def _deployed_lineage(link: Path) -> str | None:
+def deployed_lineage(variant: str, *, target_root: Path | None = None) -> str | None:
+    """The lineage of the champion deployed at `deployed/<variant>`, None when none is."""
+    link = (Path(target_root) if target_root else layout.deployed_root()) / variant
     try:
-        return read_champion(link).get("lineage")
+        return read_champion(link).get("lineage") if link.exists() else None
     except (OSError, ValueError):
         return None
+
+
+def off_deployed_lineage(champion: dict, wanted: str | None) -> str | None:
+    """Why the champion (`run_id`, `lineage`, `profile`) is not on the lineage deployment follows, else None.
+
+    `wanted`: TL_DEPLOY_LINEAGE, else the lineage already followed; with neither, any non-smoke champion is."""
+    lineage = champion.get("lineage") or ""
+    if wanted is None and champion.get("profile") == "smoke":
+        return (f"champion of run {champion.get('run_id')} comes from a smoke run; set {DEPLOY_LINEAGE_ENV}="
+                f"{lineage[:12]} to deploy its lineage")
+    if wanted is not None and not lineage.startswith(wanted):
+        return (f"champion of run {champion.get('run_id')} is on another test set (lineage {lineage[:12]}) "
+                f"than the deployed one ({wanted[:12]}); set {DEPLOY_LINEAGE_ENV} to switch lineages")
+    return None
 
 
 def _point_current_named(home: Path, name: str, target: Path) -> None:

@@ -1,5 +1,7 @@
 """MLflow tracking and model registry: each variant of a run becomes one MLflow run; promotions become model
-versions, and the alias `champion` follows the metrics database's champion.
+versions. The alias `champion-<lineage[:12]>` follows the metrics database's champion of each lineage (test set),
+and `champion` only that of the lineage deployment follows (the deploy DAG's rule: TL_DEPLOY_LINEAGE, else the
+deployed lineage, else the first non-smoke one), so a smoke run never moves it unless TL_DEPLOY_LINEAGE names it.
 
 On when `TL_MLFLOW_TRACKING_URI` is set (see ENV below). Every fact comes from the metrics database after the
 report is built, so the same code logs a finished run (`log_run_safely`, the report stage's hook, handed the
@@ -14,13 +16,15 @@ import os
 import time
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
 from tl_tasks.config import Settings
+from tl_tasks.gating.champions import DEPLOY_LINEAGE_ENV, deployed_lineage, off_deployed_lineage
 from tl_tasks.gating.decision import PROMOTING
 from tl_tasks.layout import RunLayout
-from tl_tasks.store import MetricsStore, connect
+from tl_tasks.store import MetricsStore, connect, mask_url
 from tl_tasks.store.models import CODE_KEY, SKIP_KEY
 
 log = logging.getLogger(__name__)
@@ -72,7 +76,7 @@ def log_run_safely(store: MetricsStore, layout: RunLayout, settings: Settings | 
         return log_run(store, layout, settings)
     except Exception as exc:  # the run's own results are already stored: MLflow is a copy
         log.warning("MLflow: could not log run %s to %s (the run goes on; `tl-tasks export mlflow` retries): %s",
-                    layout.run_id, tracking_uri(), " ".join(str(exc).split())[:500])
+                    layout.run_id, mask_url(tracking_uri()), _masked(" ".join(str(exc).split()))[:500])
         return []
 
 
@@ -116,7 +120,8 @@ def connect_client():
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).raise_for_status()
         except requests.RequestException as exc:
-            raise MlflowUnavailable(f"MLflow server {uri} did not answer /health: {exc}") from None
+            raise MlflowUnavailable(f"MLflow server {mask_url(uri)} did not answer /health: {_masked(str(exc))}") \
+                from None
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -204,8 +209,8 @@ def _log_contents(client, mlrun_id: str, run: dict, layout: RunLayout, params: d
 
 
 def _register(client, mlrun, run: dict, result: dict, is_current: bool) -> tuple[str | None, bool]:
-    """Register the variant's model (promotions; every model with TL_MLFLOW_REGISTER=all) once per MLflow run,
-    and point the alias `champion` at it when the metrics database says it is the current champion."""
+    """Register the variant's model (promotions; every model with TL_MLFLOW_REGISTER=all) once per MLflow run.
+    The current champion of its lineage gets `champion-<lineage[:12]>`, and `champion` on deployment's lineage."""
     gate = result.get("gate") or {}
     promoted = gate.get("decision") in PROMOTING and bool(gate.get("published"))
     if not _wants_model(result) or result.get("state") != "success":
@@ -217,14 +222,44 @@ def _register(client, mlrun, run: dict, result: dict, is_current: bool) -> tuple
         version = versions[0].version
     else:
         source = f"{mlrun.info.artifact_uri.rstrip('/')}/model"
-        tags = {"tl.run_id": run["run_id"], "tl.lineage": run.get("lineage") or "",
+        tags = {"tl.run_id": run["run_id"], "tl.lineage": run.get("lineage") or "", "tl.profile": run.get("profile") or "",
                 "tl.gate_decision": str(gate.get("decision")), "tl.model_sha256": result.get("model_sha256") or ""}
         version = client.create_model_version(name, source, run_id=mlrun.info.run_id, tags=tags,
                                               description=gate.get("reason")).version
-    champion = promoted and is_current
+    if not (promoted and is_current):
+        return str(version), False
+    client.set_registered_model_alias(name, lineage_alias(run["lineage"]), version)
+    champion = _follows_deployment(client, name, run, result["variant"])
     if champion:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
     return str(version), champion
+
+
+def lineage_alias(lineage: str) -> str:
+    """The alias that always follows the champion of one lineage (test set), e.g. `champion-3f2a9c1b07d4`."""
+    return f"{CHAMPION_ALIAS}-{lineage[:12]}"
+
+
+def _follows_deployment(client, name: str, run: dict, variant: str) -> bool:
+    """Whether `champion` may move to this run's model: the deploy DAG's rule (`champions.off_deployed_lineage`)
+    for the lineage TL_DEPLOY_LINEAGE names, else the deployed one, else the one `champion` already follows."""
+    wanted = (os.environ.get(DEPLOY_LINEAGE_ENV) or None) or deployed_lineage(variant) \
+        or _alias_lineage(client, name)
+    reason = off_deployed_lineage(run, wanted)
+    if reason:
+        log.info("MLflow: %s keeps alias %r where it is: %s", name, CHAMPION_ALIAS, reason)
+    return reason is None
+
+
+def _alias_lineage(client, name: str) -> str | None:
+    """The lineage of the version `champion` points at, if that is not a smoke run's (set before the rule)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = client.get_model_version_by_alias(name, CHAMPION_ALIAS).tags
+    except MlflowException:
+        return None
+    return None if tags.get("tl.profile") in (None, "", "smoke") else (tags.get("tl.lineage") or None)
 
 
 def _ensure_registered_model(client, name: str, variant: str) -> None:
@@ -271,6 +306,15 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
         else:
             out[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
     return out
+
+
+def _masked(text: str) -> str:
+    """`text` with the tracking URI's password (if any) replaced by ***: error texts may quote the URL."""
+    try:
+        password = urlsplit(tracking_uri() or "").password
+    except ValueError:
+        password = None
+    return text.replace(password, "***") if password else text
 
 
 def _quote(text: str) -> str:
