@@ -18,6 +18,21 @@ from tl_tasks.gating import champions
 from tl_tasks.layout import RunLayout
 from tl_tasks.store import connect
 
+# Plain Keras in a separate process: model.keras loads only after importing what champion.json's load_requires names.
+LOAD = """
+import importlib, json, sys
+import keras
+try:
+    keras.models.load_model(sys.argv[1], compile=False)
+    plain = "loaded"
+except Exception as exc:
+    plain = str(exc)
+for module in json.loads(sys.argv[2]):
+    importlib.import_module(module)
+keras.models.load_model(sys.argv[1], compile=False)
+print(json.dumps({"plain": plain}))
+"""
+
 # A separate process with plain TensorFlow (no Keras, no tl_tasks): what a serving system would run.
 SERVE = """
 import json, sys
@@ -82,6 +97,8 @@ def test_promotion_publishes_a_servable_champion_and_keeps_history(promoted_cnn)
     assert low <= meta["accuracy"] <= high
     assert meta["versions"]["keras"] and meta["versions"]["tensorflow"] and meta["published_at"]
     assert meta["serving"]["format"] == "tf_saved_model" and meta["forced"] is True
+    assert meta["load_requires"]["custom_layers"] == ["tl_tasks>RandomAugment"]
+    assert meta["load_requires"]["import"] == [champions.CUSTOM_LAYERS_MODULE]
     assert (current / "model.keras").read_bytes() == Path(result["model_path"]).read_bytes()
 
     # The SavedModel loads with plain TensorFlow in another process and reproduces the stored predictions.
@@ -91,6 +108,11 @@ def test_promotion_publishes_a_servable_champion_and_keeps_history(promoted_cnn)
     assert proc.returncode == 0, proc.stderr[-3000:]
     served = json.loads(proc.stdout.strip().splitlines()[-1])
     assert served["tl_tasks"] is False  # nothing of this project is needed to serve it
+    proc = subprocess.run([sys.executable, "-c", LOAD, str(current / "model.keras"),
+                           json.dumps(meta["load_requires"]["import"])], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RandomAugment" in json.loads(proc.stdout.strip().splitlines()[-1])["plain"]  # not without the import
     probs = np.array(served["probs"])
     stored = np.load(current / "predictions.npy")
     # The same predictions, up to float rounding: a one-epoch smoke model trained with label smoothing has

@@ -6,7 +6,8 @@
         versions/<run_key>/model.keras         (the evaluated model, byte for byte)
                            predictions.npy     (its per-image predictions on the lineage's test set)
                            serving/            (TF SavedModel, endpoint `serve`, loads with plain TensorFlow)
-                           champion.json       (run id, lineage, accuracy + interval, sha256s, temperature, date)
+                           champion.json       (run id, lineage, accuracy + interval, sha256s, temperature, date,
+                                                load_requires: the custom layers model.keras holds)
                            model_card.md       (tl_tasks.gating.model_card: written once the gate's decision is stored)
 
 Earlier champions stay in `versions/` as history. A lineage is one test set, so a run on other data never
@@ -17,7 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,6 +44,8 @@ VERSIONS = "versions"
 SERVING_EXPORT_ENV = "TL_SERVING_EXPORT"
 # Deployment fact: the lineage (a test-set fingerprint prefix) that deployment and MLflow's `champion` follow.
 DEPLOY_LINEAGE_ENV = "TL_DEPLOY_LINEAGE"
+# Where the custom layers a model.keras may hold (`tl_tasks>RandomAugment`) are registered with Keras.
+CUSTOM_LAYERS_MODULE = "tl_tasks.training.augment"
 
 
 class ChampionError(RuntimeError):
@@ -102,7 +107,7 @@ def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | N
             # softmax(log(p) / temperature) is the calibrated probability (fitted on the validation split)
             "temperature": result.get("temperature"), "ece": result.get("ece"),
             "ece_scaled": result.get("ece_scaled"), "robust_accuracy": result.get("robust_accuracy"),
-            "model_card": MODEL_CARD_FILE,
+            "model_card": MODEL_CARD_FILE, "load_requires": load_requires(tmp / MODEL_FILE),
             "versions": run.get("versions"), "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
         })
 
@@ -110,6 +115,17 @@ def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | N
     publish_dir(final, build)
     log.info("published %s of run %s (lineage %s): %s", variant, run["run_id"], lineage[:12], final)
     return final
+
+
+def load_requires(model_path: Path) -> dict:
+    """What `keras.models.load_model` needs besides Keras to load `model_path`: this package's custom layers
+    (read from the file's config.json, no Keras needed) and the module that registers them. `serving/` needs none."""
+    with zipfile.ZipFile(model_path) as archive:
+        config_text = archive.read("config.json").decode()
+    layers = sorted(set(re.findall(r'"registered_name":\s*"(tl_tasks>[^"]+)"', config_text)))
+    return {"custom_layers": layers, "import": [CUSTOM_LAYERS_MODULE] if layers else [],
+            "note": (f"import {CUSTOM_LAYERS_MODULE} (pip install this package) before keras.models.load_model; "
+                     f"{SERVING_DIR}/ loads with plain TensorFlow") if layers else "plain Keras loads it"}
 
 
 def make_current(folder: Path) -> Path:
@@ -189,7 +205,7 @@ def _export_serving(model_path: Path, out: Path, enabled: bool | None) -> dict:
         except ImportError:
             return {"format": None, "reason": f"Keras runs on {keras.backend.backend()} without TensorFlow installed: "
                                               "no SavedModel export (model.keras is published)"}
-    import tl_tasks.training.augment  # noqa: F401  (registers the augmentation layer the model may hold)
+    import tl_tasks.training.augment  # noqa: F401  (registers the augmentation layer the model may hold: CUSTOM_LAYERS_MODULE)
 
     model = keras.models.load_model(model_path, compile=False, safe_mode=True)
     # Not `model.export(...)`: its endpoint calls the model without `training`, and Keras's augmentation
