@@ -96,7 +96,8 @@ RETRY_POLICY = ExceptionRetryPolicy(rules=[RetryRule(exception=list(NO_RETRY_EXC
     dagrun_timeout=DAGRUN_TIMEOUT,
     tags=["ml", "cifar10", "transfer-learning", "retraining"],
     params=PARAMS,
-    # One message per run when a variant regressed or failed, or the run failed (off unless configured).
+    # One message per run when a variant regressed or failed, the per-class check blocked a promotion, or the
+    # run failed (off unless configured).
     on_success_callback=RetrainingNotifier(),
     on_failure_callback=RetrainingNotifier(run_failed=True),
     default_args={

@@ -3,8 +3,8 @@ on them (a promotion is blocked when one class got significantly worse beyond a 
 
 Within a class, accuracy is the class's recall, so the paired machinery of `tl_tasks.gating.decision.compare_paired`
 applies unchanged: an exact McNemar test on the class's discordant images and an Agresti-Min interval of the
-recall change. The p-values are Holm-adjusted across the classes (ten tests would otherwise flag a class by
-chance one time in two at alpha 0.05).
+recall change. The p-values are Holm-adjusted across the classes (ten unadjusted tests at alpha 0.05 would flag some
+class by chance 40% of the time: 1 - 0.95**10).
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The DAG's notifier: Airflow's own mechanism (a `BaseNotifier` as DAG-level success/failure callback) around
-`tl_tasks.notify.channels`. One message per run, only when a variant regressed or failed or the run failed; never raises."""
+`tl_tasks.notify.channels`. One message per run, only when a variant regressed or failed, the per-class check
+blocked a promotion, or the run failed; never raises."""
 from __future__ import annotations
 
 import logging
