@@ -173,7 +173,7 @@ def test_the_notifier_logs_what_it_swallows(store, regressed_run, monkeypatch, c
     def broken_connect():
         raise OSError("metrics database unreachable")
 
-    monkeypatch.setattr("tl_tasks.store.connect", broken_connect)
+    monkeypatch.setattr(notifier, "connect", broken_connect)  # the name the notifier imported
     caplog.set_level(logging.INFO, logger="tl_tasks")
     _notify(RUN)
     (record,) = [r for r in caplog.records if r.name == notifier.__name__]
