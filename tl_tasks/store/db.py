@@ -170,10 +170,18 @@ def _set_wal(cur) -> None:
             time.sleep(0.05)
 
 
+def _connect(engine: Engine) -> Connection:
+    """A new connection; a server that went away since the store was opened is DatabaseUnavailableError (retried)."""
+    try:
+        return engine.connect()
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, sqlite3.OperationalError) as exc:
+        raise _connection_error(engine, exc) from exc
+
+
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A connection inside a write transaction (BEGIN IMMEDIATE on SQLite), committed on success."""
-    with engine.connect().execution_options(tl_write=True) as conn, conn.begin():
+    with _connect(engine).execution_options(tl_write=True) as conn, conn.begin():
         yield conn
 
 
@@ -183,10 +191,10 @@ def read_connection(engine: Engine) -> Iterator[Connection]:
     autocommit, since under READ COMMITTED each statement takes its own snapshot anyway, and it saves the
     BEGIN and ROLLBACK round trips."""
     if engine.dialect.name == "postgresql":
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        with _connect(engine).execution_options(isolation_level="AUTOCOMMIT") as conn:
             yield conn
         return
-    with engine.connect() as conn, conn.begin():
+    with _connect(engine) as conn, conn.begin():
         yield conn
 
 
