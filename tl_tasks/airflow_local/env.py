@@ -9,11 +9,13 @@ plugin from ./plugins, Airflow's example DAGs are off, and the API server listen
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import sys
 from pathlib import Path
 
 from tl_tasks.config import GPU_POOL, PROJECT_ROOT
+from tl_tasks.files import write_text_atomic
 from tl_tasks.integrations import OPENLINEAGE_AIRFLOW_ENV
 
 GPU_POOL_DESCRIPTION = "training/evaluation slots: how many variants run at once (TL_GPU_POOL_SLOTS)"
@@ -26,8 +28,12 @@ def airflow_home() -> Path:
 def airflow_env() -> dict[str, str]:
     """The environment variables that point Airflow at this project."""
     port = os.environ.get("TL_AIRFLOW_PORT") or "8080"
+    home = airflow_home()
     return {
-        "AIRFLOW_HOME": str(airflow_home()),
+        "AIRFLOW_HOME": str(home),
+        # The API server signs the tokens that the scheduler's task processes present: every component must
+        # share the secret (Airflow otherwise draws one per process, and tasks fail with "Invalid auth token").
+        "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET") or _home_secret(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -38,6 +44,15 @@ def airflow_env() -> dict[str, str]:
         # OpenLineage hooks (inert until a transport such as OPENLINEAGE_URL is set); the user's values win
         **{key: os.environ.get(key, value) for key, value in OPENLINEAGE_AIRFLOW_ENV.items()},
     }
+
+
+def _home_secret(home: Path) -> str:
+    """A random secret made once per Airflow home and kept in it (readable by its owner only)."""
+    path = home / "jwt_secret"
+    if not path.is_file():
+        home.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, secrets.token_urlsafe(64), mode=0o600)
+    return path.read_text().strip()
 
 
 def pool_slots() -> int:
