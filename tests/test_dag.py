@@ -154,13 +154,13 @@ def test_params_defaults(dag, run_dag_module):
     assert params["force"] is False  # an unchanged run is skipped unless forced
     assert params["profile"] == "quick"   # the form shows the profile a run will use
     for name in ("dataset", "epochs", "image_size", "batch_size", "limit_per_class", "weights", "seed",
-                 "mixed_precision", "data_parallel", "eval_batch_size"):
+                 "mixed_precision", "data_parallel", "eval_batch_size", "robustness_images"):
         assert params[name] is None, name  # = the profile's, resolved at run time
     good = {"profile": "smoke", "dataset": "synthetic", "variants": ["cnn", "resnet50_v4"], "epochs": 2,
             "image_size": 64, "batch_size": 16, "limit_per_class": 50, "weights": "none", "seed": 1,
             "tolerance": 0.05, "alpha": 0.01, "fail_on_regression": True, "force_promote": False, "force": True,
             "mixed_precision": "off", "data_parallel": False, "class_gate": False, "class_tolerance": 0.05,
-            "eval_batch_size": 40}
+            "eval_batch_size": 40, "robustness_images": 60}
     assert run_dag_module.validate_conf(dag, good) == good
 
 
@@ -386,7 +386,7 @@ def test_dag_test_emits_openlineage_events_and_logs_to_mlflow(airflow_home, tl_h
     code = by_job[("evaluate", "COMPLETE")][0]["run"]["facets"]["tl_codeVersion"]["codeVersion"]
     assert code == run["versions"]["code"]
 
-    # MLflow: one run per variant, tagged with the Airflow run; the promoted cnn registered under `champion`
+    # MLflow: one run per variant, tagged with the Airflow run; the promoted cnn registered under its lineage's alias
     from mlflow import MlflowClient
 
     client = MlflowClient(mlflow_server)
@@ -395,5 +395,6 @@ def test_dag_test_emits_openlineage_events_and_logs_to_mlflow(airflow_home, tl_h
     assert sorted(logged) == ["cnn", "resnet50_v2"]
     assert logged["cnn"].data.tags["airflow.run_id"] == run_id and logged["resnet50_v2"].info.status == "FAILED"
     assert logged["cnn"].data.metrics["test_accuracy"] == pytest.approx(cnn["accuracy"])
-    version = client.get_model_version_by_alias("cifar10-cnn", "champion")
+    version = client.get_model_version_by_alias("cifar10-cnn", f"champion-{run['lineage'][:12]}")
     assert version.run_id == logged["cnn"].info.run_id and version.tags["tl.lineage"] == run["lineage"]
+    assert "champion" not in client.get_registered_model("cifar10-cnn").aliases  # a smoke run never deploys
