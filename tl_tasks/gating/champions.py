@@ -120,8 +120,11 @@ def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | N
 def load_requires(model_path: Path) -> dict:
     """What `keras.models.load_model` needs besides Keras to load `model_path`: this package's custom layers
     (read from the file's config.json, no Keras needed) and the module that registers them. `serving/` needs none."""
-    with zipfile.ZipFile(model_path) as archive:
-        config_text = archive.read("config.json").decode()
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            config_text = archive.read("config.json").decode()
+    except (zipfile.BadZipFile, KeyError):  # not a Keras 3 archive (an older format): nothing to read it from
+        return {"custom_layers": None, "import": [], "note": "not a Keras 3 archive: its needs are not recorded"}
     layers = sorted(set(re.findall(r'"registered_name":\s*"(tl_tasks>[^"]+)"', config_text)))
     return {"custom_layers": layers, "import": [CUSTOM_LAYERS_MODULE] if layers else [],
             "note": (f"import {CUSTOM_LAYERS_MODULE} (pip install this package) before keras.models.load_model; "
