@@ -55,7 +55,7 @@ XDIST = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile)
 test: venv mlflow-venv system-deps lint
 	$(PY) -m pytest -q --durations=25 $(XDIST) tests
 
-# The edit loop (under 90 s on two cores): no real Airflow components, no migrated Airflow database, no Chromium,
+# The edit loop: no real Airflow components, no migrated Airflow database, no Chromium,
 # no decode of the whole CIFAR-10 archive.
 FAST_MARKERS := not slow and not airflow and not browser and not full_data
 test-fast: venv
