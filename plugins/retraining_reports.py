@@ -36,9 +36,9 @@ SECURITY_HEADERS = {
     "Cache-Control": "private, no-store",   # per-user authorised pages: no shared or on-disk caches
     "Referrer-Policy": "same-origin",
 }
-_EMPTY_INDEX = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Retraining reports</title></head>
+_EMPTY_INDEX = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Retraining reports</title></head>
 <body style="font-family:system-ui,sans-serif;margin:2rem"><h1>Retraining reports</h1>
-<p>No report has been built yet. Trigger the <code>cifar10_retraining</code> DAG; every run adds its report here.</p>
+<p>No report has been built yet. Trigger the <code>{DAG_ID}</code> DAG; every run adds its report here.</p>
 </body></html>"""
 
 
@@ -46,7 +46,7 @@ async def require_user(request: Request):
     """Airflow's authentication for the api-server's own routes: a Bearer token or the UI's JWT cookie.
 
     Raises 401 without credentials, 403 for an invalid token, a user who may not view the website, or one
-    without DAG-level read permission on `cifar10_retraining` (the reports show its runs, errors and paths).
+    without DAG-level read permission on the retraining DAG (the reports show its runs, errors and paths).
     """
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.models.resource_details import AccessView, DagDetails
