@@ -109,14 +109,20 @@ def test_a_failure_at_any_step_of_publish_dir_leaves_the_old_or_the_new_target(p
     assert len(raised) >= n - 3, (raised, n)
 
 
-def test_replace_symlink_fails_whole_at_every_step(tmp_path, monkeypatch):
-    tmp_path = tmp_path / "links"
-    tmp_path.mkdir()
+def _two_versions_linked(tmp_path: Path) -> tuple[Path, Path]:
+    """Folders v1 and v2 under tmp_path/links, and the link `current` -> v1; returns (that folder, the link)."""
+    folder = tmp_path / "links"
+    folder.mkdir()
     for name in ("v1", "v2"):
-        (tmp_path / name).mkdir()
-        _fill(name)(tmp_path / name)
-    link = tmp_path / "current"
+        (folder / name).mkdir()
+        _fill(name)(folder / name)
+    link = folder / "current"
     files.replace_symlink(link, "v1")
+    return folder, link
+
+
+def test_replace_symlink_fails_whole_at_every_step(tmp_path, monkeypatch):
+    tmp_path, link = _two_versions_linked(tmp_path)
 
     def check(label):
         assert _content(link) in ("v1/v1", "v2/v2"), label
@@ -174,13 +180,7 @@ def test_a_concurrent_reader_always_finds_the_published_folder(published, tmp_pa
 
 
 def test_a_concurrent_reader_always_finds_the_symlink(tmp_path):
-    tmp_path = tmp_path / "links"
-    tmp_path.mkdir()
-    for name in ("v1", "v2"):
-        (tmp_path / name).mkdir()
-        _fill(name)(tmp_path / name)
-    link = tmp_path / "current"
-    files.replace_symlink(link, "v1")
+    tmp_path, link = _two_versions_linked(tmp_path)
 
     def write():
         for i in range(1000):
