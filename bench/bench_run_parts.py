@@ -59,7 +59,7 @@ def run(mode: str = "full") -> dict:
         timed("save_model_keras", lambda: model.save(path))
         results["model_keras_mib"] = round(os.path.getsize(path) / 2**20, 1)
         loaded = timed("load_model_keras", lambda: keras.models.load_model(path, compile=False, safe_mode=True))
-        timed("savedmodel_export", lambda: _export_serving(path, Path(tmp) / "serving", True))
+        timed("savedmodel_export", lambda: _export_serving(path, Path(tmp) / "serving"))
 
         def old_eval():  # as before: warm-up on the full and the remainder batch shape, then the pass
             for n in {64, n_test % 64} - {0}:

@@ -1,5 +1,6 @@
-"""Champions you can deploy: publication on promotion (model, predictions, SavedModel, champion.json), history
-kept, verification against the database, the `champion` command, and the example deployment."""
+"""Champions you can deploy: publication on promotion (model, predictions, champion.json), history kept,
+verification against the database, the `champion` command, and the example deployment (which adds the
+SavedModel)."""
 from __future__ import annotations
 
 import json
@@ -96,14 +97,28 @@ def test_promotion_publishes_a_servable_champion_and_keeps_history(promoted_cnn)
     low, high = meta["accuracy_ci"]
     assert low <= meta["accuracy"] <= high
     assert meta["versions"]["keras"] and meta["versions"]["tensorflow"] and meta["published_at"]
-    assert meta["serving"]["format"] == "tf_saved_model" and meta["forced"] is True
+    assert meta["forced"] is True
     assert meta["load_requires"]["custom_layers"] == ["tl_tasks>RandomAugment"]
     assert meta["load_requires"]["import"] == [champions.CUSTOM_LAYERS_MODULE]
     assert (current / "model.keras").read_bytes() == Path(result["model_path"]).read_bytes()
 
+    # A promotion publishes model.keras only; the first deployment adds the SavedModel to the version, whole,
+    # and leaves every published file as it was.
+    assert meta["serving"]["format"] is None and "deployed" in meta["serving"]["reason"]
+    assert not (current / "serving").exists()
+    before = {p.name: p.read_bytes() for p in current.iterdir() if p.name != "champion.json"}
+    deployed = champions.deploy(home / "versions" / config.run_key("champ-2"), "cnn", lineage=run["lineage"])
+    served_dir = Path(deployed["deployed"])
+    meta = champions.read_champion(served_dir)
+    assert meta["serving"]["format"] == "tf_saved_model" and meta["serving"]["endpoint"] == "serve"
+    assert champions.read_champion(current)["serving"] == meta["serving"]  # the champion's own folder has it
+    assert {p.name: p.read_bytes() for p in current.iterdir() if p.is_file() and p.name != "champion.json"} == before
+    assert champions.verify({"published": str(home / "versions" / config.run_key("champ-2")), "run_id": "champ-2",
+                             "model_sha256": result["model_sha256"]}, current=True) == []
+
     # The SavedModel loads with plain TensorFlow in another process and reproduces the stored predictions.
     x_test = RunLayout("champ-2").data_dir / "x_test.npy"
-    proc = subprocess.run([sys.executable, "-c", SERVE, str(current / "serving"), str(x_test)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", SERVE, str(served_dir / "serving"), str(x_test)], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     served = json.loads(proc.stdout.strip().splitlines()[-1])

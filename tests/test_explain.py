@@ -23,11 +23,6 @@ PER_CLASS = 200
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def _no_serving_export(monkeypatch):
-    monkeypatch.setenv("TL_SERVING_EXPORT", "0")  # the fake model files are not Keras models
-
-
 def _labels() -> np.ndarray:
     return np.repeat(np.arange(len(CLASSES)), PER_CLASS)
 

@@ -74,7 +74,7 @@ def history(tl_home):
     def publish(label, variant):
         run = store.get_run(ids[label])
         result = {**run["results"][variant], "variant": variant}
-        return champions.make_current(champions.publish(run, result, result["gate"], serving_export=False))
+        return champions.make_current(champions.publish(run, result, result["gate"]))
 
     publish("run0", "cnn")
     publish("run2", "cnn")

@@ -29,13 +29,6 @@ def _run(run_id):
 TEST_IMAGES = 1000
 
 
-@pytest.fixture(autouse=True)
-def _no_serving_export(monkeypatch):
-    # The fake runs' models are placeholder bytes: publishing copies them, the SavedModel export needs a real
-    # model (tests/test_champions.py covers it).
-    monkeypatch.setenv("TL_SERVING_EXPORT", "0")
-
-
 def _fake_run(run_id: str, accuracies: dict, *, when: datetime, errors: dict | None = None,
               source: str = "synthetic", lineage: str = "L" * 64) -> dict:
     """A prepared run whose variants were evaluated with `accuracies` (None = failed in train) - no training.

@@ -5,13 +5,15 @@
         versions/<run_key> -> .<run_key>.v-<id>  (files.publish_dir: a new model for the run swaps in whole)
         versions/<run_key>/model.keras         (the evaluated model, byte for byte)
                            predictions.npy     (its per-image predictions on the lineage's test set)
-                           serving/            (TF SavedModel, endpoint `serve`, loads with plain TensorFlow)
+                           serving/            (TF SavedModel, endpoint `serve`, loads with plain TensorFlow;
+                                                written when the version is first deployed: `ensure_serving`)
                            champion.json       (run id, lineage, accuracy + interval, sha256s, temperature, date,
                                                 load_requires: the custom layers model.keras holds)
                            model_card.md       (tl_tasks.gating.model_card: written once the gate's decision is stored)
 
 Earlier champions stay in `versions/` as history. A lineage is one test set, so a run on other data never
-replaces another lineage's champion. Keras loads lazily (only to write the serving export).
+replaces another lineage's champion. Keras loads lazily (only to write the serving export). The export costs
+~10 CPU-s for a ResNet50, so it is paid by the champions that get deployed, not by every promotion.
 """
 from __future__ import annotations
 
@@ -39,13 +41,16 @@ MODEL_FILE = layout.MODEL_FILE
 SERVING_DIR = "serving"
 CURRENT = "current"
 VERSIONS = "versions"
-# Deployment fact, not a hyperparameter: `0` skips the TF SavedModel export (e.g. a Keras-on-JAX worker
-# without TensorFlow); champion.json then says why there is no serving export.
+# Deployment fact, not a hyperparameter: `0` skips the TF SavedModel export at deployment (e.g. a Keras-on-JAX
+# worker without TensorFlow); champion.json then says why there is no serving export.
 SERVING_EXPORT_ENV = "TL_SERVING_EXPORT"
 # Deployment fact: the lineage (a test-set fingerprint prefix) that deployment and MLflow's `champion` follow.
 DEPLOY_LINEAGE_ENV = "TL_DEPLOY_LINEAGE"
 # Where the custom layers a model.keras may hold (`tl_tasks>RandomAugment`) are registered with Keras.
 CUSTOM_LAYERS_MODULE = "tl_tasks.training.augment"
+# champion.json's `serving` until the version is deployed
+SERVING_ON_DEPLOY = {"format": None, "reason": "written when this version is deployed (champions.deploy, run by "
+                                               "the deploy_champion DAG)"}
 
 
 class ChampionError(RuntimeError):
@@ -60,15 +65,15 @@ def lineage_dir(variant: str, lineage: str) -> Path:
     return champions_root() / variant / lineage[:16]
 
 
-def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | None = None) -> Path:
+def publish(run: dict, result: dict, decision: dict) -> Path:
     """Write an evaluated, promoted model's version folder (atomically); returns it. `make_current` then points
-    the lineage's `current` at it, once the metrics database confirms it is the champion.
+    the lineage's `current` at it, once the metrics database confirms it is the champion. Its `serving/` export
+    is written when it is deployed (`ensure_serving`).
 
     Args:
         run: the run dict (run_id, lineage, data_source, profile, ...).
         result: the variant's result dict (model_path, model_sha256, predictions_path, accuracy, ...).
         decision: the gate decision that promoted it (accuracy_ci, forced, reason, ...).
-        serving_export: write the TF SavedModel; None = on unless `$TL_SERVING_EXPORT` is 0.
 
     Raises:
         ChampionError: the model file is missing or differs from the one that was evaluated.
@@ -95,7 +100,6 @@ def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | N
         shutil.copy2(model, tmp / MODEL_FILE)
         if result.get("predictions_path") and Path(result["predictions_path"]).is_file():
             shutil.copy2(result["predictions_path"], tmp / Path(result["predictions_path"]).name)
-        serving = _export_serving(tmp / MODEL_FILE, tmp / SERVING_DIR, serving_export)
         write_json_atomic(tmp / CHAMPION_FILE, {
             "variant": variant, "run_id": run["run_id"], "lineage": lineage, "data_source": run.get("data_source"),
             "profile": run.get("profile"), "class_names": run.get("class_names"),
@@ -103,7 +107,7 @@ def publish(run: dict, result: dict, decision: dict, *, serving_export: bool | N
             "test_images": (result.get("eval_info") or {}).get("test_images"),
             "decision": decision.get("decision"), "forced": bool(decision.get("forced")),
             "reason": decision.get("reason"), "model_file": MODEL_FILE, "model_sha256": model_sha,
-            "predictions_sha256": result.get("predictions_sha256"), "serving": serving,
+            "predictions_sha256": result.get("predictions_sha256"), "serving": SERVING_ON_DEPLOY,
             # softmax(log(p) / temperature) is the calibrated probability (fitted on the validation split)
             "temperature": result.get("temperature"), "ece": result.get("ece"),
             "ece_scaled": result.get("ece_scaled"), "robust_accuracy": result.get("robust_accuracy"),
@@ -194,11 +198,37 @@ def _point_current(home: Path, target: Path) -> None:
     replace_symlink(home / CURRENT, os.path.relpath(target, home))
 
 
-def _export_serving(model_path: Path, out: Path, enabled: bool | None) -> dict:
-    if enabled is None:
-        enabled = os.environ.get(SERVING_EXPORT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-    if not enabled:
+def ensure_serving(version: Path) -> dict:
+    """The published `version`'s TF SavedModel (`serving/`), exported now when it has none: the version is
+    published again, whole, with it added (files.publish_dir: readers see the old or the new folder), its files
+    hard-linked rather than copied. Returns champion.json's `serving` entry. `$TL_SERVING_EXPORT=0` leaves the
+    version as it is and says why in the returned entry."""
+    version = Path(version)
+    meta = read_champion(version)
+    if (meta.get("serving") or {}).get("format"):
+        return meta["serving"]
+    if os.environ.get(SERVING_EXPORT_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return {"format": None, "reason": f"{SERVING_EXPORT_ENV}=0: no serving export"}
+    source = version.resolve()
+    written = {}
+
+    def build(tmp: Path) -> None:
+        for item in source.iterdir():
+            if item.name in (CHAMPION_FILE, SERVING_DIR) or item.is_dir():
+                continue
+            try:
+                os.link(item, tmp / item.name)
+            except OSError:  # a filesystem without hard links
+                shutil.copy2(item, tmp / item.name)
+        written.update(_export_serving(tmp / MODEL_FILE, tmp / SERVING_DIR))
+        write_json_atomic(tmp / CHAMPION_FILE, {**meta, "serving": written})
+
+    publish_dir(version, build)
+    log.info("exported %s of run %s for serving: %s", meta.get("variant"), meta.get("run_id"), version / SERVING_DIR)
+    return written
+
+
+def _export_serving(model_path: Path, out: Path) -> dict:
     import_keras_quietly()
     import keras
 
@@ -227,7 +257,8 @@ def deploy(published: str | Path, variant: str, *, target_root: Path | None = No
            lineage: str | None = None) -> dict:
     """The example deployment: verify a published champion and point `$TL_HOME/deployed/<variant>` at it.
 
-    A serving system reads `deployed/<variant>/serving/` (or `model.keras`); the swap is one rename. The folder
+    A serving system reads `deployed/<variant>/serving/` (or `model.keras`), exported here on a version's first
+    deployment (`ensure_serving`); the swap is one rename. The folder
     must be a champion of `variant` under `$TL_HOME/champions/`, intact, and recorded as a promotion in the
     metrics database. Only one lineage is deployed: `lineage` (a prefix of the test-set fingerprint), else the
     lineage already deployed, else the first non-smoke one; champions of other test sets are skipped.
@@ -266,7 +297,9 @@ def deploy(published: str | Path, variant: str, *, target_root: Path | None = No
     # the version's own name (versions/<run>), not the hidden folder it links to (files.publish_dir): a version
     # published again replaces that folder, and the deployed link keeps working
     named = Path(published).absolute().parent.resolve() / Path(published).name
-    _point_current_named(root, variant, named if named.resolve() == folder else folder)
+    version = named if named.resolve() == folder else folder
+    ensure_serving(version)
+    _point_current_named(root, variant, version)
     out["deployed"] = str(link)
     return out
 

@@ -1,13 +1,16 @@
-"""How the training loop feeds the device: the batch size chosen for it, steps per execution, and each epoch's
-training throughput (its training steps alone, validation excluded), measured without per-batch work.
+"""How the training loop feeds the device: the batch size chosen for it, steps per execution, batches of one
+shape, and each epoch's training throughput (its training steps alone, validation excluded), measured without
+per-batch work.
 
 Where an epoch's time goes, and why these choices: bench/RESULTS.md ("Where the training loop's time goes").
 """
 from __future__ import annotations
 
+import math
 import time
 
 import keras
+import numpy as np
 
 from tl_tasks.config import Settings
 from tl_tasks.training import runtime
@@ -33,6 +36,29 @@ def batch_size(settings: Settings, kind: str | None = None) -> int:
 
 def steps_per_execution(kind: str | None = None) -> int:
     return STEPS_PER_EXECUTION[kind or device_kind()]
+
+
+def full_batches(n: int, batch: int, seed: int) -> np.ndarray | None:
+    """Indices of a training set of `n` images that fill every step with exactly `batch` images: all `n`, plus
+    `(-n) % batch` of them drawn a second time (distinct, seeded). On JAX a last, smaller batch is another
+    shape, and each shape is one more XLA compile of the train step (TensorFlow's traced step takes any batch
+    size). Fit shuffles the whole set each epoch, so the repeated images are spread over it.
+    None when `n` already divides into full batches (or fits in one)."""
+    pad = (-n) % batch
+    if n <= batch or pad == 0:
+        return None
+    again = np.sort(np.random.default_rng(seed).choice(n, size=pad, replace=False))
+    return np.concatenate([np.arange(n), again])
+
+
+def validation_batch(n: int, max_batch: int) -> int:
+    """A validation batch size that divides `n` exactly (one compiled test step on JAX; it changes no metric): the
+    largest divisor of `n` up to `max_batch`, when it is at least half of `max_batch`; else the even split
+    (`inference.even_batch`), whose last step is smaller."""
+    if n <= max_batch:
+        return max(n, 1)
+    best = max(d for d in range(1, max_batch + 1) if n % d == 0)
+    return best if 2 * best >= max_batch else math.ceil(n / math.ceil(n / max_batch))
 
 
 def wait_for_device(model: keras.Model) -> None:
