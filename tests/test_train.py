@@ -52,7 +52,7 @@ def test_cnn_learns_synthetic_patterns_and_writes_its_outputs(tmp_path):
     assert all(r == pytest.approx(summary["train_images"] / h["train_seconds"], rel=0.05)  # seconds are rounded
                for r, h in zip(summary["epoch_img_per_s"], summary["history"], strict=True))
     assert all(0 < h["val_seconds"] < h["seconds"] for h in summary["history"])
-    assert summary["history"][-1]["val_accuracy"] > 0.4  # chance is 0.1: 25+ of 60 by chance has p < 1e-9
+    assert summary["history"][-1]["val_accuracy"] > 0.5  # chance is 0.1
     assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
     assert summary["feature_cache"] is False and summary["weights"] == "none"
     assert summary["params_total"] == summary["params_trainable"] > 0
@@ -205,7 +205,7 @@ def test_frozen_v1_trains_on_cached_features_into_the_same_full_model(tmp_path):
     x_val, y_val = np.load(data / "x_val.npy"), np.load(data / "y_val.npy")
     smoothing = get_variant("resnet50_v1").label_smoothing
     assert _cross_entropy(model, x_val, y_val, smoothing) == pytest.approx(summary["history"][-1]["val_loss"], rel=1e-4)
-    assert summary["history"][-1]["val_loss"] < summary["history"][0]["val_loss"]  # the head learns (end-of-epoch weights)
+    assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
 
 
 def test_stratified_subset_keeps_class_proportions_and_is_seeded():
@@ -237,14 +237,17 @@ def test_evaluation_only_settings_keep_the_checkpoint_signature_training_setting
     assert sig(dataclasses.replace(base, batch_size=16)) != sig(base)
 
 
-def test_full_batches_repeat_a_few_distinct_images_so_every_step_is_full():
-    idx = feeding.full_batches(300, 32, seed=1)
+def test_full_batches_repeat_a_few_distinct_images_so_every_step_is_full_on_jax():
+    idx = feeding.full_batches(300, 32, seed=1, backend="jax")
     assert len(idx) == 320 and np.array_equal(idx[:300], np.arange(300))  # every image once ...
     again = idx[300:]
     assert len(set(again.tolist())) == 20 and again.max() < 300          # ... and 20 distinct ones twice
-    assert np.array_equal(again, feeding.full_batches(300, 32, seed=1)[300:])  # seeded
-    assert not np.array_equal(again, feeding.full_batches(300, 32, seed=2)[300:])
-    assert feeding.full_batches(320, 32, seed=1) is None and feeding.full_batches(20, 32, seed=1) is None
+    assert np.array_equal(again, feeding.full_batches(300, 32, seed=1, backend="jax")[300:])  # seeded
+    assert not np.array_equal(again, feeding.full_batches(300, 32, seed=2, backend="jax")[300:])
+    assert feeding.full_batches(320, 32, seed=1, backend="jax") is None
+    assert feeding.full_batches(20, 32, seed=1, backend="jax") is None
+    # TensorFlow's traced step takes a smaller last batch as it is: its training data stay as they were
+    assert feeding.full_batches(300, 32, seed=1, backend="tensorflow") is None
 
 
 @pytest.mark.parametrize("n, max_batch, expected", [(5000, 250, 250), (40, 80, 40), (500, 250, 250),
@@ -287,7 +290,7 @@ print(json.dumps({"traced": traced, "epochs": result.epochs_run, "batch": result
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_an_epoch_traces_its_train_and_test_steps_once(tmp_path, backend):
     # 300 training images in batches of 32 end on a batch of 12, and 60 validation images on one of 28: each other
-    # shape is one more compile on JAX. Adam's moments made inside the first traced step trace it twice on
-    # TensorFlow. A fine-tuned ResNet50 pays ~12 CPU-s per trace, and far more per XLA compile on a GPU.
+    # shape is one more compile on JAX (TensorFlow traces one step for every batch size). Adam's moments made
+    # inside the first traced step trace it twice on TensorFlow. A fine-tuned ResNet50 pays ~12 CPU-s per trace, and far more per XLA compile on a GPU.
     out = run_backend(backend, COUNT_TRACES, tmp_path).stdout.strip().splitlines()[-1]
     assert json.loads(out) == {"traced": {"train": 1, "test": 1}, "epochs": 2, "batch": 32}

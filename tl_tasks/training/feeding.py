@@ -38,14 +38,19 @@ def steps_per_execution(kind: str | None = None) -> int:
     return STEPS_PER_EXECUTION[kind or device_kind()]
 
 
-def full_batches(n: int, batch: int, seed: int) -> np.ndarray | None:
+# Backends whose compiled train step is specialised to the batch's shape, so that a smaller last batch compiles it
+# again (XLA). TensorFlow's traced step takes any batch size: Keras feeds it through tf.data, batch dimension unknown.
+COMPILES_PER_BATCH_SHAPE = {"jax": True, "tensorflow": False}
+
+
+def full_batches(n: int, batch: int, seed: int, backend: str | None = None) -> np.ndarray | None:
     """Indices of a training set of `n` images that fill every step with exactly `batch` images: all `n`, plus
-    `(-n) % batch` of them drawn a second time (distinct, seeded). On JAX a last, smaller batch is another
-    shape, and each shape is one more XLA compile of the train step (TensorFlow's traced step takes any batch
-    size). Fit shuffles the whole set each epoch, so the repeated images are spread over it.
-    None when `n` already divides into full batches (or fits in one)."""
+    `(-n) % batch` of them drawn a second time (distinct, seeded), on a backend that compiles a step per batch
+    shape (`COMPILES_PER_BATCH_SHAPE`; `backend` None = Keras's): one XLA compile of the train step, not two.
+    Fit shuffles the whole set each epoch, so the repeated images are spread over it. None when `n` already
+    divides into full batches (or fits in one), or on a backend where a smaller last batch costs nothing."""
     pad = (-n) % batch
-    if n <= batch or pad == 0:
+    if n <= batch or pad == 0 or not COMPILES_PER_BATCH_SHAPE.get(backend or keras.backend.backend(), False):
         return None
     again = np.sort(np.random.default_rng(seed).choice(n, size=pad, replace=False))
     return np.concatenate([np.arange(n), again])

@@ -321,7 +321,7 @@ class _Run:
                               self.checkpoints)
         t_train = self.t_train
         full = feeding.full_batches(len(t_train), self.batch_size, self.settings.seed)
-        if full is not None:  # every step one shape: one XLA compile of the train step on JAX, not two
+        if full is not None:  # every step one shape on JAX: one XLA compile of the train step, not two
             x_train, t_train = x_train[full], t_train[full]
         epoch_log = _EpochLog(self.history, self.phase, len(self.y_train))
         callbacks = [epoch_log] + ([early] if early else []) + [_CheckpointEachEpoch(self, early)]
