@@ -24,6 +24,13 @@ pytest_plugins = ["pytester"]   # tests/test_forbid_skips.py runs the hooks belo
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test WORKERS=2`: each worker's TensorFlow and XLA (and the processes its tests start) compute on one
+    # thread, so two workers share two cores without oversubscribing them; what runs side by side is mostly
+    # single-threaded anyway (tracing, imports, Airflow's start-up, waiting on real processes).
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR_JPG = PROJECT_ROOT.parent / "shared" / "data" / "cifar-10-images-jpg.tar.gz"

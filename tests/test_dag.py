@@ -299,13 +299,18 @@ def _asset_events(airflow_home: Path) -> list[tuple[str, dict]]:
 
 
 @pytest.mark.airflow
-def test_dag_test_with_a_failing_variant(airflow_home, tl_home, webhook_server):
+def test_dag_test_with_a_failing_variant_notifies_and_feeds_lineage_and_mlflow(airflow_home, tl_home, webhook_server,
+                                                                                mlflow_server):
+    # One run, cnn + resnet50_v2, where only resnet50_v2 meets a real fault: its weights file does not exist (the
+    # CNN uses no weights). It feeds the failure notification (webhook), OpenLineage (the provider's HTTP
+    # transport, to the same server) and MLflow (the report task's hook).
     url, received = webhook_server
     before = len(_asset_events(airflow_home))
-    # a real fault that only resnet50_v2 meets: its weights file does not exist (the CNN uses no weights)
     conf = {"profile": "smoke", "variants": ["cnn", "resnet50_v2"], "weights": str(tl_home / "missing-weights.h5")}
-    proc, run_id = _dag_test(airflow_home, conf, TL_NOTIFY_WEBHOOK_URL=url)
-    posts = [payload for _, _, payload in received]
+    proc, run_id = _dag_test(airflow_home, conf, TL_NOTIFY_WEBHOOK_URL=url,
+                             OPENLINEAGE_URL=url.split("/hooks/")[0], OPENLINEAGE_NAMESPACE="tl-test",
+                             TL_MLFLOW_TRACKING_URI=mlflow_server)
+    posts = [payload for path, _, payload in received if path != "/api/v1/lineage"]
     # the DAG's failure callback (RetrainingNotifier) sent exactly one message for the run
     assert [(p["run_id"], p["state"], [f["variant"] for f in p["failed"]]) for p in posts] == [
         (run_id, "failed", ["resnet50_v2"])], proc.stdout[-4000:]
@@ -326,37 +331,7 @@ def test_dag_test_with_a_failing_variant(airflow_home, tl_home, webhook_server):
     new_events = _asset_events(airflow_home)[before:]  # a failed variant is not promoted: no event for it
     assert [name for name, _ in new_events] == ["tl_champion_cnn"]
 
-
-@pytest.mark.airflow
-def test_dag_test_skips_an_unchanged_run_and_force_retrains(airflow_home, tl_home):
-    conf = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 10}
-    first, first_id = _dag_test(airflow_home, conf)
-    assert first.returncode == 0, first.stdout[-8000:]
-    second, second_id = _dag_test(airflow_home, conf)
-    assert second.returncode == 0, second.stdout[-8000:]
-    assert f"DAG run {second_id}: success" in second.stdout and "train[cnn]: success" not in second.stdout
-    with connect() as store:
-        run = store.get_run(second_id)
-    assert run["state"] == "skipped" and run["results"] == {}
-    assert run["params"]["skipped"] == {"reason": "unchanged", "same_as": first_id}
-    assert "Skipped: unchanged" in _report_line(second).read_text()
-    forced, _ = _dag_test(airflow_home, {**conf, "force": True})
-    assert forced.returncode == 0 and "train[cnn]: success" in forced.stdout, forced.stdout[-8000:]
-
-
-@pytest.mark.airflow
-def test_dag_test_emits_openlineage_events_and_logs_to_mlflow(airflow_home, tl_home, webhook_server, mlflow_server):
-    # One run feeds both integrations, through the provider's HTTP transport and the report task's MLflow hook:
-    # cnn trains and bootstraps (a published champion), resnet50_v2 fails in train (a FAIL event).
-    url, received = webhook_server
-    conf = {"profile": "smoke", "variants": ["cnn", "resnet50_v2"], "weights": str(tl_home / "missing-weights.h5"),
-            "force": True}
-    proc, run_id = _dag_test(airflow_home, conf, OPENLINEAGE_URL=url.split("/hooks/")[0],
-                             OPENLINEAGE_NAMESPACE="tl-test", TL_MLFLOW_TRACKING_URI=mlflow_server)
-    assert "train[resnet50_v2]: failed" in proc.stdout and "gate: success" in proc.stdout, proc.stdout[-8000:]
-    with connect() as store:
-        run = store.get_run(run_id)
-    cnn = run["results"]["cnn"]
+    # OpenLineage: a START for every task, a FAIL for train and finalize, COMPLETE for the gate
     events = [payload for path, _, payload in received if path == "/api/v1/lineage"]
     tasks = [e for e in events if e["job"]["namespace"] == "tl-test" and "." in e["job"]["name"]]  # <dag>.<task>
     by_job = {}
@@ -398,3 +373,20 @@ def test_dag_test_emits_openlineage_events_and_logs_to_mlflow(airflow_home, tl_h
     version = client.get_model_version_by_alias("cifar10-cnn", f"champion-{run['lineage'][:12]}")
     assert version.run_id == logged["cnn"].info.run_id and version.tags["tl.lineage"] == run["lineage"]
     assert "champion" not in client.get_registered_model("cifar10-cnn").aliases  # a smoke run never deploys
+
+
+@pytest.mark.airflow
+def test_dag_test_skips_an_unchanged_run_and_force_retrains(airflow_home, tl_home):
+    conf = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 10}
+    first, first_id = _dag_test(airflow_home, conf)
+    assert first.returncode == 0, first.stdout[-8000:]
+    second, second_id = _dag_test(airflow_home, conf)
+    assert second.returncode == 0, second.stdout[-8000:]
+    assert f"DAG run {second_id}: success" in second.stdout and "train[cnn]: success" not in second.stdout
+    with connect() as store:
+        run = store.get_run(second_id)
+    assert run["state"] == "skipped" and run["results"] == {}
+    assert run["params"]["skipped"] == {"reason": "unchanged", "same_as": first_id}
+    assert "Skipped: unchanged" in _report_line(second).read_text()
+    forced, _ = _dag_test(airflow_home, {**conf, "force": True})
+    assert forced.returncode == 0 and "train[cnn]: success" in forced.stdout, forced.stdout[-8000:]

@@ -81,7 +81,7 @@ def evaluate_variant(variant: str | Variant, data_dir: Path, model_dir: Path, se
                          f"{data_dir} lists {len(class_names)}; retrain {v.name} on this data")
     batch = even_batch(len(x_test), settings.eval_batch_size)  # every step one shape: one trace
     # Warm-up on the one batch shape the timed pass sees: compiling is not inferring.
-    model.predict(x_test[:batch], batch_size=batch, verbose=0)
+    model.predict_on_batch(x_test[:batch])
     log.info("evaluating %s on %d test images", v.name, len(x_test))
     t0 = time.perf_counter()
     probs = predict_equal_batches(model, x_test, batch)  # timed: no progress output inside
