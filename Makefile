@@ -48,9 +48,10 @@ $(MLFLOW_STAMP): requirements-mlflow.txt
 	rm -f $(MLFLOW_VENV)/.installed-*; touch $@
 
 # Everything CI needs: lint, then every test (tiers: the markers in pyproject.toml); the 25 slowest are listed.
-# `make test WORKERS=2` spreads the test files over pytest-xdist workers (a module's tests stay together, so its
-# shared fixtures are built once); the default runs them in this process.
-WORKERS ?= 0
+# The test files are spread over WORKERS pytest-xdist workers (a file's tests stay together, so its shared
+# fixtures are built once; each worker's TensorFlow computes on one thread: tests/conftest.py); WORKERS=0 runs
+# them in this process.
+WORKERS ?= 2
 XDIST = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile)
 test: venv mlflow-venv system-deps lint
 	$(PY) -m pytest -q --durations=25 $(XDIST) tests

@@ -30,7 +30,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # single-threaded anyway (tracing, imports, Airflow's start-up, waiting on real processes).
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
-    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR_JPG = PROJECT_ROOT.parent / "shared" / "data" / "cifar-10-images-jpg.tar.gz"
@@ -46,6 +46,14 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = f"skipped, but TL_TEST_FORBID_SKIPS=1 forbids skips (CI has every requirement): {reason}"
     return report
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with long tests (marked `slow` or `airflow`) first, each file's tests kept together and in order:
+    under pytest-xdist (`make test`: --dist loadfile) the long files start early, so no worker is left alone
+    with one at the end."""
+    long_files = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("airflow")}
+    items.sort(key=lambda item: item.path not in long_files)
 
 
 CHECKOUT_TL_HOME = PROJECT_ROOT / "tl_home"

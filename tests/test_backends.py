@@ -76,14 +76,17 @@ def test_a_killed_training_resumes_on_jax(tmp_path, variant):
     assert summary["feature_cache"] is (variant == "resnet50_v1")
 
 
-_PREDICT = """
+# Under JAX, in one process: predict with the model TensorFlow saved, then save a model of its own and predict
+# with it as loaded back (what TensorFlow then loads and compares).
+_CROSS_LOAD = """
 import sys, keras, numpy as np
 import tl_tasks.training.augment  # registers the augmentation layer v3/v4/cnn models hold
-model = keras.models.load_model(sys.argv[1])
-np.save(sys.argv[3], keras.ops.convert_to_numpy(model.predict(np.load(sys.argv[2]), verbose=0)))
-if len(sys.argv) > 4:  # also save a model of our own for the other backend
-    from tl_tasks.training.builders import build_model
-    build_model(sys.argv[5], 10, weights="none", seed=7).save(sys.argv[4])
+from tl_tasks.training.builders import build_model
+tf_keras, x, tf_on_jax, jax_keras, jax_on_jax, variant = sys.argv[1:]
+x = np.load(x)
+np.save(tf_on_jax, keras.ops.convert_to_numpy(keras.models.load_model(tf_keras).predict(x, verbose=0)))
+build_model(variant, 10, weights="none", seed=7).save(jax_keras)
+np.save(jax_on_jax, keras.ops.convert_to_numpy(keras.models.load_model(jax_keras).predict(x, verbose=0)))
 """
 
 
@@ -96,12 +99,11 @@ def test_models_saved_under_one_backend_load_under_the_other(tmp_path, variant):
     tf_model.save(tmp_path / "tf.keras")
     expected_tf = keras.ops.convert_to_numpy(tf_model.predict(x, verbose=0))
 
-    run_backend("jax", _PREDICT, tmp_path / "tf.keras", tmp_path / "x.npy", tmp_path / "tf_on_jax.npy",
-                tmp_path / "jax.keras", variant)
+    run_backend("jax", _CROSS_LOAD, tmp_path / "tf.keras", tmp_path / "x.npy", tmp_path / "tf_on_jax.npy",
+                tmp_path / "jax.keras", tmp_path / "jax_on_jax.npy", variant)
     np.testing.assert_allclose(np.load(tmp_path / "tf_on_jax.npy"), expected_tf, rtol=1e-4, atol=1e-5)
 
     jax_model = keras.models.load_model(tmp_path / "jax.keras")  # saved under JAX, loaded here under TensorFlow
-    run_backend("jax", _PREDICT, tmp_path / "jax.keras", tmp_path / "x.npy", tmp_path / "jax_on_jax.npy")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(jax_model.predict(x, verbose=0)),
                                np.load(tmp_path / "jax_on_jax.npy"), rtol=1e-4, atol=1e-5)
     assert [w.shape for w in jax_model.weights] == [w.shape for w in tf_model.weights]
@@ -113,13 +115,16 @@ from pathlib import Path
 import keras
 from tl_tasks.config import Settings
 from tl_tasks.training.loop import train_variant
-summary = train_variant(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Settings.from_dict(json.loads(sys.argv[4])),
-                        verbose=0).summary()
-model = keras.models.load_model(Path(sys.argv[3]) / "model.keras")
-dense = [l for l in model.layers if l.name in ("dense", "head_dense")][0]
-print(json.dumps({"mixed": summary["mixed_precision"], "loss": summary["history"][-1]["loss"],
-                  "hidden": dense.dtype_policy.name, "hidden_compute": dense.compute_dtype,
-                  "out": model.get_layer("predictions").compute_dtype, "output": str(model.output.dtype)}))
+out = {}
+for variant in sys.argv[4].split(","):
+    summary = train_variant(variant, Path(sys.argv[1]), Path(sys.argv[2]) / variant,
+                            Settings.from_dict(json.loads(sys.argv[3])), verbose=0).summary()
+    model = keras.models.load_model(Path(sys.argv[2]) / variant / "model.keras")
+    dense = [l for l in model.layers if l.name in ("dense", "head_dense")][0]
+    out[variant] = {"mixed": summary["mixed_precision"], "loss": summary["history"][-1]["loss"],
+                    "hidden": dense.dtype_policy.name, "hidden_compute": dense.compute_dtype,
+                    "out": model.get_layer("predictions").compute_dtype, "output": str(model.output.dtype)}
+print(json.dumps(out))
 """
 
 
@@ -129,9 +134,11 @@ def test_mixed_precision_trains_on_both_backends_with_a_float32_output(tmp_path,
     data = write_prepared(tmp_path / "data", n_train=64, n_val=20, n_test=10)
     settings = json.dumps(small_settings(epochs={"cnn": 1, "resnet50": 1}, batch_size=32,
                                          mixed_precision="on").to_dict())
-    for variant in ("cnn", "resnet50_v1"):  # v1: the ResNet50 base computes in float16, its head is trained
-        out = json.loads(run_backend(backend, _MIXED, variant, data, tmp_path / f"{backend}-{variant}",
-                                     settings).stdout.strip().splitlines()[-1])
+    # v1: the ResNet50 base computes in float16, its head is trained; both variants in one process
+    trained = json.loads(run_backend(backend, _MIXED, data, tmp_path / backend, settings,
+                                     "cnn,resnet50_v1").stdout.strip().splitlines()[-1])
+    assert sorted(trained) == ["cnn", "resnet50_v1"]
+    for out in trained.values():
         assert out["mixed"] is True and np.isfinite(out["loss"]), out
         assert out["hidden"] == "mixed_float16" and out["hidden_compute"] == "float16", out
         assert out["out"] == "float32" and "float32" in out["output"], out

@@ -1,5 +1,6 @@
 """Faults with real processes and real devices (slow): a full disk during checkpointing, `make airflow`
-stopping every component after SIGTERM, PostgreSQL stopped during evaluate, a Celery worker killed during train."""
+stopping every component after SIGTERM, PostgreSQL stopped during evaluate. A Celery worker killed during train:
+tests/test_distributed.py (its Airflow also serves the distributed run)."""
 from __future__ import annotations
 
 import errno
@@ -220,82 +221,3 @@ def test_postgres_stopped_during_evaluate_fails_the_task_retryably_and_the_retry
         assert list(run["results"]) == ["cnn"] and run["results"]["cnn"]["accuracy"] == evaluation["accuracy"]
         assert len(run["results"]["cnn"]["history"]) == settings.epochs_for("cnn")   # nothing lost or doubled
         assert run["state"] == "success"
-
-
-# --- a Celery worker killed with kill -9 during train --------------------------------------------------------
-
-@pytest.mark.slow
-@pytest.mark.timeout(1500)
-def test_celery_worker_killed_during_train_recovers_after_a_restart(tmp_path, tl_home, pg_url, redis_url,
-                                                                    airflow_pg_template):
-    import sqlalchemy as sa
-
-    from tests.airflow_harness import (
-        DAG_ID,
-        DAGS_FOLDER,
-        PG_ADMIN_URL,
-        AirflowHarness,
-        _signal_group,
-        flush_redis,
-        pg_database,
-        require_dag,
-        stored_results,
-        workflow_env,
-    )
-    from tl_tasks.layout import RunLayout
-
-    require_dag()
-    conf = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 20, "epochs": 40}
-    with pg_database(PG_ADMIN_URL, template=airflow_pg_template) as metadata_url:   # migrated already
-        harness = AirflowHarness(
-            home=tmp_path / "airflow", dags_folder=DAGS_FOLDER, executor="CeleryExecutor",
-            sql_alchemy_conn=metadata_url, parallelism=4,
-            extra_env={**workflow_env(tl_home, pg_url),
-                       "AIRFLOW__CELERY__BROKER_URL": redis_url,
-                       "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata_url}",
-                       # notice the dead worker's task within seconds, not the default 5 minutes
-                       "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
-                       "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
-                       "TL_RETRY_DELAY_S": "5"})
-        try:
-            harness.create_pool("gpu", 1)
-            harness.start_core()
-            harness.start_celery_worker("worker-default", "default", 2, "tl-test-cpu-worker")
-            gpu = harness.start_celery_worker("worker-gpu", "gpu", 1, "tl-test-gpu-worker")
-            harness.wait_dag(DAG_ID)
-            run_id = harness.trigger(DAG_ID, conf)
-            state_file = RunLayout(run_id).model("cnn").checkpoint_state
-            deadline = time.monotonic() + 900
-            while not state_file.is_file():          # train is running and has checkpointed an epoch
-                harness.check_alive()
-                assert time.monotonic() < deadline, harness.failure_report(DAG_ID, run_id)
-                time.sleep(0.5)
-            killed_after = json.loads(state_file.read_text())["completed_epochs"]
-            _signal_group(gpu.process, signal.SIGKILL)     # kill -9: the worker and the task it runs
-            gpu.process.wait(timeout=30)
-            harness.components.remove(gpu)
-            harness.start_celery_worker("worker-gpu-2", "gpu", 1, "tl-test-gpu-worker-2")   # the restart
-            run = harness.wait_run(DAG_ID, run_id, timeout=900)
-            assert run["state"] == "success", harness.failure_report(DAG_ID, run_id)
-            tis = harness.task_instances(DAG_ID, run_id)
-        finally:
-            harness.stop()
-            flush_redis(redis_url)
-    train = [ti for ti in tis if ti["task_id"] == "train"]
-    assert len(train) == 1 and train[0]["try_number"] >= 2 and train[0]["hostname"] == "tl-test-gpu-worker-2", train
-    results = stored_results(pg_url, run_id)
-    assert list(results) == ["cnn"] and results["cnn"]["state"] == "success"
-    engine = sa.create_engine(pg_url)
-    with engine.connect() as conn:                  # no duplicate rows: one result, one row per epoch
-        n_results = conn.execute(sa.text("SELECT count(*) FROM results r JOIN runs u ON r.run_pk = u.id "
-                                         "WHERE u.run_id = :r"), {"r": run_id}).scalar()
-        epochs = conn.execute(sa.text("SELECT e.epoch FROM epoch_metrics e JOIN results r ON e.result_id = r.id "
-                                      "JOIN runs u ON r.run_pk = u.id WHERE u.run_id = :r ORDER BY e.epoch"),
-                              {"r": run_id}).scalars().all()
-        resumed = conn.execute(sa.text("SELECT r.resumed_from_epoch FROM results r JOIN runs u ON r.run_pk = u.id "
-                                       "WHERE u.run_id = :r"), {"r": run_id}).scalar()
-    engine.dispose()
-    # one row per epoch, none twice, none missing (the CNN may stop early: up to conf["epochs"])
-    assert n_results == 1 and epochs == list(range(1, len(epochs) + 1)) and killed_after < len(epochs) <= \
-        conf["epochs"], (n_results, epochs)
-    assert resumed is not None and resumed >= killed_after >= 1   # resumed from the checkpoint, not from scratch
