@@ -52,7 +52,7 @@ $(MLFLOW_STAMP): requirements-mlflow.txt
 # fixtures are built once; each worker's TensorFlow computes on one thread: tests/conftest.py); WORKERS=0 runs
 # them in this process.
 WORKERS ?= 2
-XDIST = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile)
+XDIST = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile --no-loadscope-reorder)
 test: venv mlflow-venv system-deps lint
 	$(PY) -m pytest -q --durations=25 $(XDIST) tests
 

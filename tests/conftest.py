@@ -48,12 +48,23 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+# The test files that take longest (their tests' total under `make test`: 100-240 s each), in that order, then
+# the other files with long (`slow` or `airflow`) tests, then the rest.
+LONGEST_FILES = ("test_backends.py", "test_dag.py", "test_distributed.py", "test_train.py", "test_scheduler_run.py",
+                 "test_gpu_bench.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Files with long tests (marked `slow` or `airflow`) first, each file's tests kept together and in order:
-    under pytest-xdist (`make test`: --dist loadfile) the long files start early, so no worker is left alone
-    with one at the end."""
+    """The longest files first, each file's tests kept together and in order: under pytest-xdist (`make test`:
+    --dist loadfile --no-loadscope-reorder) they start early, so no worker is left alone with one at the end."""
     long_files = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("airflow")}
-    items.sort(key=lambda item: item.path not in long_files)
+
+    def rank(item) -> int:
+        if item.path.name in LONGEST_FILES:
+            return LONGEST_FILES.index(item.path.name)
+        return len(LONGEST_FILES) + (item.path not in long_files)
+
+    items.sort(key=rank)
 
 
 CHECKOUT_TL_HOME = PROJECT_ROOT / "tl_home"

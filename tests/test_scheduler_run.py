@@ -1,9 +1,9 @@
 """A real Airflow, started once for two checks: api-server + scheduler + dag-processor, LocalExecutor on SQLite.
 
-1. A run triggered over REST on the smoke profile (three variants by default, see `smoke_variants`) with the
-   gpu pool at 2 slots: the mapped train tasks run side by side (their task-instance intervals overlap) but
-   never more than two at once, and the run succeeds with one stored result per variant.
-2. The data watcher (every 10 s) on a folder of images: untouched, it starts no retraining run; new images
+1. A run triggered over REST on the smoke profile (three variants, one more than the gpu pool's 2 slots): the
+   mapped train tasks run side by side (their task-instance intervals overlap) but never more than two at
+   once, and the run succeeds with one stored result per variant.
+2. The data watcher (every 5 s) on a folder of images: untouched, it starts no retraining run; new images
    start exactly one (asset-triggered, on the watched data), whose failure notification arrives once.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _image(path: Path) -> None:
 def test_scheduler_runs_mapped_train_tasks_in_parallel_and_the_watcher_starts_one_run(
         tmp_path, tl_home, migrated_airflow_db, webhook_server):
     require_dag()
-    conf = smoke_conf()
+    conf = smoke_conf(["cnn", "resnet50_v1", "resnet50_v2"])  # three mapped tasks for two pool slots
     variants = conf["variants"]
     metrics_url = f"sqlite:///{tl_home / 'metrics.db'}"
     folder = tmp_path / "images"
@@ -47,7 +47,7 @@ def test_scheduler_runs_mapped_train_tasks_in_parallel_and_the_watcher_starts_on
         for i in range(3):
             _image(folder / "train" / cls / f"{i}.png")
     url, received = webhook_server
-    env = {**workflow_env(tl_home, metrics_url), "TL_WATCH_SOURCE": str(folder), "TL_WATCH_INTERVAL_S": "10",
+    env = {**workflow_env(tl_home, metrics_url), "TL_WATCH_SOURCE": str(folder), "TL_WATCH_INTERVAL_S": "5",
            "TL_WATCH_SETTLE_S": "1", "TL_NOTIFY_WEBHOOK_URL": url}
     harness = AirflowHarness(home=tmp_path / "airflow", dags_folder=DAGS_FOLDER, executor="LocalExecutor",
                              parallelism=4, extra_env=env)
