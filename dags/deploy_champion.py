@@ -1,7 +1,7 @@
 """Example deployment DAG: runs whenever a variant gets a new champion (an event on its champion asset).
 
-It verifies the published champion (sha256 against champion.json) and points `$TL_HOME/deployed/<variant>`
-at it, for one lineage (test set) only: `TL_DEPLOY_LINEAGE` (a fingerprint prefix), else the lineage already
+It verifies the published champion (sha256 against champion.json), writes its TF SavedModel (`serving/`) into
+the version folder the first time, and points `$TL_HOME/deployed/<variant>` at it, for one lineage (test set) only: `TL_DEPLOY_LINEAGE` (a fingerprint prefix), else the lineage already
 deployed, else the first non-smoke one; champions of other test sets are skipped (MLflow's `champion` alias
 follows the same rule). Replace the task body with your own rollout.
 """

@@ -434,8 +434,8 @@ def require_dag(dag_file: Path = DAGS_FOLDER / f"{DAG_ID}.py") -> Path:
 
 
 def smoke_variants() -> list[str]:
-    """Variants the real-process runs train: the CNN and the frozen ResNet50 by default, two mapped train tasks
-    of each family. These runs check orchestration (parallel mapped tasks, queues, workers, restarts); fine-tuning
+    """Variants the real-process runs train: the CNN and the frozen ResNet50 by default (two mapped train tasks,
+    one of each family). These runs check orchestration (parallel mapped tasks, queues, workers, restarts); fine-tuning
     runs in the five-variant dag.test and the training tests, and its train-step trace (~12 CPU-s in every task
     process) would only slow them. `TL_TEST_AIRFLOW_VARIANTS=all` (or a comma-separated list) overrides."""
     from tl_tasks.variants import VARIANT_NAMES

@@ -197,6 +197,28 @@ def test_example_deployment_points_at_a_verified_champion_of_one_lineage(promote
 
 
 @pytest.mark.slow  # two whole pipeline runs per module (promoted_home)
+def test_deploy_exports_the_version_itself_once_whatever_path_names_it(promoted_cnn, monkeypatch, capsys):
+    with connect() as store:
+        run = store.get_run("champ-2")
+    home = champions.lineage_dir("cnn", run["lineage"])
+    version = home / "versions" / config.run_key("champ-2")
+    monkeypatch.setenv("TL_SERVING_EXPORT", "0")  # a worker without TensorFlow: model.keras only
+    assert champions.deploy(version, "cnn", lineage=run["lineage"])["deployed"]
+    assert not (version / "serving").exists()
+    monkeypatch.delenv("TL_SERVING_EXPORT")
+    # through the lineage's `current` link, then through the hidden folder it resolves to: the version itself
+    # gets serving/, `current` stays a link to it, and deployed/cnn names the version
+    out = champions.deploy(home / "current", "cnn", lineage=run["lineage"])
+    assert (version / "serving" / "saved_model.pb").is_file()
+    assert (home / "current").is_symlink() and (home / "current").resolve() == version.resolve()
+    assert Path(out["deployed"]).resolve() == version.resolve()
+    exported = version.resolve()
+    champions.deploy(exported, "cnn", lineage=run["lineage"])  # already exported: not published again
+    assert version.resolve() == exported and os.readlink(Path(out["deployed"])) == str(version)
+    assert main(["champion", "show"]) == 0 and "ok" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # two whole pipeline runs per module (promoted_home)
 def test_deployment_refuses_what_the_database_did_not_promote(promoted_cnn):
     tl_home = config.tl_home()
     with connect() as store:
@@ -212,7 +234,7 @@ def test_deployment_refuses_what_the_database_did_not_promote(promoted_cnn):
         champions.deploy(published, "cnn")
 
 
-# In a fresh interpreter without Keras (as a worker runs the deploy DAG): the gate's own emission
+# In a fresh interpreter (as a worker runs the deploy DAG; Keras loads only for the SavedModel export): the gate's own emission
 # (`emit_promotions` into Airflow's OutletEventAccessors), turned into the events Airflow hands a DAG run that
 # the champion asset triggered (AssetEventDagRunReferenceResult, through the alias, in a
 # TriggeringAssetEventsAccessor), then the deploy DAG's task as parsed from its file, called with them.

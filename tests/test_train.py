@@ -250,11 +250,13 @@ def test_full_batches_repeat_a_few_distinct_images_so_every_step_is_full_on_jax(
     assert feeding.full_batches(300, 32, seed=1, backend="tensorflow") is None
 
 
-@pytest.mark.parametrize("n, max_batch, expected", [(5000, 250, 250), (40, 80, 40), (500, 250, 250),
-                                                    (450, 250, 225), (60, 32, 30), (1009, 250, 202)])
-def test_validation_batch_divides_the_split_when_it_can(n, max_batch, expected):
-    # 1,009 is prime: no divisor near 250, so the even split (5 steps of 202, the last 201)
-    assert feeding.validation_batch(n, max_batch) == expected
+@pytest.mark.parametrize("n, batch, replicas, expected", [(5000, 256, 1, 250), (40, 32, 1, 20), (40, 64, 1, 40),
+                                                      (60, 32, 1, 30), (5000, 256, 8, 200), (1009, 250, 1, None),
+                                                      (5000, 256, 3, None)])
+def test_validation_batch_divides_the_split_on_jax(n, batch, replicas, expected):
+    # 1,009 is prime: no divisor near 250; 5,000 has no multiple of 3 among its divisors: fit's default then
+    assert feeding.validation_batch(n, batch, replicas=replicas, backend="jax") == expected
+    assert feeding.validation_batch(n, batch, replicas=replicas, backend="tensorflow") is None  # one trace anyway
 
 
 # Counts how often Keras traces (TensorFlow) or compiles (JAX) the train and test steps of a 2-epoch CNN training:
@@ -287,6 +289,7 @@ print(json.dumps({"traced": traced, "epochs": result.epochs_run, "batch": result
 """
 
 
+@pytest.mark.slow  # a training in a subprocess per backend
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_an_epoch_traces_its_train_and_test_steps_once(tmp_path, backend):
     # 300 training images in batches of 32 end on a batch of 12, and 60 validation images on one of 28: each other

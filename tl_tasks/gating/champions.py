@@ -95,6 +95,12 @@ def publish(run: dict, result: dict, decision: dict) -> Path:
     final = versions / config.run_key(run["run_id"])
     if _intact(final, model_sha):  # the gate ran again for this run: the same model is already published
         return final
+    # a version that was deployed (it has serving/) and is replaced by a retrained model keeps a serving export:
+    # `deployed/<variant>` may point at it
+    try:
+        exported = bool((read_champion(final).get("serving") or {}).get("format")) and _export_enabled()
+    except (OSError, ValueError):
+        exported = False
 
     def build(tmp: Path) -> None:
         shutil.copy2(model, tmp / MODEL_FILE)
@@ -107,7 +113,8 @@ def publish(run: dict, result: dict, decision: dict) -> Path:
             "test_images": (result.get("eval_info") or {}).get("test_images"),
             "decision": decision.get("decision"), "forced": bool(decision.get("forced")),
             "reason": decision.get("reason"), "model_file": MODEL_FILE, "model_sha256": model_sha,
-            "predictions_sha256": result.get("predictions_sha256"), "serving": SERVING_ON_DEPLOY,
+            "predictions_sha256": result.get("predictions_sha256"),
+            "serving": _export_serving(tmp / MODEL_FILE, tmp / SERVING_DIR) if exported else SERVING_ON_DEPLOY,
             # softmax(log(p) / temperature) is the calibrated probability (fitted on the validation split)
             "temperature": result.get("temperature"), "ece": result.get("ece"),
             "ece_scaled": result.get("ece_scaled"), "robust_accuracy": result.get("robust_accuracy"),
@@ -204,12 +211,12 @@ def ensure_serving(version: Path) -> dict:
     hard-linked rather than copied. Returns champion.json's `serving` entry. `$TL_SERVING_EXPORT=0` leaves the
     version as it is and says why in the returned entry."""
     version = Path(version)
-    meta = read_champion(version)
+    source = version.resolve()
+    meta = read_champion(source)  # the files and champion.json of one and the same folder
     if (meta.get("serving") or {}).get("format"):
         return meta["serving"]
-    if os.environ.get(SERVING_EXPORT_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if not _export_enabled():
         return {"format": None, "reason": f"{SERVING_EXPORT_ENV}=0: no serving export"}
-    source = version.resolve()
     written = {}
 
     def build(tmp: Path) -> None:
@@ -226,6 +233,10 @@ def ensure_serving(version: Path) -> dict:
     publish_dir(version, build)
     log.info("exported %s of run %s for serving: %s", meta.get("variant"), meta.get("run_id"), version / SERVING_DIR)
     return written
+
+
+def _export_enabled() -> bool:
+    return os.environ.get(SERVING_EXPORT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _export_serving(model_path: Path, out: Path) -> dict:
@@ -294,11 +305,18 @@ def deploy(published: str | Path, variant: str, *, target_root: Path | None = No
         log.warning("not deploying %s: %s", variant, out["skipped"])
         return out
     root.mkdir(parents=True, exist_ok=True)
-    # the version's own name (versions/<run>), not the hidden folder it links to (files.publish_dir): a version
-    # published again replaces that folder, and the deployed link keeps working
-    named = Path(published).absolute().parent.resolve() / Path(published).name
-    version = named if named.resolve() == folder else folder
-    ensure_serving(version)
+    # the version's own name (versions/<run>, from the verified champion.json, whatever path the event named),
+    # not the hidden folder it links to (files.publish_dir): a version published again replaces that folder,
+    # and the deployed link keeps working
+    version = lineage_dir(variant, meta["lineage"]) / VERSIONS / config.run_key(meta["run_id"])
+    if version.resolve() != folder:
+        raise ChampionError(f"refusing to deploy {folder}: it is not the published version {version} of run "
+                            f"{meta['run_id']!r}; deploy that folder")
+    try:
+        ensure_serving(version)
+    except Exception as exc:  # the export loads Keras and writes a SavedModel: any failure refuses this one deploy
+        raise ChampionError(f"could not export {version} for serving ({type(exc).__name__}: {exc}); the version "
+                            "is unchanged, fix the cause and deploy it again") from exc
     _point_current_named(root, variant, version)
     out["deployed"] = str(link)
     return out

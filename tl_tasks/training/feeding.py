@@ -6,7 +6,6 @@ Where an epoch's time goes, and why these choices: bench/RESULTS.md ("Where the 
 """
 from __future__ import annotations
 
-import math
 import time
 
 import keras
@@ -56,14 +55,18 @@ def full_batches(n: int, batch: int, seed: int, backend: str | None = None) -> n
     return np.concatenate([np.arange(n), again])
 
 
-def validation_batch(n: int, max_batch: int) -> int:
-    """A validation batch size that divides `n` exactly (one compiled test step on JAX; it changes no metric): the
-    largest divisor of `n` up to `max_batch`, when it is at least half of `max_batch`; else the even split
-    (`inference.even_batch`), whose last step is smaller."""
-    if n <= max_batch:
+def validation_batch(n: int, batch: int, *, replicas: int = 1, backend: str | None = None) -> int | None:
+    """Fit's validation batch size on a backend that compiles a step per batch shape (`COMPILES_PER_BATCH_SHAPE`):
+    the largest divisor of `n` up to the training `batch` that the `replicas` (data-parallel devices) share evenly
+    and that is at least half of `batch`, so that every validation step has one shape (one compile; the batch
+    size changes no metric). None = fit's default (the training batch): on TensorFlow, or when `n` has no such
+    divisor."""
+    if not COMPILES_PER_BATCH_SHAPE.get(backend or keras.backend.backend(), False):
+        return None
+    if n <= batch and n % replicas == 0:
         return max(n, 1)
-    best = max(d for d in range(1, max_batch + 1) if n % d == 0)
-    return best if 2 * best >= max_batch else math.ceil(n / math.ceil(n / max_batch))
+    fits = [d for d in range(replicas, batch + 1, replicas) if n % d == 0]
+    return fits[-1] if fits and 2 * fits[-1] >= batch else None
 
 
 def wait_for_device(model: keras.Model) -> None:

@@ -150,6 +150,7 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
                weights=weights, epochs=epochs, settings=settings, verbose=verbose, checkpoints=checkpoints,
                state=state, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
     with runtime.dtype_policy(mixed), devices.data_parallel(settings.data_parallel) as replicas:
+        run.replicas = replicas
         model = run.fit_cached() if feature_cache else run.fit()
 
     model_path = files.model
@@ -205,6 +206,7 @@ class _Run:
     also_needs: list[str] = field(default_factory=list)  # checkpoint files besides the epoch model
 
     phase: str = "main"                # "head" (warm-up, base frozen) or "main"; saved with each checkpoint
+    replicas: int = 1                  # devices one step is split over (data-parallel mode)
 
     def __post_init__(self):
         if self.state is not None:
@@ -329,7 +331,7 @@ class _Run:
         done = len(self.history)
         if done < until and not already_stopped:
             runtime.seed_everything(self.settings.seed + done)
-            val_batch = feeding.validation_batch(len(self.t_val), max(self.batch_size, self.settings.eval_batch_size))
+            val_batch = feeding.validation_batch(len(self.t_val), self.batch_size, replicas=self.replicas)
             model.fit(x_train, t_train, validation_data=(x_val, self.t_val), epochs=until,
                       initial_epoch=done, batch_size=self.batch_size, validation_batch_size=val_batch,
                       shuffle=True, verbose=self.verbose, callbacks=callbacks)
