@@ -11,6 +11,8 @@ SHARED_CIFAR := $(abspath ../shared/data/cifar-10-images-jpg.tar.gz)
 # No run settings here: the profiles work offline by themselves (quick: dataset cifar10 resolves to a local
 # copy such as $(SHARED_CIFAR) before Keras's download; weights auto = ImageNet when obtainable, else random).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# Python caches compiled modules (pytest its rewritten test modules): every test process starts faster.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: venv mlflow-venv test test-fast lint run airflow bench system-deps services clean
 
@@ -52,6 +54,10 @@ $(MLFLOW_STAMP): requirements-mlflow.txt
 # fixtures are built once; each worker's TensorFlow computes on one thread: tests/conftest.py); WORKERS=0 runs
 # them in this process.
 WORKERS ?= 2
+# `make test` builds its three prerequisites side by side (the venvs' downloads, Chromium's install), then lints.
+ifeq ($(MAKECMDGOALS),test)
+MAKEFLAGS += --jobs=3
+endif
 XDIST = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile --no-loadscope-reorder)
 test: venv mlflow-venv system-deps lint
 	$(PY) -m pytest -q --durations=25 $(XDIST) tests

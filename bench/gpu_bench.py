@@ -156,8 +156,10 @@ def whole_run(size: dict, dataset: str, work: Path, budget_s: float) -> dict:
     home = work / "run_home"
     cmd = [sys.executable, "-m", "bench.gpu_bench", "--as-pipeline", "run", "--engine", "local", "--profile", "full",
            "--weights", "none", "--dataset", dataset, "--run-id", "gpu-bench-full"]
-    if size is SIZES["tiny"]:  # the plumbing only: one small variant
-        cmd += ["--variants", "cnn", "--limit-per-class", str(size["limit_per_class"]), "--epochs", "1"]
+    if size is SIZES["tiny"]:  # the plumbing only: a few images at 32 px, one epoch, every variant but v2 (its part)
+        cmd += ["--limit-per-class", str(size["limit_per_class"]), "--epochs", "1",
+                "--image-size", str(size["image_size"]), "--batch-size", str(size["batch"]),
+                "--variants", ",".join(v for v in VARIANTS if v != "resnet50_v2")]
     env = dict(os.environ, TL_HOME=str(home))
     t0 = time.perf_counter()
     try:

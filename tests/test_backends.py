@@ -1,21 +1,18 @@
-"""Keras 3 on two backends: the whole pipeline on JAX without TensorFlow, resume and the v1 feature cache on JAX,
-models saved under one backend load under the other, and mixed precision (float32 output) on both."""
+"""Keras 3 on two backends: resume and the v1 feature cache on JAX, models saved under one backend load under the
+other, and mixed precision (float32 output) on both. The whole pipeline on JAX without TensorFlow: test_gpu_bench.py."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import keras
 import numpy as np
 import pytest
 
-from tests.backend_helpers import PROJECT_ROOT, backend_env, module_command, run_backend
+from tests.backend_helpers import run_backend
 from tests.ml_helpers import small_settings, write_prepared
-from tl_tasks.config import run_key
 from tl_tasks.schema import resolve_settings
 from tl_tasks.training.builders import build_model
 from tl_tasks.training.loop import train_variant
-from tl_tasks.variants import VARIANT_NAMES
 
 _TRAIN = """
 import json, sys
@@ -36,27 +33,6 @@ def _save_then_die(self, model, completed, *args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 Checkpoints.save = _save_then_die
 """
-
-
-@pytest.mark.slow
-def test_the_whole_pipeline_runs_every_variant_on_jax_without_tensorflow(tmp_path):
-    """prepare, train (v1 on cached features), evaluate, gate, report: all five variants, KERAS_BACKEND=jax."""
-    home = tmp_path / "home"
-    env = backend_env("jax", TL_HOME=str(home))
-    proc = subprocess.run(module_command("jax", "tl_tasks", "run", "--engine", "local", "--profile", "smoke",
-                                         "--run-id", "jax-smoke", "--limit-per-class", "6", "--batch-size", "64"),
-                          env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "run jax-smoke: success" in proc.stdout
-    run_dir = home / "runs" / run_key("jax-smoke")
-    models = run_dir / "models"
-    for name in VARIANT_NAMES:
-        summary = json.loads((models / name / "train_summary.json").read_text())
-        evaluation = json.loads((models / name / "evaluation.json").read_text())
-        assert summary["backend"] == evaluation["backend"] == "jax", name
-        assert summary["state"] == "success" and 0.0 <= evaluation["accuracy"] <= 1.0
-    assert json.loads((models / "resnet50_v1" / "train_summary.json").read_text())["feature_cache"] is True
-    assert (run_dir / "report" / "index.html").is_file()
 
 
 @pytest.mark.slow
@@ -144,6 +120,7 @@ def test_mixed_precision_trains_on_both_backends_with_a_float32_output(tmp_path,
         assert out["out"] == "float32" and "float32" in out["output"], out
 
 
+@pytest.mark.slow
 def test_mixed_precision_off_and_auto_follow_the_setting(tmp_path):
     data = write_prepared(tmp_path / "data", n_train=40, n_val=20, n_test=10)
     summary = train_variant("cnn", data, tmp_path / "off", small_settings(mixed_precision="off"), verbose=0).summary()

@@ -161,6 +161,7 @@ def test_champion_command_verifies_files(promoted_cnn, capsys):
     assert any("is missing" in p for p in rows[0]["problems"])
 
 
+@pytest.mark.slow
 def test_publish_refuses_a_model_that_changed_since_evaluation(tl_home):
     settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn"]})
     pipeline.prepare_stage("chg", settings.to_dict())
@@ -320,6 +321,7 @@ print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()},
 """
 
 
+@pytest.mark.slow
 def test_deploy_dag_is_scheduled_on_every_champion_asset():
     # In a subprocess, as the DAG-integrity tests do: parsing DAGs in this process (after Keras ran) is not
     # what the dag-processor does and has been seen to break pytest's captured stderr.

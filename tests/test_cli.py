@@ -129,6 +129,7 @@ def test_runs_filters_and_csv(capsys):
     assert "no runs recorded since 2030-01-01" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_stage_commands(capsys, monkeypatch):
     assert main(["-q", "prepare", "--run-id", "c1", "--profile", "smoke", "--variants", "cnn,resnet50_v2",
                  "--limit-per-class", "20", "--seed", "3"]) == 0
@@ -160,6 +161,7 @@ def test_stage_commands(capsys, monkeypatch):
     assert "c1" in table and "failed" in table
 
 
+@pytest.mark.slow
 def test_run_local_prints_report_and_exit_status(capsys, monkeypatch):
     assert main(["-q", "run", "--engine", "local", "--profile", "smoke", "--variants", "cnn", "--run-id", "L1"]) == 0
     out = capsys.readouterr().out

@@ -81,6 +81,7 @@ def _parse(tmp_path, **env) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_dag_parses_without_errors_or_heavy_imports(tmp_path):
     # Run from a foreign folder with no PYTHONPATH: the DAG file must find tl_tasks by itself.
     parsed = _parse(tmp_path)
@@ -90,6 +91,7 @@ def test_dag_parses_without_errors_or_heavy_imports(tmp_path):
     assert parsed["schedule"] == "0 0 * * 0" and parsed["on_data_asset"]  # @weekly or new data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value, expected", [("None", None), ("0 3 * * *", "0 3 * * *")])
 def test_schedule_from_tl_schedule(tmp_path, value, expected):
     parsed = _parse(tmp_path, TL_SCHEDULE=value)
@@ -195,6 +197,7 @@ def test_params_schema_refuses_bad_values(dag, run_dag_module, conf, match):
     assert "\n" not in str(exc.value)  # one line, naming the param
 
 
+@pytest.mark.slow
 def test_run_dag_refuses_bad_conf_before_running(tmp_path):
     proc = subprocess.run([*RUN_DAG, "--skip-setup", "--conf", '{"epochs": 0}'],
                           capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT,
@@ -205,6 +208,7 @@ def test_run_dag_refuses_bad_conf_before_running(tmp_path):
 
 # ------------------------------------------------------------------------------- tasks on their own
 
+@pytest.mark.slow
 def test_each_task_callable_runs_on_its_own(dag, run_dag_module, tl_home):
     run_id = "manual__2026-01-05T00:00:00+00:00"
     params = run_dag_module.validate_conf(dag, {"profile": "smoke", "variants": ["cnn"]})

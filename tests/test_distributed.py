@@ -36,6 +36,7 @@ GPU_POOL_SLOTS = 2
 CPU_WORKER, GPU_WORKER = "tl-test-cpu-worker", "tl-test-gpu-worker"
 
 
+@pytest.mark.slow
 def test_celery_executor_loads():
     problem = celery_executor_problem()
     assert problem is None, problem

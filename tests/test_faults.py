@@ -86,6 +86,7 @@ def test_postgres_engine_has_connect_and_statement_timeouts(pg_url):
 
 # --- lost results and corrupt checkpoints --------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_finished_model_is_rerecorded_not_retrained_when_recording_failed(tmp_path, monkeypatch):
     from tl_tasks.store import MetricsStore as Store
     from tl_tasks.training import loop as train_module
@@ -115,6 +116,7 @@ def test_a_finished_model_is_rerecorded_not_retrained_when_recording_failed(tmp_
     assert calls == [1, 1]
 
 
+@pytest.mark.slow
 def test_a_changed_model_file_is_not_reused(tmp_path):
     from tl_tasks.training.loop import train_variant
 
@@ -150,6 +152,7 @@ def _train_until_checkpoint(monkeypatch, data, out, settings, epoch: int) -> Non
             train_variant("cnn", data, out, settings, verbose=0)
 
 
+@pytest.mark.slow
 def test_an_unloadable_checkpoint_falls_back_one_epoch(tmp_path, caplog, monkeypatch):
     from tl_tasks.training.loop import train_variant
 
@@ -167,6 +170,7 @@ def test_an_unloadable_checkpoint_falls_back_one_epoch(tmp_path, caplog, monkeyp
     assert "cannot be loaded" in caplog.text
 
 
+@pytest.mark.slow
 def test_both_checkpoints_unloadable_start_over(tmp_path, caplog, monkeypatch):
     from tl_tasks.training.loop import train_variant
 

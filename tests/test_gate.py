@@ -50,6 +50,7 @@ def _decisions(n: int, champion_acc: float, new_acc: float, trials: int, seed: i
 
 # --- seeded simulations (the numbers are in the README and the closing note) ---------------------------------
 
+@pytest.mark.slow
 def test_equally_good_models_are_rarely_called_different():
     """Two models with the same true accuracy (70%, disagreeing on 12% of 10,000 images): false promotions plus
     false regressions stay at about alpha or below. Measured with seed 1: 2.8% promoted, 0.1% regressed."""
@@ -58,11 +59,13 @@ def test_equally_good_models_are_rarely_called_different():
     assert rates["regressed"] <= 0.005, rates
 
 
+@pytest.mark.slow
 def test_equally_good_models_on_a_small_test_set():
     rates = _decisions(500, 0.70, 0.70, trials=1000, seed=2, discordance=0.2)
     assert rates["promoted"] + rates["regressed"] <= DEFAULT_ALPHA + 0.015, rates
 
 
+@pytest.mark.slow
 def test_a_true_two_point_drop_on_10000_images_is_called_regressed_almost_always():
     """True accuracy 70% -> 68% on 10,000 images, 12% of images discordant: regressed in >= 97% of 1000 trials
     (measured with seed 3: 99.2%); never promoted."""
@@ -110,6 +113,7 @@ def test_compare_paired_counts_and_exact_mcnemar_p_value():
     assert same["p_value"] == 1.0 and same["delta"] == 0 and same["delta_ci"][0] < 0 < same["delta_ci"][1]
 
 
+@pytest.mark.slow
 def test_the_interval_covers_the_true_difference_about_95_percent_of_the_time():
     """Seeded simulation (seed 11, 2000 trials, 300 images, true accuracies 70% -> 72%, 20% of images
     discordant): the 95% Agresti-Min interval holds the true +2 points in 95.4% of trials (measured;

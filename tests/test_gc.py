@@ -149,6 +149,7 @@ def test_champions_are_never_deleted_and_old_runs_are_thinned(history, tl_home):
     assert plan.freed_bytes > 0
 
 
+@pytest.mark.slow
 def test_dry_run_removes_nothing_and_the_cli_prints_what_it_frees(history, tl_home):
     _, files, _ = history
     before = _snapshot(tl_home)
@@ -185,6 +186,7 @@ def test_keep_must_be_positive():
         collect_garbage(0)
 
 
+@pytest.mark.slow
 def test_the_maintenance_dag_runs_gc_on_a_schedule(tmp_path, history, tl_home):
     """The DAG file parses with no import errors and schedules gc daily; its task, run as Airflow calls it
     (the operator's python_callable) with TL_GC_KEEP=2, thins exactly what collect_garbage(2) does and removes

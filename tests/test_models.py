@@ -25,6 +25,7 @@ def _count(weights):
     return sum(int(np.prod(w.shape)) for w in weights)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", VARIANT_NAMES)
 def test_every_variant_builds_with_the_expected_layers(name):
     v = get_variant(name)
@@ -78,6 +79,7 @@ def test_preprocessing_is_resnet50_preprocess_input_not_rescaling():
     assert got.min() < -50 and not np.allclose(got, pixels / 255.0)
 
 
+@pytest.mark.slow
 def test_unfrozen_base_keeps_batchnorm_in_inference_mode():
     model = build_model("resnet50_v2", NUM_CLASSES, weights="none")
     base = model.get_layer("resnet50")
@@ -140,6 +142,7 @@ def _assert_base_weights(model, expected):
         np.testing.assert_array_equal(g, e)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["weights.h5", "legacy.h5", "keras"])
 def test_weights_load_from_a_local_file(saved_base, kind):
     expected, files = saved_base
@@ -196,6 +199,7 @@ def test_auto_falls_back_to_random_init_with_a_warning(offline_keras_cache, capl
     assert any("random initialisation" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
+@pytest.mark.slow
 def test_imagenet_comes_from_the_keras_cache_without_network(offline_keras_cache, saved_base, monkeypatch):
     expected, files = saved_base
     cached = offline_keras_cache / "models" / models.IMAGENET_NOTOP_FILE

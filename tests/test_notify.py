@@ -107,6 +107,7 @@ def test_nothing_to_say_means_no_message_and_gate_keys_are_optional(store):
     assert message["subject"] == "[retraining] early: run failed" and "prepare_data failed" in message["text"]
 
 
+@pytest.mark.slow
 def test_one_email_and_one_webhook_per_run(store, regressed_run, smtp_server, webhook_server, monkeypatch):
     port, mails = smtp_server
     url, posts = webhook_server

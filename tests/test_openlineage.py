@@ -33,6 +33,7 @@ def _provider_state(tmp_path, **env) -> dict:
 
 @pytest.mark.parametrize("env, disabled", [({}, True), ({"OPENLINEAGE_URL": "http://127.0.0.1:9"}, False),
                                            ({"AIRFLOW__OPENLINEAGE__TRANSPORT": '{"type": "console"}'}, False)])
+@pytest.mark.slow
 def test_off_unless_a_transport_is_configured(tmp_path, env, disabled):
     state = _provider_state(tmp_path, **env)
     assert state["disabled"] is disabled

@@ -140,6 +140,7 @@ def test_prepare_jobs_one_job_per_variant_and_invalid_params_recorded():
 
 # ------------------------------------------------------------------------------ train and evaluate
 
+@pytest.mark.slow
 def test_train_and_evaluate_record_results_and_reruns_replace_rows():
     settings = schema.settings_from_params({"profile": "smoke", "variants": ["cnn"]}).to_dict()
     pipeline.prepare_stage("t1", settings)
@@ -344,6 +345,7 @@ def test_fatal_regression_fails_the_run_and_missing_report_too():
 
 # ---------------------------------------------------------------------------------------- whole run
 
+@pytest.mark.slow
 def test_run_local_without_airflow_keeps_going_when_a_variant_fails():
     # a real fault that only the ResNet50 variants meet: their weights file does not exist
     missing = config.tl_home() / "missing-weights.h5"

@@ -77,6 +77,7 @@ def _link_target(page_path: Path, href: str) -> Path:
     return (page_path.parent / href).resolve()
 
 
+@pytest.mark.slow
 def test_two_runs_show_deltas_trend_and_index(store, tl_home):
     first, second = "scheduled__2026-01-05T02:00:00+00:00", "scheduled__2026-01-12T02:00:00+00:00"
     rf.seed_run(store, first, rf.run_date(0), seed=1)

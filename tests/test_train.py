@@ -36,6 +36,7 @@ def _cross_entropy(model, x, y, label_smoothing: float = 0.0) -> float:
     return float(-np.mean(np.sum(targets * np.log(np.clip(probs, 1e-30, 1.0)), axis=1)))
 
 
+@pytest.mark.slow
 def test_cnn_learns_synthetic_patterns_and_writes_its_outputs(tmp_path):
     data = write_prepared(tmp_path / "data", n_train=300, n_val=60, n_test=20)
     out = tmp_path / "cnn"
@@ -62,6 +63,7 @@ def test_cnn_learns_synthetic_patterns_and_writes_its_outputs(tmp_path):
     assert not list(out.glob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_val_limit_validates_on_a_stratified_subset_of_the_family(tmp_path):
     data = write_prepared(tmp_path / "data", n_train=200, n_val=60, n_test=20)
     settings = small_settings(epochs={"cnn": 1, "resnet50": 1}, val_limit={"cnn": 40, "resnet50": None})

@@ -125,6 +125,7 @@ def test_the_watcher_event_names_the_source_it_checked(tmp_path, monkeypatch):
     assert watch.check(settle_seconds=0)["dataset"] == f"cifar10:{tmp_path / 'c.tar.gz'}"
 
 
+@pytest.mark.slow
 def test_watcher_dag_is_light_and_the_retraining_dag_listens_to_its_asset(tmp_path):
     code = ("import sys; from tl_tasks.airflow_local.run_dag import load_dag_module; "
             "w, r = load_dag_module('tl_data_watcher'), load_dag_module('cifar10_retraining'); "

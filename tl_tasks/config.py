@@ -136,7 +136,7 @@ PROFILES: dict[str, Settings] = {
     # Tests: synthetic data, a few hundred images, one epoch; seconds on a CPU.
     "smoke": Settings(
         profile="smoke", dataset="synthetic", weights="none", image_size=32, batch_size=32,
-        epochs={"cnn": 1, "resnet50": 1}, limit_per_class=40, train_limit={"cnn": None, "resnet50": None},
+        epochs={"cnn": 1, "resnet50": 1}, limit_per_class=40, train_limit={"cnn": None, "resnet50": 64},
         robustness_images=30,
         eval_batch_size=80,
     ),
@@ -174,6 +174,8 @@ SETTING_REASONS: dict[str, dict[str, str]] = {
         "epochs": "one epoch: the tests check that everything runs, not what it learns",
         "image_size": "32 px: no resize cost, seconds on a CPU",
         "head_warmup_epochs": "0: one epoch leaves no room for a warm-up phase",
+        "train_limit": "64 images (two steps) for the ResNet50s: on a CPU, tracing their training step costs more "
+                       "than the steps themselves, and the tests check that they run, not what they learn",
         "robustness_images": "30: the whole suite runs in seconds on the synthetic test set",
         **_COMMON_REASONS,
         "eval_batch_size": "80: the smoke test split (8 images x 10 classes) in one step",
