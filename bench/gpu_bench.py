@@ -12,8 +12,9 @@ time budget (`--budget-s`; a part that cannot fit what is left is recorded as sk
     run: `python -m tl_tasks run --engine local --profile full` whole (all five variants, gate, report): wall
         time and each variant's numbers (needs the pipeline's packages too, and about 10 minutes on its own).
 No ImageNet weights can be had offline: every base starts from random weights (`weights: none`), so accuracies are
-not the fine-tuning recipe's. `--size tiny` runs the same code in seconds on a CPU (32 px, batch 8, synthetic
-data, the GPU's loop settings) to check that it runs end to end; its numbers mean nothing.
+not the fine-tuning recipe's. `--size tiny` runs the same code in minutes on a CPU (32 px, batch 8, synthetic
+data, the GPU's loop settings; its run part trains every variant but v2, which its own part trained whole) to
+check that it runs end to end; its numbers mean nothing.
 """
 from __future__ import annotations
 

@@ -39,11 +39,3 @@ def run_backend(backend: str, code: str, *args: str, env: dict | None = None, ti
     if check:
         assert proc.returncode == 0, f"{backend} subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     return proc
-
-
-def module_command(backend: str, module: str, *args: str) -> list[str]:
-    """argv that runs `python -m module args` under `backend` (TensorFlow blocked unless it is the backend)."""
-    prelude = _BLOCK_TENSORFLOW if backend != "tensorflow" else ""
-    code = prelude + f"import runpy; sys.argv = [{module!r}] + sys.argv[1:]; runpy.run_module({module!r}, " \
-                     f"run_name='__main__')"
-    return [sys.executable, "-c", code, *args]

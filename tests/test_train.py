@@ -168,6 +168,7 @@ def test_fine_tuning_recipe_resumes_mid_warm_up_and_mid_fine_tune_with_its_sched
     summary = train_variant(variant, data, out, settings, verbose=0).summary()
     history = summary["history"]
     assert summary["resumed_from_epoch"] == 3 and summary["epochs_run"] == 5 and summary["head_warmup_epochs"] == 2
+    assert summary["train_limit"] is None  # the smoke limit (64) took no subset of 64 images: none recorded
     assert history[:3] == fine["history"]
     assert [h["phase"] for h in history] == ["head", "head", "main", "main", "main"]
     # The LR of each epoch (read at its end) follows one schedule across the kill: a schedule restarted on
@@ -196,7 +197,7 @@ def test_frozen_v1_trains_on_cached_features_into_the_same_full_model(tmp_path):
     settings = small_settings(epochs={"cnn": 1, "resnet50": 2}, train_limit={"cnn": None, "resnet50": 100})
     summary = train_variant("resnet50_v1", data, out, settings, verbose=0).summary()
     assert summary["feature_cache"] is True and summary["feature_seconds"] > 0
-    assert summary["train_images"] == 100 and summary["epochs_run"] == 2
+    assert summary["train_images"] == 100 and summary["train_limit"] == 100 and summary["epochs_run"] == 2
     head_params = 2048 * 128 + 128 + 128 * 10 + 10
     assert summary["params_trainable"] == head_params
 

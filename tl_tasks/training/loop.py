@@ -113,6 +113,8 @@ def train_variant(variant: str | Variant, data_dir: Path, out_dir: Path, setting
     if limit and limit < len(y_train):
         keep = _stratified_subset(y_train, limit, settings.seed)
         x_train, y_train = x_train[keep], y_train[keep]
+    else:
+        limit = None  # recorded only where it took a subset (the model card says "trained on a subset")
     val_limit = settings.val_limit.get(v.family)
     if val_limit and val_limit < len(y_val):
         keep = _stratified_subset(y_val, val_limit, settings.seed)
