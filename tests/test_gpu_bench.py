@@ -20,8 +20,8 @@ def test_gpu_benchmark_script_runs_tiny_on_cpu_with_jax(tmp_path):
     out = tmp_path / "gpu.json"
     # v4 whole is the same code as v2 whole (its step runs in the throughput part): left out to save minutes
     env = dict(os.environ, GPU_BENCH_SIZE="tiny", GPU_BENCH_DATASET="synthetic", GPU_BENCH_BLOCK_TF="1",
-               GPU_BENCH_PARTS="throughput,v2,run", GPU_BENCH_TIMEOUT_S="1500", GPU_BENCH_BUDGET_S="1400", PYTHON=str(Path(os.sys.executable)),
-               TL_HOME=str(tmp_path / "home"))
+               GPU_BENCH_PARTS="throughput,v2,run", GPU_BENCH_TIMEOUT_S="1500", GPU_BENCH_BUDGET_S="1400",
+               PYTHON=str(Path(os.sys.executable)), TL_HOME=str(tmp_path / "home"))
     env.pop("KERAS_BACKEND", None)  # the script sets it
     proc = subprocess.run(["bash", str(PROJECT_ROOT / "bench" / "gpu.sh"), str(out)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=1600)
