@@ -86,6 +86,7 @@ def throughput(size: dict, mixed: bool) -> dict:
     from tl_tasks.training import feeding, runtime
     from tl_tasks.training.builders import build_model, compile_recipe, one_hot
 
+    runtime.configure()  # before the first compile: XLA's compiled programs kept on disk
     batch, px = size["batch"], size["image_size"]
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)

@@ -124,6 +124,9 @@ def tl_home(tmp_path, tmp_path_factory, monkeypatch) -> Path:
     # data sources and weights must lie under an allowed root: pytest's temporary folders and the shared data
     monkeypatch.setenv("TL_DATA_ROOTS", os.pathsep.join([str(tmp_path_factory.getbasetemp()),
                                                          str(SHARED_CIFAR_JPG.parent)]))
+    # Keras on JAX: one compilation cache for the session (this worker's), as a worker keeps one for all its runs:
+    # a model that an earlier test compiled is not compiled again (each test's TL_HOME would start it empty)
+    monkeypatch.setenv("TL_JAX_COMPILATION_CACHE", str(tmp_path_factory.getbasetemp() / "jax-compiled"))
     return home
 
 

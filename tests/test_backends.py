@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.backend_helpers import run_backend
+from tests.backend_helpers import backend_env, run_backend
 from tests.ml_helpers import small_settings, write_prepared
 from tl_tasks.schema import resolve_settings
 from tl_tasks.training.builders import build_model
@@ -129,3 +129,40 @@ def test_mixed_precision_off_and_auto_follow_the_setting(tmp_path):
     assert auto["mixed_precision"] is False  # "auto" on a machine without a GPU
     with pytest.raises(ValueError, match="mixed_precision='fast' is not one of auto, on, off"):
         resolve_settings("smoke", mixed_precision="fast")
+
+
+# Trains the CNN for one epoch on Keras/JAX and prints the compiled programs it found on disk (cache hits) and
+# the ones it compiled, as JAX's own monitoring events count them.
+TRAIN_AND_COUNT_COMPILES = """
+import json, sys
+from pathlib import Path
+import jax
+from tests.ml_helpers import small_settings, write_prepared
+from tl_tasks.training.loop import train_variant
+
+events = {}
+jax.monitoring.register_event_listener(lambda name, **kw: events.__setitem__(name, events.get(name, 0) + 1))
+data = write_prepared(Path(sys.argv[1]) / "data", n_train=64, n_val=32, n_test=20)
+train_variant("cnn", data, Path(sys.argv[2]), small_settings(epochs={"cnn": 1, "resnet50": 1}), verbose=0)
+print(json.dumps({"hits": events.get("/jax/compilation_cache/cache_hits", 0),
+                  "misses": events.get("/jax/compilation_cache/cache_misses", 0)}))
+"""
+
+
+@pytest.mark.slow  # three trainings in subprocesses
+def test_a_second_process_on_jax_loads_its_compiled_programs_from_tl_home(tmp_path):
+    def train(out: str, **env) -> dict:
+        proc = run_backend("jax", TRAIN_AND_COUNT_COMPILES, tmp_path, tmp_path / out,
+                           env=backend_env("jax", TL_HOME=str(tmp_path / "home"), **env))
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    cache = tmp_path / "home" / "compiled" / "jax"
+    first = train("a", TL_JAX_COMPILATION_CACHE="")  # the default: under TL_HOME
+    stored = sorted(p.name for p in cache.iterdir())
+    # every program, the milliseconds-long ones included (the CNN's initialisers, its train and test steps: ~28)
+    assert len(stored) == first["misses"] >= 10, (first, len(stored))
+    second = train("b", TL_JAX_COMPILATION_CACHE="")
+    assert second["misses"] == 0 and second["hits"] == first["misses"], (first, second)
+    assert sorted(p.name for p in cache.iterdir()) == stored  # nothing compiled again
+    off = train("c", TL_JAX_COMPILATION_CACHE="off")
+    assert off["hits"] == 0 and sorted(p.name for p in cache.iterdir()) == stored

@@ -9,6 +9,7 @@
             report/index.html                .report_dir, .report_index
         reports/index.html, page-<n>.html    reports_root()  (the paginated index of all runs)
         cache/<kind>-<key>/                  cache_root()    (decoded sources; DataFiles: meta.json + *.npy)
+        compiled/jax/                        compiled_root() (Keras on JAX: XLA's compiled programs, reused)
         champions/<variant>/<lineage>/       champions_root()
         deployed/<variant>                   deployed_root()
         watch/                               watch_root()
@@ -28,6 +29,7 @@ from tl_tasks.variants import get_variant
 RUNS_DIR = "runs"
 REPORTS_DIR = "reports"
 CACHE_DIR = "cache"
+COMPILED_DIR = "compiled"
 CHAMPIONS_DIR = "champions"
 DEPLOYED_DIR = "deployed"
 WATCH_DIR = "watch"
@@ -76,6 +78,11 @@ def reports_root() -> Path:
 def cache_root() -> Path:
     """Decoded data sources, keyed by path and the sha256 of their content, shared between runs."""
     return config.tl_home() / CACHE_DIR
+
+
+def compiled_root() -> Path:
+    """Compiled programs that a backend keeps between processes (`tl_tasks.training.runtime`); not run data."""
+    return config.tl_home() / COMPILED_DIR
 
 
 def champions_root() -> Path:
