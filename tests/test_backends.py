@@ -3,6 +3,7 @@ other, and mixed precision (float32 output) on both. The whole pipeline on JAX w
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -158,11 +159,24 @@ def test_a_second_process_on_jax_loads_its_compiled_programs_from_tl_home(tmp_pa
 
     cache = tmp_path / "home" / "compiled" / "jax"
     first = train("a", TL_JAX_COMPILATION_CACHE="")  # the default: under TL_HOME
-    stored = sorted(p.name for p in cache.iterdir())
+    stored = sorted(p.name for p in cache.glob("*-cache"))
     # every program, the milliseconds-long ones included (the CNN's initialisers, its train and test steps: ~28)
     assert len(stored) == first["misses"] >= 10, (first, len(stored))
     second = train("b", TL_JAX_COMPILATION_CACHE="")
     assert second["misses"] == 0 and second["hits"] == first["misses"], (first, second)
-    assert sorted(p.name for p in cache.iterdir()) == stored  # nothing compiled again
+    assert sorted(p.name for p in cache.glob("*-cache")) == stored  # nothing compiled again
     off = train("c", TL_JAX_COMPILATION_CACHE="off")
-    assert off["hits"] == 0 and sorted(p.name for p in cache.iterdir()) == stored
+    assert off["hits"] == 0 and sorted(p.name for p in cache.glob("*-cache")) == stored
+    assert cache.stat().st_mode & 0o777 == 0o700  # JAX runs what it finds there: this user's only
+
+
+def test_the_jax_cache_folder_must_be_absolute_and_this_users_only(tmp_path):
+    from tl_tasks.training import runtime
+
+    assert "relative" in runtime._unsafe_cache_dir(Path("compiled/jax"))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert runtime._unsafe_cache_dir(shared) == "others can write to it"
+    new = tmp_path / "home" / "compiled" / "jax"
+    assert runtime._unsafe_cache_dir(new) is None and new.stat().st_mode & 0o777 == 0o700

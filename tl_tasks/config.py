@@ -184,12 +184,12 @@ SETTING_REASONS: dict[str, dict[str, str]] = {
         "epochs": "cnn 8 (66.4% test accuracy); resnet50 2 on 256 images: the ResNet50s show the whole workflow "
                   "working, at a cost a 2-core laptop can wait for",
         "image_size": "32 px: ResNet50 at 224 px trains at ~5 img/s on a CPU",
-        "train_limit": "256 images (8 steps of 32) for the ResNet50s: their CPU cost, not their accuracy, sets the "
-                       "quick budget; without ImageNet weights they stay near chance (15-19% on 500 images) either "
-                       "way, and a CPU without AVX-512 trains them at ~16 img/s",
+        "train_limit": "256 images (4 steps of 64) for the ResNet50s: their CPU cost, not their accuracy, sets the "
+                       "quick budget; without ImageNet weights they stay near chance either way (13-14% test "
+                       "accuracy on 256 images, 16-19% on 500), and a CPU without AVX-512 trains them at ~16 img/s",
         "val_limit": "256 validation images for the ResNet50s, as many as they train on: validating on all 5,000 "
                      "each epoch was most of their epoch time; val_accuracy's standard error stays ~3 points",
-        "head_warmup_epochs": "0: two epochs on 500 images are too few to split into phases",
+        "head_warmup_epochs": "0: two epochs on 256 images are too few to split into phases",
         "robustness_images": f"{QUICK_ROBUSTNESS_IMAGES}: 18 corrupted copies add at most 30% to evaluation on a "
                              "CPU (bench: 22.5% of a quick run's test inference); each cell's accuracy within about 9 points "
                              "(95%)",

@@ -77,7 +77,7 @@ PARAMS: tuple[Param, ...] = (
     Param("profile", "string", "Profile", "Defaults for every setting below.", DATA, field="profile",
           choices=PROFILE_NAMES, metavar="PROFILE",
           choice_titles={"smoke": "smoke: synthetic data, 1 epoch (tests, seconds)",
-                         "quick": "quick: real data (500 images per ResNet50), few epochs, 32 px (CPU laptop, minutes)",
+                         "quick": "quick: real data (256 images per ResNet50), few epochs, 32 px (CPU laptop, minutes)",
                          "full": "full: all of CIFAR-10, 224 px ResNet50 (GPU worker)"}),
     Param("dataset", "string", "Dataset",
           "cifar10 (a local copy when one is found: Keras's cache, then the data roots; else Keras's download), "

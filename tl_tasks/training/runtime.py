@@ -124,11 +124,33 @@ def use_jax_compilation_cache() -> None:
     where = jax_compilation_cache_dir()
     if where is None:
         return
+    problem = _unsafe_cache_dir(Path(where))
+    if problem:
+        log.warning("not keeping JAX's compiled programs in %s: %s; set %s to a folder only this user can write, "
+                    "or to off", where, problem, JAX_CACHE_ENV)
+        return
     import jax
 
     jax.config.update("jax_compilation_cache_dir", where)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def _unsafe_cache_dir(folder: Path) -> str | None:
+    """Why `folder` must not hold programs that this process runs, or None: it must be absolute and, once made
+    (mode 0700 when new), owned by this user and writable by no one else."""
+    if not folder.is_absolute():
+        return "the path is relative (each task would resolve it from its own working folder)"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = folder.stat()
+    except OSError as exc:
+        return f"it cannot be made ({exc})"
+    if st.st_uid != os.getuid():
+        return "another user owns it"
+    if st.st_mode & 0o022:
+        return "others can write to it"
+    return None
 
 
 def gpu_available() -> bool:
