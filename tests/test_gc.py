@@ -214,3 +214,19 @@ def test_the_maintenance_dag_runs_gc_on_a_schedule(tmp_path, history, tl_home):
     assert left == sorted(f"run_id={ids[label]}" for label in ("run4", "run5"))
     logs_removed = 4
     assert parsed["out"]["removed"] == len(REMOVED) + logs_removed + 1   # + the old decode-cache entry
+
+
+def test_compiled_programs_unused_for_cache_days_go(tl_home, monkeypatch):
+    monkeypatch.delenv("TL_JAX_COMPILATION_CACHE")  # the default: under TL_HOME
+    folder = tl_home / "compiled" / "jax"
+    folder.mkdir(parents=True)
+    for name, age_days in (("jit_step-old-cache", 40), ("jit_step-old-atime", 40), ("jit_step-new-cache", 1),
+                           ("jit_read-old-cache", 40)):
+        (folder / name).write_bytes(b"p" * 100)
+        stamp = time.time() - age_days * 86400
+        os.utime(folder / name, (stamp, stamp))
+    read = time.time() - 86400   # written 40 days ago, read yesterday: still in use
+    os.utime(folder / "jit_read-old-cache", (read, time.time() - 40 * 86400))
+    plan = collect_garbage(2, cache_days=30)
+    assert sorted(Path(path).name for path, _, _ in plan.removals) == ["jit_step-old-atime", "jit_step-old-cache"]
+    assert sorted(p.name for p in folder.iterdir()) == ["jit_read-old-cache", "jit_step-new-cache"]

@@ -4,8 +4,8 @@ Keeps everything of the newest N runs. Of older runs it removes the heavy files 
 (`data/*.npy`), models (`models/<variant>/model.keras`) and checkpoints -- but keeps what is small and what
 history needs: every `predictions.npy`, summaries (`*.json`), `settings.json`, `data/meta.json`, every report
 (`report/`, and so everything a kept report links to) and every database row. It also removes the checkpoints
-of failed variants of runs that have ended, decode-cache entries not used for `cache_days`, and the Airflow
-task logs of the runs it thinned.
+of failed variants of runs that have ended, decode-cache entries and JAX's compiled programs
+(`layout.jax_compiled_dir()`) not used for `cache_days`, and the Airflow task logs of the runs it thinned.
 
 Never touched: `$TL_HOME/champions/**` (current champions and their history), and the model of any run that is
 or ever was a champion (a gate decision `promoted`/`bootstrap`, or a run named in a file under champions/).
@@ -93,6 +93,7 @@ def collect_garbage(keep: int, *, dry_run: bool = False, cache_days: float = DEF
             for log_dir in sorted(airflow_logs.glob(f"dag_id=*/run_id={run_id}")):
                 _plan(plan, log_dir, f"Airflow task logs of run {run_id!r}")
     _plan_cache(plan, layout.cache_root(), cache_days)
+    _plan_compiled(plan, layout.jax_compiled_dir(), cache_days)
     for path, _, _ in plan.removals:
         if _inside(Path(path), champions_dir):   # belt and braces: champions are never deleted
             raise RuntimeError(f"gc planned to remove {path} under {champions_dir}; refusing (a bug)")
@@ -158,6 +159,21 @@ def _plan_cache(plan: GcPlan, cache: Path, days: float) -> None:
             used = 0
         if used < cutoff:
             plan.removals.append((str(entry), _size(entry), f"decode-cache entry unused for {days:g}+ days"))
+
+
+def _plan_compiled(plan: GcPlan, folder: Path | None, days: float) -> None:
+    """Compiled programs not read or written for `days` (the later of the file's access and modification times;
+    the next process that needs one compiles it again)."""
+    if folder is None or not folder.is_dir():
+        return
+    cutoff = time.time() - days * 86400
+    for program in sorted(folder.glob(layout.JAX_COMPILED_GLOB)):
+        st = program.stat()
+        if max(st.st_atime, st.st_mtime) < cutoff:
+            plan.removals.append((str(program), st.st_size, f"compiled program unused for {days:g}+ days"))
+            atime = program.with_name(program.name.removesuffix("-cache") + "-atime")
+            if atime.is_file():
+                plan.removals.append((str(atime), atime.stat().st_size, "its last-use record"))
 
 
 def _size(path: Path) -> int:

@@ -85,6 +85,19 @@ def compiled_root() -> Path:
     return config.tl_home() / COMPILED_DIR
 
 
+JAX_COMPILATION_CACHE_ENV = "TL_JAX_COMPILATION_CACHE"
+JAX_COMPILED_GLOB = "*-cache"  # one file per compiled program (JAX's own naming), beside its optional *-atime
+
+
+def jax_compiled_dir() -> Path | None:
+    """Where Keras on JAX keeps compiled programs: `$TL_JAX_COMPILATION_CACHE`, `off` for nowhere, default
+    `compiled_root() / "jax"`."""
+    value = os.environ.get(JAX_COMPILATION_CACHE_ENV, "").strip()
+    if value.lower() == "off":
+        return None
+    return Path(value).expanduser() if value else compiled_root() / "jax"
+
+
 def champions_root() -> Path:
     return config.tl_home() / CHAMPIONS_DIR
 

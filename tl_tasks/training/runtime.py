@@ -101,37 +101,23 @@ def configure() -> None:
 # predict steps. A process that builds a fine-tuned ResNet50 at 32 px on 2 CPU cores spends ~21 s doing so before
 # its first step; with the programs on disk, the next process spends ~5 s (bench/RESULTS.md). The cache's key is
 # the program, the JAX version and the device, so a changed model, library or card compiles again.
-JAX_CACHE_ENV = "TL_JAX_COMPILATION_CACHE"
-
-
-def jax_compilation_cache_dir() -> str | None:
-    """Where Keras on JAX keeps compiled programs: `$TL_JAX_COMPILATION_CACHE`, `off` for nowhere, default
-    `$TL_HOME/compiled/jax` (`tl_tasks.layout.compiled_root`). Only this user should be able to write there: JAX runs
-    what it finds."""
-    value = os.environ.get(JAX_CACHE_ENV, "").strip()
-    if value.lower() == "off":
-        return None
-    if value:
-        return str(Path(value).expanduser())
-    return str(layout.compiled_root() / "jax")
-
-
 def use_jax_compilation_cache() -> None:
-    """Point JAX's persistent compilation cache at `jax_compilation_cache_dir()`, for programs of any size and
-    compile time (a ResNet50 has ~100 initialisers that each compile in milliseconds). Must run before JAX compiles
-    anything; a cache that cannot be used only costs the compile time (JAX warns). It grows only by programs not
-    seen before (a new model, shape or library version); deleting the folder is always safe."""
-    where = jax_compilation_cache_dir()
+    """Point JAX's persistent compilation cache at `tl_tasks.layout.jax_compiled_dir()` (`$TL_JAX_COMPILATION_CACHE`,
+    `off` for nowhere, default `$TL_HOME/compiled/jax`), for programs of any size and compile time (a ResNet50 has
+    ~100 initialisers that each compile in milliseconds). Must run before JAX compiles anything; a cache that
+    cannot be used only costs the compile time (JAX warns). It grows only by programs not seen before (a new model,
+    shape or library version); gc removes those unused for its `cache_days`; deleting the folder is always safe."""
+    where = layout.jax_compiled_dir()
     if where is None:
         return
-    problem = _unsafe_cache_dir(Path(where))
+    problem = _unsafe_cache_dir(where)
     if problem:
         log.warning("not keeping JAX's compiled programs in %s: %s; set %s to a folder only this user can write, "
-                    "or to off", where, problem, JAX_CACHE_ENV)
+                    "or to off", where, problem, layout.JAX_COMPILATION_CACHE_ENV)
         return
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_compilation_cache_dir", str(where))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
