@@ -129,13 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("gc", "free disk: keep the newest N runs whole, thin older ones; champions are never touched",
                 "Keep the newest N runs whole; of older runs remove data arrays, models (unless the run is or was "
-                "a champion) and checkpoints; remove failed variants' checkpoints, decode-cache entries unused "
-                "for --cache-days and the thinned runs' Airflow task logs. predictions.npy, summaries, reports, "
+                "a champion) and checkpoints; remove failed variants' checkpoints, decode-cache entries and JAX's "
+                "compiled programs unused for --cache-days and the thinned runs' Airflow task logs. predictions.npy, summaries, reports, "
                 "database rows and $TL_HOME/champions/ are always kept. Prints what it freed.")
     p.add_argument("--keep", type=_positive_int, required=True, metavar="N", help="newest runs to keep whole")
     p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
     p.add_argument("--cache-days", type=float, default=30, metavar="D",
-                   help="evict decode-cache entries unused for D days (default 30)")
+                   help="evict decode-cache entries and compiled programs unused for D days (default 30)")
     p.add_argument("--airflow-logs", metavar="DIR", help="Airflow's task-log folder (default "
                    "$AIRFLOW__LOGGING__BASE_LOG_FOLDER or $AIRFLOW_HOME/logs when it exists)")
 
