@@ -163,6 +163,10 @@ def whole_run(size: dict, dataset: str, work: Path, budget_s: float) -> dict:
                 "--image-size", str(size["image_size"]), "--batch-size", str(size["batch"]),
                 "--variants", ",".join(v for v in VARIANTS if v != "resnet50_v2")]
     env = dict(os.environ, TL_HOME=str(home))
+    from bench.common import env_vars
+
+    with env_vars(TL_HOME=str(home)):
+        compiled_before = _compiled_programs()
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=budget_s)
@@ -170,7 +174,8 @@ def whole_run(size: dict, dataset: str, work: Path, budget_s: float) -> dict:
     except subprocess.TimeoutExpired as exc:
         code, tail = "timeout", str(exc.stdout or "")[-1500:] + str(exc.stderr or "")[-1500:]
     out = {"command": cmd[2:], "returncode": code, "wall_seconds": round(time.perf_counter() - t0, 1),
-           "weights": "none (random init: no ImageNet weights offline)", "variants": {}}
+           "weights": "none (random init: no ImageNet weights offline)", "variants": {},
+           "compiled_programs_at_start": compiled_before}
     for summary_path in sorted(home.glob("runs/*/models/*/train_summary.json")):
         s = json.loads(summary_path.read_text())
         evaluation = summary_path.with_name("evaluation.json")
@@ -181,6 +186,14 @@ def whole_run(size: dict, dataset: str, work: Path, budget_s: float) -> dict:
     if code != 0:
         out["log_tail"] = tail
     return out
+
+
+def _compiled_programs() -> int | None:
+    """Compiled programs in the JAX cache this process (with its TL_HOME) uses; None when it is off."""
+    from tl_tasks import layout
+
+    folder = layout.jax_compiled_dir()
+    return None if folder is None else len(list(folder.glob(layout.JAX_COMPILED_GLOB)))
 
 
 def _median(values):
@@ -233,7 +246,10 @@ def main(argv=None) -> int:
     record = {"name": "gpu", "size": args.size, "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
               "machine": {"device": runtime.device_description(), "gpu": gpu, "backend": keras.backend.backend(),
                           "keras": keras.__version__, "jax": _version("jax"), "python": platform.python_version(),
-                          "tensorflow_loaded": "tensorflow" in sys.modules},
+                          "tensorflow_loaded": "tensorflow" in sys.modules,
+                          # programs already compiled (an earlier run's, under TL_JAX_COMPILATION_CACHE): a warm
+                          # cache shortens every part's first step, so a timing is read against this
+                          "compiled_programs_at_start": _compiled_programs()},
               "parameters": {**size, "mixed_precision": mixed, "parts": parts, "budget_s": args.budget_s,
                              "dataset": dataset, "weights": "none (random init: no ImageNet weights offline)",
                              "goals": {"train_on_batch_v2_img_per_s": GOAL_IMG_PER_S,

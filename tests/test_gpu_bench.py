@@ -29,6 +29,8 @@ def test_gpu_benchmark_script_runs_tiny_on_cpu_with_jax(tmp_path):
     record = json.loads(out.read_text())
     assert record["size"] == "tiny" and record["machine"]["backend"] == "jax"
     assert record["machine"]["tensorflow_loaded"] is False
+    # how warm JAX's compilation cache was (the session's, shared by the parts): recorded with the timings
+    assert isinstance(record["machine"]["compiled_programs_at_start"], int)
     results = record["results"]
     throughput = results["throughput"]
     for key in ("resnet50_v2", "resnet50_v4", "inference_resnet50_v2"):
@@ -44,6 +46,7 @@ def test_gpu_benchmark_script_runs_tiny_on_cpu_with_jax(tmp_path):
     # blocked: every variant but v2, which ran whole in the part before
     run = results["run"]
     assert run["returncode"] == 0, run.get("log_tail")
+    assert run["compiled_programs_at_start"] >= record["machine"]["compiled_programs_at_start"]
     others = sorted(set(VARIANT_NAMES) - {"resnet50_v2"})
     assert run["wall_seconds"] > 0 and sorted(run["variants"]) == others
     [run_dir] = (tmp_path / "gpu_work" / "run_home" / "runs").iterdir()
