@@ -20,7 +20,10 @@ export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=False
 STOP_GRACE_S="${TL_AIRFLOW_STOP_GRACE_S:-7}"
 pids=()
 stop() {
-  trap - INT TERM EXIT
+  # A second signal must not cut the clean-up short: `make airflow` forwards SIGTERM to this script, so stopping
+  # make's process group (a supervisor's stop) delivers it twice.
+  trap '' INT TERM
+  trap - EXIT
   echo "[airflow] stopping..."
   for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
   local end=$((SECONDS + STOP_GRACE_S))  # a clock, not a count of polls: a loaded machine polls slower
