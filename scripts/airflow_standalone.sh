@@ -37,7 +37,9 @@ stop() {
   wait 2>/dev/null || true
   echo "[airflow] stopped"
 }
-trap stop INT TERM EXIT
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM
+trap stop EXIT
 
 start() {  # start NAME ARGS...: run `airflow ARGS` in its own process group, output prefixed by [NAME]
   local name=$1; shift

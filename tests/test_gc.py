@@ -220,13 +220,29 @@ def test_compiled_programs_unused_for_cache_days_go(tl_home, monkeypatch):
     monkeypatch.delenv("TL_JAX_COMPILATION_CACHE")  # the default: under TL_HOME
     folder = tl_home / "compiled" / "jax"
     folder.mkdir(parents=True)
-    for name, age_days in (("jit_step-old-cache", 40), ("jit_step-old-atime", 40), ("jit_step-new-cache", 1),
-                           ("jit_read-old-cache", 40)):
+    key = "0123456789abcdef" * 4   # JAX names a program <name>-<sha256 of its key>-cache
+    names = {"old": f"jit_step-{key}-cache", "old_atime": f"jit_step-{key}-atime",
+             "new": f"jit_new-{key}-cache", "read": f"jit_read-{key}-cache", "other": "notes-cache"}
+    for label, name in names.items():
         (folder / name).write_bytes(b"p" * 100)
-        stamp = time.time() - age_days * 86400
+        stamp = time.time() - (1 if label == "new" else 40) * 86400
         os.utime(folder / name, (stamp, stamp))
+    (folder / f"dir-{key}-cache").mkdir()   # not a program JAX writes: never removed
     read = time.time() - 86400   # written 40 days ago, read yesterday: still in use
-    os.utime(folder / "jit_read-old-cache", (read, time.time() - 40 * 86400))
+    os.utime(folder / names["read"], (read, time.time() - 40 * 86400))
     plan = collect_garbage(2, cache_days=30)
-    assert sorted(Path(path).name for path, _, _ in plan.removals) == ["jit_step-old-atime", "jit_step-old-cache"]
-    assert sorted(p.name for p in folder.iterdir()) == ["jit_read-old-cache", "jit_step-new-cache"]
+    assert sorted(Path(path).name for path, _, _ in plan.removals) == sorted([names["old"], names["old_atime"]])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [names["new"], names["read"], names["other"], f"dir-{key}-cache"])
+
+
+def test_gc_leaves_a_relative_or_switched_off_compilation_cache_alone(tl_home, monkeypatch, tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    old = folder / f"jit_step-{'ab' * 32}-cache"
+    old.write_bytes(b"p")
+    os.utime(old, (time.time() - 90 * 86400,) * 2)
+    monkeypatch.chdir(tmp_path)
+    for value in ("work", "off"):   # relative: refused by the worker too, so never its cache
+        monkeypatch.setenv("TL_JAX_COMPILATION_CACHE", value)
+        assert collect_garbage(2, cache_days=30).removals == [] and old.exists(), value

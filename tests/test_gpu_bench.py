@@ -46,7 +46,8 @@ def test_gpu_benchmark_script_runs_tiny_on_cpu_with_jax(tmp_path):
     # blocked: every variant but v2, which ran whole in the part before
     run = results["run"]
     assert run["returncode"] == 0, run.get("log_tail")
-    assert run["compiled_programs_at_start"] >= record["machine"]["compiled_programs_at_start"]
+    # the parts before compiled into the same (the session's) cache: the whole run starts with their programs
+    assert run["compiled_programs_at_start"] > record["machine"]["compiled_programs_at_start"]
     others = sorted(set(VARIANT_NAMES) - {"resnet50_v2"})
     assert run["wall_seconds"] > 0 and sorted(run["variants"]) == others
     [run_dir] = (tmp_path / "gpu_work" / "run_home" / "runs").iterdir()

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,18 +163,28 @@ def _plan_cache(plan: GcPlan, cache: Path, days: float) -> None:
 
 
 def _plan_compiled(plan: GcPlan, folder: Path | None, days: float) -> None:
-    """Compiled programs not read or written for `days` (the later of the file's access and modification times;
-    the next process that needs one compiles it again)."""
-    if folder is None or not folder.is_dir():
+    """JAX's compiled programs not read or written for `days` (the later of the file's access and modification
+    times; where the file system records no access times, the write time alone): the next process that needs one
+    compiles it again. Only regular files named as JAX names them, in an absolute folder."""
+    if folder is None or not folder.is_absolute() or not folder.is_dir():
         return
     cutoff = time.time() - days * 86400
     for program in sorted(folder.glob(layout.JAX_COMPILED_GLOB)):
-        st = program.stat()
-        if max(st.st_atime, st.st_mtime) < cutoff:
-            plan.removals.append((str(program), st.st_size, f"compiled program unused for {days:g}+ days"))
-            atime = program.with_name(program.name.removesuffix("-cache") + "-atime")
-            if atime.is_file():
-                plan.removals.append((str(atime), atime.stat().st_size, "its last-use record"))
+        if not layout.JAX_COMPILED_NAME.fullmatch(program.name):
+            continue
+        try:
+            st = program.lstat()
+            if not stat.S_ISREG(st.st_mode) or max(st.st_atime, st.st_mtime) >= cutoff:
+                continue
+        except OSError:   # removed meanwhile
+            continue
+        plan.removals.append((str(program), st.st_size, f"compiled program unused for {days:g}+ days"))
+        atime = program.with_name(program.name.removesuffix("-cache") + "-atime")
+        try:
+            if stat.S_ISREG(atime.lstat().st_mode):
+                plan.removals.append((str(atime), atime.lstat().st_size, "its last-use record"))
+        except OSError:
+            pass
 
 
 def _size(path: Path) -> int:

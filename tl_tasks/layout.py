@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
@@ -87,6 +88,7 @@ def compiled_root() -> Path:
 
 JAX_COMPILATION_CACHE_ENV = "TL_JAX_COMPILATION_CACHE"
 JAX_COMPILED_GLOB = "*-cache"  # one file per compiled program (JAX's own naming), beside its optional *-atime
+JAX_COMPILED_NAME = re.compile(r".+-[0-9a-f]{64}-cache")  # <name>-<sha256 key>-cache
 
 
 def jax_compiled_dir() -> Path | None:
