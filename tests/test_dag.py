@@ -256,9 +256,11 @@ def _dag_test(airflow_home: Path, conf: dict, **env) -> tuple[subprocess.Complet
 
 
 def _report_line(proc) -> Path:
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("report: "), last
-    return Path(last.removeprefix("report: "))
+    """The report's path, which run_dag prints after the task states. Log lines of the OpenLineage provider's
+    background thread may still follow it (emitted after the run), so it need not be the very last line."""
+    lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("report: ")]
+    assert len(lines) == 1, proc.stdout[-3000:]
+    return Path(lines[0].removeprefix("report: "))
 
 
 @pytest.mark.airflow
