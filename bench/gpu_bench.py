@@ -193,7 +193,7 @@ def _compiled_programs() -> int | None:
     from tl_tasks import layout
 
     folder = layout.jax_compiled_dir()
-    return None if folder is None else len(list(folder.glob(layout.JAX_COMPILED_GLOB)))
+    return None if folder is None else len(layout.jax_compiled_programs(folder))
 
 
 def _median(values):

@@ -11,6 +11,7 @@ import pytest
 
 from tests.backend_helpers import backend_env, run_backend
 from tests.ml_helpers import small_settings, write_prepared
+from tl_tasks import layout
 from tl_tasks.schema import resolve_settings
 from tl_tasks.training.builders import build_model
 from tl_tasks.training.loop import train_variant
@@ -159,14 +160,14 @@ def test_a_second_process_on_jax_loads_its_compiled_programs_from_tl_home(tmp_pa
 
     cache = tmp_path / "home" / "compiled" / "jax"
     first = train("a", TL_JAX_COMPILATION_CACHE="")  # the default: under TL_HOME
-    stored = sorted(p.name for p in cache.glob("*-cache"))
+    stored = [p.name for p in layout.jax_compiled_programs(cache)]
     # every program, the milliseconds-long ones included (the CNN's initialisers, its train and test steps: ~28)
     assert len(stored) == first["misses"] >= 10, (first, len(stored))
     second = train("b", TL_JAX_COMPILATION_CACHE="")
     assert second["misses"] == 0 and second["hits"] == first["misses"], (first, second)
-    assert sorted(p.name for p in cache.glob("*-cache")) == stored  # nothing compiled again
+    assert [p.name for p in layout.jax_compiled_programs(cache)] == stored  # nothing compiled again
     off = train("c", TL_JAX_COMPILATION_CACHE="off")
-    assert off["hits"] == 0 and sorted(p.name for p in cache.glob("*-cache")) == stored
+    assert off["hits"] == 0 and [p.name for p in layout.jax_compiled_programs(cache)] == stored
     assert cache.stat().st_mode & 0o777 == 0o700  # JAX runs what it finds there: this user's only
 
 

@@ -169,9 +169,7 @@ def _plan_compiled(plan: GcPlan, folder: Path | None, days: float) -> None:
     if folder is None or not folder.is_absolute() or not folder.is_dir():
         return
     cutoff = time.time() - days * 86400
-    for program in sorted(folder.glob(layout.JAX_COMPILED_GLOB)):
-        if not layout.JAX_COMPILED_NAME.fullmatch(program.name):
-            continue
+    for program in layout.jax_compiled_programs(folder):
         try:
             st = program.lstat()
             if not stat.S_ISREG(st.st_mode) or max(st.st_atime, st.st_mtime) >= cutoff:
@@ -181,10 +179,11 @@ def _plan_compiled(plan: GcPlan, folder: Path | None, days: float) -> None:
         plan.removals.append((str(program), st.st_size, f"compiled program unused for {days:g}+ days"))
         atime = program.with_name(program.name.removesuffix("-cache") + "-atime")
         try:
-            if stat.S_ISREG(atime.lstat().st_mode):
-                plan.removals.append((str(atime), atime.lstat().st_size, "its last-use record"))
-        except OSError:
-            pass
+            st = atime.lstat()
+        except OSError:   # none: JAX writes it only when it bounds the cache's size
+            continue
+        if stat.S_ISREG(st.st_mode):
+            plan.removals.append((str(atime), st.st_size, "its last-use record"))
 
 
 def _size(path: Path) -> int:

@@ -87,8 +87,7 @@ def compiled_root() -> Path:
 
 
 JAX_COMPILATION_CACHE_ENV = "TL_JAX_COMPILATION_CACHE"
-JAX_COMPILED_GLOB = "*-cache"  # one file per compiled program (JAX's own naming), beside its optional *-atime
-JAX_COMPILED_NAME = re.compile(r".+-[0-9a-f]{64}-cache")  # <name>-<sha256 key>-cache
+JAX_COMPILED_NAME = re.compile(r".+-[0-9a-f]{64}-cache")  # <name>-<sha256 key>-cache, beside an optional -atime
 
 
 def jax_compiled_dir() -> Path | None:
@@ -98,6 +97,11 @@ def jax_compiled_dir() -> Path | None:
     if value.lower() == "off":
         return None
     return Path(value).expanduser() if value else compiled_root() / "jax"
+
+
+def jax_compiled_programs(folder: Path) -> list[Path]:
+    """The compiled programs in a JAX cache folder: the files named as JAX names them, sorted."""
+    return sorted(p for p in folder.glob("*-cache") if JAX_COMPILED_NAME.fullmatch(p.name))
 
 
 def champions_root() -> Path:
