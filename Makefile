@@ -64,17 +64,14 @@ $(MLFLOW_STAMP): requirements-mlflow.txt | $(STAMP)
 # Everything CI needs: lint, then every test (tiers: the markers in pyproject.toml); the 25 slowest are listed.
 # The test files are spread over WORKERS pytest-xdist workers (a file's tests stay together, so its shared
 # fixtures are built once; each worker's TensorFlow computes on one thread: tests/conftest.py); WORKERS=0 runs
-# them in this process. Three on two cores: the Airflow-process tests spend much of their time waiting on
-# schedulers, heartbeats and workers, which left the cores 15% idle with two (suite: 629 s on two, 542 s on three).
-WORKERS ?= 3
+# them in this process. Two on two cores: three were not faster on a fresh clone (pytest 542-667 s on three
+# against 589-629 s on two: bench/RESULTS.md), though the Airflow-process tests leave the cores ~15% idle.
+WORKERS ?= 2
 # `make test` builds its three prerequisites side by side (the venvs' downloads, Chromium's install), then lints.
 ifeq ($(MAKECMDGOALS),test)
 MAKEFLAGS += --jobs=3
 endif
-xdist = $(if $(filter-out 0,$(1)),-n $(1) --dist loadfile --no-loadscope-reorder)
-XDIST = $(call xdist,$(WORKERS))
-# The edit loop's tests compute without waiting: one worker per core.
-FAST_WORKERS ?= 2
+XDIST = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile --no-loadscope-reorder)
 test: venv mlflow-venv system-deps lint
 	$(PY) -m pytest -q --durations=25 $(XDIST) tests
 
@@ -82,7 +79,7 @@ test: venv mlflow-venv system-deps lint
 # no decode of the whole CIFAR-10 archive.
 FAST_MARKERS := not slow and not airflow and not browser and not full_data
 test-fast: venv
-	$(PY) -m pytest -q $(call xdist,$(FAST_WORKERS)) tests -m "$(FAST_MARKERS)"
+	$(PY) -m pytest -q $(XDIST) tests -m "$(FAST_MARKERS)"
 
 # One whole retraining: the Airflow DAG once, headless (dag.test() on ./airflow_home), quick profile; ends with
 # the report's path. `make run PROFILE=smoke` for a fast check; `make run ARGS="--epochs 1"` for other options.
