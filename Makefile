@@ -16,16 +16,20 @@ unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: venv mlflow-venv test test-fast lint run airflow bench system-deps services clean
 
-# The installer: uv (pinned in the freeze; the venv's own pip installs it first), which installs the ~200 pinned
-# packages in ~20 s where pip takes ~60 s; both compile the bytecode at install, so no process pays for it later. `make venv INSTALLER=pip` installs with pip alone (e.g. behind a
+# The installer: uv (pinned in the freeze; the venv's own pip installs it first, from pip's index), which installs
+# the ~200 pinned packages in ~20 s where pip takes ~60 s; both compile the bytecode at install. `make venv INSTALLER=pip` installs with pip alone (e.g. behind a
 # package mirror configured only for pip). $(call install,VENV,ARGS): ARGS into VENV, no dependency resolution.
 INSTALLER ?= uv
 ifeq ($(INSTALLER),uv)
 bootstrap = $(PY) -m pip install -q $(shell grep -m1 '^uv==' requirements.txt)
 install = $(VENV)/bin/uv pip install -q --compile-bytecode --python $(1)/bin/python --no-deps $(2)
-else
-bootstrap = true
+UV_FIRST = $(STAMP)
+else ifeq ($(INSTALLER),pip)
+bootstrap = $(PY) -m pip install -q --upgrade pip
 install = $(1)/bin/python -m pip install -q --no-deps $(2)
+UV_FIRST =
+else
+$(error INSTALLER=$(INSTALLER): use INSTALLER=uv (the default) or INSTALLER=pip)
 endif
 
 # The pinned freeze, then this project as an editable package (pyproject.toml: tl_tasks, reports, `tl-tasks`).
@@ -52,11 +56,11 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 # The tests' MLflow tracking server in a venv of its own (requirements-mlflow.txt: the full mlflow package's pins
-# conflict with Airflow's); rebuilt when that freeze changes.
+# conflict with Airflow's); rebuilt when that freeze changes. With uv, after .venv, whose uv installs it.
 MLFLOW_VENV := .venv-mlflow
 MLFLOW_STAMP := $(MLFLOW_VENV)/.installed-$(shell cat requirements-mlflow.txt | cksum | cut -d' ' -f1)
 mlflow-venv: $(MLFLOW_STAMP)
-$(MLFLOW_STAMP): requirements-mlflow.txt | $(STAMP)
+$(MLFLOW_STAMP): requirements-mlflow.txt | $(UV_FIRST)
 	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
 	$(call install,$(MLFLOW_VENV),-r requirements-mlflow.txt)
 	rm -f $(MLFLOW_VENV)/.installed-*; touch $@
@@ -67,7 +71,7 @@ $(MLFLOW_STAMP): requirements-mlflow.txt | $(STAMP)
 # them in this process. Two on two cores: three were not faster on a fresh clone (pytest 542-667 s on three
 # against 589-629 s on two: bench/RESULTS.md), though the Airflow-process tests leave the cores ~15% idle.
 WORKERS ?= 2
-# `make test` builds its three prerequisites side by side (the venvs' downloads, Chromium's install), then lints.
+# `make test` builds its prerequisites side by side (the venvs, Chromium's install), then lints.
 ifeq ($(MAKECMDGOALS),test)
 MAKEFLAGS += --jobs=3
 endif
