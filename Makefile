@@ -17,8 +17,9 @@ unexport PYTHONDONTWRITEBYTECODE
 .PHONY: venv mlflow-venv test test-fast lint run airflow bench system-deps services clean
 
 # The installer: uv (pinned in the freeze; the venv's own pip installs it first, from pip's index), which installs
-# the ~200 pinned packages in ~20 s where pip takes ~60 s; both compile the bytecode at install. `make venv INSTALLER=pip` installs with pip alone (e.g. behind a
-# package mirror configured only for pip). $(call install,VENV,ARGS): ARGS into VENV, no dependency resolution.
+# the ~200 pinned packages in ~20 s where pip takes ~60 s; both compile the bytecode at install.
+# `make venv INSTALLER=pip` installs with pip alone (e.g. behind a package mirror configured only for pip).
+# $(call install,VENV,ARGS): ARGS into VENV, no dependency resolution.
 INSTALLER ?= uv
 ifeq ($(INSTALLER),uv)
 bootstrap = $(PY) -m pip install -q $(shell grep -m1 '^uv==' requirements.txt)
@@ -71,7 +72,7 @@ $(MLFLOW_STAMP): requirements-mlflow.txt | $(UV_FIRST)
 # them in this process. Two on two cores: three were not faster on a fresh clone (pytest 542-667 s on three
 # against 589-629 s on two: bench/RESULTS.md), though the Airflow-process tests leave the cores ~15% idle.
 WORKERS ?= 2
-# `make test` builds its prerequisites side by side (the venvs, Chromium's install), then lints.
+# `make test` installs Chromium beside the venvs (with uv, .venv-mlflow waits for .venv, whose uv installs it), then lints.
 ifeq ($(MAKECMDGOALS),test)
 MAKEFLAGS += --jobs=3
 endif
