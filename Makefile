@@ -72,7 +72,8 @@ $(MLFLOW_STAMP): requirements-mlflow.txt | $(UV_FIRST)
 # them in this process. Two on two cores: three were not faster on a fresh clone (pytest 542-667 s on three
 # against 589-629 s on two: bench/RESULTS.md), though the Airflow-process tests leave the cores ~15% idle.
 WORKERS ?= 2
-# `make test` installs Chromium beside the venvs (with uv, .venv-mlflow waits for .venv, whose uv installs it), then lints.
+# `make test` installs Chromium beside the venvs (with uv, .venv-mlflow waits for .venv, whose uv installs it),
+# then lints.
 ifeq ($(MAKECMDGOALS),test)
 MAKEFLAGS += --jobs=3
 endif
