@@ -247,12 +247,40 @@ def airflow_home(tmp_path_factory, airflow_home_with_db) -> Path:
 
 
 def _dag_test(airflow_home: Path, conf: dict, **env) -> tuple[subprocess.CompletedProcess, str]:
-    proc = subprocess.run([*RUN_DAG, "--skip-setup", "--conf", json.dumps(conf)],
+    [result] = _dag_tests(airflow_home, [conf], **env)
+    return result
+
+
+# Runs several dag.test() runs, one after another, in one process (as `make run` runs one): Airflow, Keras and the
+# in-process execution API start once. Each run's output ends with a marker line on stdout and stderr.
+_RUNS_SCRIPT = """
+import json, sys
+from tl_tasks.airflow_local import run_dag
+for conf in json.loads(sys.argv[1]):
+    rc = run_dag.run_dag(conf, setup=False)
+    for stream in (sys.stdout, sys.stderr):
+        print(f"=== dag.test exit {rc}", file=stream, flush=True)
+"""
+_RUN_END = re.compile(r"^=== dag.test exit (-?\d+)\n", re.M)
+
+
+def _dag_tests(airflow_home: Path, confs: list[dict], **env) -> list[tuple[subprocess.CompletedProcess, str]]:
+    """dag.test() of each conf in `confs`, in order, in one subprocess: (output, run id) per run, where output's
+    returncode, stdout and stderr are that run's."""
+    proc = subprocess.run([sys.executable, "-c", _RUNS_SCRIPT, json.dumps(confs)],
                           capture_output=True, text=True, timeout=1500, cwd=PROJECT_ROOT,
                           env={**os.environ, "TL_AIRFLOW_HOME": str(airflow_home), **env})
-    found = re.search(r"^DAG run (\S+): (\w+)", proc.stdout, re.M)
-    assert found, f"rc={proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
-    return proc, found.group(1)
+    outs, errs = _RUN_END.split(proc.stdout), _RUN_END.split(proc.stderr)
+    ended = len(outs) // 2
+    assert proc.returncode == 0 and ended == len(confs) == len(errs) // 2, \
+        f"rc={proc.returncode}, {ended} of {len(confs)} runs ended\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+    results = []
+    for i in range(len(confs)):
+        run = subprocess.CompletedProcess(proc.args, int(outs[2 * i + 1]), outs[2 * i], errs[2 * i])
+        found = re.search(r"^DAG run (\S+): (\w+)", run.stdout, re.M)
+        assert found, f"run {i}: rc={run.returncode}\n{run.stdout[-5000:]}\n{run.stderr[-5000:]}"
+        results.append((run, found.group(1)))
+    return results
 
 
 def _report_line(proc) -> Path:
@@ -263,9 +291,28 @@ def _report_line(proc) -> Path:
     return Path(lines[0].removeprefix("report: "))
 
 
+SKIP_CONF = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 10}
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(airflow_home, tmp_path_factory) -> tuple[Path, list[tuple[subprocess.CompletedProcess, str]]]:
+    """(TL_HOME, runs) of four dag.test() runs in one process, under a TL_HOME of their own: all five variants on
+    the smoke profile, then a CNN run three times: new, unchanged (skipped), unchanged with force (retrained)."""
+    home = tmp_path_factory.mktemp("smoke_runs") / "tl_home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not (k.startswith("TL_") and not k.startswith("TL_TEST_"))}
+    env.update(TL_HOME=str(home), TL_DATA_ROOTS=str(tmp_path_factory.getbasetemp()))
+    confs = [{"profile": "smoke"}, SKIP_CONF, SKIP_CONF, {**SKIP_CONF, "force": True}]
+    with pytest.MonkeyPatch.context() as mp:
+        for key in set(os.environ) - set(env):
+            mp.delenv(key)
+        return home, _dag_tests(airflow_home, confs, **env)
+
+
 @pytest.mark.airflow
-def test_dag_test_end_to_end_smoke(airflow_home, tl_home):
-    proc, run_id = _dag_test(airflow_home, {"profile": "smoke"})
+def test_dag_test_end_to_end_smoke(smoke_runs, airflow_home, monkeypatch):
+    tl_home, [(proc, run_id), *_] = smoke_runs
+    monkeypatch.setenv("TL_HOME", str(tl_home))
     assert proc.returncode == 0, proc.stdout[-8000:]
     report = _report_line(proc)
     assert report.is_file() and report.is_relative_to(tl_home)
@@ -279,7 +326,7 @@ def test_dag_test_end_to_end_smoke(airflow_home, tl_home):
     for variant in VARIANT_NAMES:
         assert f"train[{variant}]: success" in proc.stdout and f"evaluate[{variant}]: success" in proc.stdout
     # every variant bootstrapped, so each champion asset got exactly one event, with the published folder
-    events = _asset_events(airflow_home)
+    events = [(name, extra) for name, extra in _asset_events(airflow_home) if extra["run_id"] == run_id]
     assert sorted(name for name, _ in events) == sorted(f"tl_champion_{v}" for v in VARIANT_NAMES)
     for _name, extra in events:
         assert extra["run_id"] == run_id and Path(extra["published"]).is_relative_to(tl_home / "champions"), extra
@@ -382,11 +429,10 @@ def test_dag_test_with_a_failing_variant_notifies_and_feeds_lineage_and_mlflow(a
 
 
 @pytest.mark.airflow
-def test_dag_test_skips_an_unchanged_run_and_force_retrains(airflow_home, tl_home):
-    conf = {"profile": "smoke", "variants": ["cnn"], "limit_per_class": 10}
-    first, first_id = _dag_test(airflow_home, conf)
-    assert first.returncode == 0, first.stdout[-8000:]
-    second, second_id = _dag_test(airflow_home, conf)
+def test_dag_test_skips_an_unchanged_run_and_force_retrains(smoke_runs, monkeypatch):
+    tl_home, [_, (first, first_id), (second, second_id), (forced, _)] = smoke_runs
+    monkeypatch.setenv("TL_HOME", str(tl_home))
+    assert first.returncode == 0 and "train[cnn]: success" in first.stdout, first.stdout[-8000:]
     assert second.returncode == 0, second.stdout[-8000:]
     assert f"DAG run {second_id}: success" in second.stdout and "train[cnn]: success" not in second.stdout
     with connect() as store:
@@ -394,5 +440,4 @@ def test_dag_test_skips_an_unchanged_run_and_force_retrains(airflow_home, tl_hom
     assert run["state"] == "skipped" and run["results"] == {}
     assert run["params"]["skipped"] == {"reason": "unchanged", "same_as": first_id}
     assert "Skipped: unchanged" in _report_line(second).read_text()
-    forced, _ = _dag_test(airflow_home, {**conf, "force": True})
     assert forced.returncode == 0 and "train[cnn]: success" in forced.stdout, forced.stdout[-8000:]
