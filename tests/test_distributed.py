@@ -62,8 +62,8 @@ def test_celery_runs_on_default_and_gpu_workers_and_recovers_from_a_worker_kille
                 "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata_url}",
                 # notice a dead worker's task within seconds, not the default 5 minutes
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
-                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
-                "TL_RETRY_DELAY_S": "5",
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "1",
+                "TL_RETRY_DELAY_S": "1",
             },
         )
         try:
