@@ -4,7 +4,8 @@ including a run where one variant is forced to fail.
 
 The end-to-end runs go through tl_tasks.airflow_local.run_dag (what `make run` uses) in a subprocess with their own
 AIRFLOW_HOME, so this test process never configures Airflow against a real database or runs TensorFlow in it
-on Airflow's behalf.
+on Airflow's behalf. Runs that need no settings of their own share one subprocess (`smoke_runs`): Airflow, Keras
+and the in-process execution API start once for them.
 """
 from __future__ import annotations
 
@@ -254,12 +255,16 @@ def _dag_test(airflow_home: Path, conf: dict, **env) -> tuple[subprocess.Complet
 # Runs several dag.test() runs, one after another, in one process (as `make run` runs one): Airflow, Keras and the
 # in-process execution API start once. Each run's output ends with a marker line on stdout and stderr.
 _RUNS_SCRIPT = """
-import json, sys
+import json, sys, traceback
 from tl_tasks.airflow_local import run_dag
 for conf in json.loads(sys.argv[1]):
-    rc = run_dag.run_dag(conf, setup=False)
+    try:
+        rc = run_dag.run_dag(conf, setup=False)
+    except BaseException:
+        traceback.print_exc()
+        rc = 3
     for stream in (sys.stdout, sys.stderr):
-        print(f"=== dag.test exit {rc}", file=stream, flush=True)
+        print(f"\\n=== dag.test exit {rc}", file=stream, flush=True)
 """
 _RUN_END = re.compile(r"^=== dag.test exit (-?\d+)\n", re.M)
 
@@ -326,7 +331,7 @@ def test_dag_test_end_to_end_smoke(smoke_runs, airflow_home, monkeypatch):
     for variant in VARIANT_NAMES:
         assert f"train[{variant}]: success" in proc.stdout and f"evaluate[{variant}]: success" in proc.stdout
     # every variant bootstrapped, so each champion asset got exactly one event, with the published folder
-    events = [(name, extra) for name, extra in _asset_events(airflow_home) if extra["run_id"] == run_id]
+    events = [(name, extra) for name, extra in _asset_events(airflow_home) if extra.get("run_id") == run_id]
     assert sorted(name for name, _ in events) == sorted(f"tl_champion_{v}" for v in VARIANT_NAMES)
     for _name, extra in events:
         assert extra["run_id"] == run_id and Path(extra["published"]).is_relative_to(tl_home / "champions"), extra

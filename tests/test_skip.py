@@ -24,6 +24,13 @@ def test_code_version_is_package_version_plus_commit():
     version = skip.code_version()
     assert version.startswith(__version__ + "+") and len(version.split("+")[1].split(".")[0]) == 12
     assert prepare.versions()["code"] == version
+    # a run's task processes each compute it afresh (Airflow workers, dag.test runs): the same tree, the same value
+    import subprocess
+    import sys
+
+    other = subprocess.run([sys.executable, "-c", "from tl_tasks.stages import skip; print(skip.code_version())"],
+                           capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    assert other == version
 
 
 def test_unchanged_run_is_skipped_with_a_link_and_force_retrains(tl_home, monkeypatch):
