@@ -269,12 +269,15 @@ for conf in json.loads(sys.argv[1]):
 _RUN_END = re.compile(r"^=== dag.test exit (-?\d+)\n", re.M)
 
 
-def _dag_tests(airflow_home: Path, confs: list[dict], **env) -> list[tuple[subprocess.CompletedProcess, str]]:
-    """dag.test() of each conf in `confs`, in order, in one subprocess: (output, run id) per run, where output's
-    returncode, stdout and stderr are that run's."""
+def _dag_tests(airflow_home: Path, confs: list[dict], *, base_env: dict | None = None,
+               **env) -> list[tuple[subprocess.CompletedProcess, str]]:
+    """dag.test() of each conf in `confs`, in order, in one subprocess whose environment is `base_env` (default
+    this process's) plus `env`: (output, run id) per run, where output's returncode, stdout and stderr are that
+    run's."""
     proc = subprocess.run([sys.executable, "-c", _RUNS_SCRIPT, json.dumps(confs)],
                           capture_output=True, text=True, timeout=1500, cwd=PROJECT_ROOT,
-                          env={**os.environ, "TL_AIRFLOW_HOME": str(airflow_home), **env})
+                          env={**(os.environ if base_env is None else base_env),
+                               "TL_AIRFLOW_HOME": str(airflow_home), **env})
     outs, errs = _RUN_END.split(proc.stdout), _RUN_END.split(proc.stderr)
     ended = len(outs) // 2
     assert proc.returncode == 0 and ended == len(confs) == len(errs) // 2, \
@@ -308,10 +311,7 @@ def smoke_runs(airflow_home, tmp_path_factory) -> tuple[Path, list[tuple[subproc
     env = {k: v for k, v in os.environ.items() if not (k.startswith("TL_") and not k.startswith("TL_TEST_"))}
     env.update(TL_HOME=str(home), TL_DATA_ROOTS=str(tmp_path_factory.getbasetemp()))
     confs = [{"profile": "smoke"}, SKIP_CONF, SKIP_CONF, {**SKIP_CONF, "force": True}]
-    with pytest.MonkeyPatch.context() as mp:
-        for key in set(os.environ) - set(env):
-            mp.delenv(key)
-        return home, _dag_tests(airflow_home, confs, **env)
+    return home, _dag_tests(airflow_home, confs, base_env=env)
 
 
 @pytest.mark.airflow
